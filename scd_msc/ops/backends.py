@@ -1,0 +1,207 @@
+"""Attention backends of the MSC op, chosen by name.
+
+* ``reference`` — dense boolean mask + ``scaled_dot_product_attention``. Runs
+  everywhere, has autograd; the specification the others are tested against.
+* ``flex`` — FlexAttention with a ``BlockMask`` from :mod:`scd_msc.ops.masks`
+  (compiled on CUDA; eager on CPU, where it is a slow forward-only check).
+* ``natten`` — ``natten.functional.na3d``; native Hopper/CUTLASS kernels when NATTEN
+  was built with its library (``libnatten``), else NATTEN's uncompiled flex fallback.
+* ``auto`` — the first of natten, flex, reference that can run the call, including its
+  backward when inputs require grad; each refusal is logged with its reason.
+
+Every backend computes softmax(q·kᵀ/√d + mask)·v over the layout of ``masks.py``.
+Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` grid · ``h`` heads · ``d`` head dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from scd_msc.ops.masks import WindowSpec, dense_window_mask, window_mask_mod
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("reference", "flex", "natten")
+AUTO_ORDER = ("natten", "flex", "reference")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend named explicitly cannot run this call; the message says why and what
+    to install or change."""
+
+
+# --------------------------------------------------------------------------- reference
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
+    """q ``(B, Fq, Hp, Wp, h, d)``, k/v ``(B, Fkv, Hp, Wp, h, d)`` -> like q."""
+    b, fq, hp, wp, _, _ = q.shape
+    mask = dense_window_mask(spec, fq, k.shape[1], hp, wp, device=q.device)  # (Fq·N, Fkv·N)
+    qs, ks, vs = (rearrange(t, "b f y x h d -> b h (f y x) d") for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)  # (B, h, Fq·N, d)
+    return rearrange(out, "b h (f y x) d -> b f y x h d", f=fq, y=hp, x=wp)
+
+
+# --------------------------------------------------------------------------- flex
+
+def _has_flex() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex() -> Callable[..., Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=128)
+def _block_mask(spec: WindowSpec, fq: int, fkv: int, hp: int, wp: int, device: str):
+    """BlockMask for one pattern and size (pure; memoised because building costs ms)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask_mod = window_mask_mod(spec, fq, fkv, hp, wp)
+    n = hp * wp
+    return create_block_mask(mask_mod, None, None, fq * n, fkv * n, device=device,
+                             _compile=device.startswith("cuda"))
+
+
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
+    """q ``(B, Fq, Hp, Wp, h, d)``, k/v ``(B, Fkv, Hp, Wp, h, d)`` -> like q."""
+    from torch.nn.attention.flex_attention import flex_attention as eager_flex
+
+    b, fq, hp, wp, _, _ = q.shape
+    block_mask = _block_mask(spec, fq, k.shape[1], hp, wp, str(q.device))
+    qs, ks, vs = (rearrange(t, "b f y x h d -> b h (f y x) d") for t in (q, k, v))
+    if q.is_cuda:
+        out = _compiled_flex()(qs, ks, vs, block_mask=block_mask)  # (B, h, Fq·N, d)
+    else:  # eager: a slow forward-only check path; its "use torch.compile" advice is noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = eager_flex(qs, ks, vs, block_mask=block_mask)
+    return rearrange(out, "b h (f y x) d -> b f y x h d", f=fq, y=hp, x=wp)
+
+
+# --------------------------------------------------------------------------- natten
+
+def _has_natten() -> bool:
+    return importlib.util.find_spec("natten") is not None
+
+
+def natten_has_library() -> bool:
+    """True when NATTEN was built with its compiled kernels (``libnatten``)."""
+    if not _has_natten():
+        return False
+    from natten import HAS_LIBNATTEN
+
+    return bool(HAS_LIBNATTEN)
+
+
+def _natten_plan(spec: WindowSpec, fq: int, fkv: int, hp: int, wp: int):
+    """How to express ``spec`` with na3d: (kernel, dilation, frames after padding), or a
+    reason string when NATTEN cannot express it (every window must be >= 2)."""
+    (kt, ky, kx), (dt, dy, dx), (ct, cy, cx) = spec.kernel, spec.dilation, spec.causal
+    if (dy, dx) != (1, 1) or cy or cx:
+        return "spatial dilation or causality is not used by the MSC op"
+    ky, kx = min(ky, hp), min(kx, wp)
+    if ky < 2 or kx < 2:
+        return f"NATTEN needs spatial windows >= 2, got {ky}×{kx} on a {hp}×{wp} grid"
+    if not ct:
+        if fq != fkv:
+            return "non-causal streaming is not defined"
+        if dt > 1 and kt * dt > fkv:
+            return f"non-causal dilated window {kt}×{dt} exceeds {fkv} frames"
+        kt = min(kt, fkv)
+        if kt < 2:
+            return f"NATTEN needs windows >= 2, got {kt} frame(s) along time"
+        return (kt, ky, kx), (dt, 1, 1), fkv
+    # causal: padding frames at the end never changes earlier outputs
+    kt = min(kt, -(-fkv // dt))
+    if kt == 1:  # only the frame itself: a dilation that reaches past the clip
+        return (2, ky, kx), (fkv, 1, 1), 2 * fkv
+    return (kt, ky, kx), (dt, 1, 1), max(fkv, kt * dt)
+
+
+def natten_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
+    """q ``(B, Fq, Hp, Wp, h, d)``, k/v ``(B, Fkv, Hp, Wp, h, d)`` -> like q."""
+    import natten
+
+    fq, fkv, hp, wp = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    plan = _natten_plan(spec, fq, fkv, hp, wp)
+    if isinstance(plan, str):
+        raise BackendUnavailableError(f"natten cannot run this pattern: {plan}")
+    kernel, dilation, frames = plan
+    q = F.pad(q, (0, 0, 0, 0, 0, 0, 0, 0, fkv - fq, frames - fkv))  # queries = last Fq frames
+    k, v = (F.pad(t, (0, 0, 0, 0, 0, 0, 0, 0, 0, frames - fkv)) for t in (k, v))
+    out = natten.functional.na3d(q, k, v, kernel_size=kernel, dilation=dilation,
+                                 is_causal=(spec.causal[0], False, False))
+    return out[:, fkv - fq:fkv]
+
+
+# --------------------------------------------------------------------------- selection
+
+IMPLS: dict[str, Callable[[Tensor, Tensor, Tensor, WindowSpec], Tensor]] = {
+    "reference": reference_attention,
+    "flex": flex_attention,
+    "natten": natten_attention,
+}
+
+
+def refusal(name: str, q: Tensor, k: Tensor, spec: WindowSpec, for_auto: bool) -> str | None:
+    """Why backend ``name`` cannot (or, for ``auto``, should not) run this call; None if
+    it can. ``for_auto`` adds the refusals of paths that run but are slow."""
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    if name == "reference":
+        return None
+    if name == "flex":
+        if not _has_flex():
+            return "torch.nn.attention.flex_attention is missing: install torch>=2.5"
+        if not q.is_cuda and (grad or for_auto):
+            return ("FlexAttention is compiled only on CUDA here; on CPU it runs an eager "
+                    "forward-only check (use backend='reference' on CPU)")
+        return None
+    if name == "natten":
+        if not _has_natten():
+            return "natten is not installed: pip install --no-build-isolation natten"
+        plan = _natten_plan(spec, q.shape[1], k.shape[1], q.shape[2], q.shape[3])
+        if isinstance(plan, str):
+            return plan
+        if not natten_has_library():
+            if grad:
+                return ("NATTEN has no compiled library (libnatten), and its fallback has "
+                        "no backward on CPU; build NATTEN with its library for training")
+            if for_auto:
+                return ("NATTEN has no compiled library (libnatten); its fallback is "
+                        "uncompiled FlexAttention, slow")
+        elif not q.is_cuda and for_auto:
+            return "NATTEN's compiled kernels run on CUDA only"
+        return None
+    raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+
+
+def explain_backends(q: Tensor, k: Tensor, spec: WindowSpec) -> dict[str, str | None]:
+    """For every backend, the reason ``auto`` would refuse it (None: usable)."""
+    return {name: refusal(name, q, k, spec, for_auto=True) for name in AUTO_ORDER}
+
+
+def resolve_backend(name: str, q: Tensor, k: Tensor, spec: WindowSpec) -> str:
+    """The concrete backend for ``name``; explicit names never fall back."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            reason = refusal(candidate, q, k, spec, for_auto=True)
+            if reason is None:
+                return candidate
+            log.debug("auto: refused %s: %s", candidate, reason)
+        raise AssertionError("reference never refuses")
+    reason = refusal(name, q, k, spec, for_auto=False)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run this call: {reason}")
+    return name

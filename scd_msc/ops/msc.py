@@ -1,0 +1,161 @@
+"""MSC multi-scale causal attention layer (Xu & Cao, arXiv 2412.09828).
+
+Heads split into ``h_hi`` High-Res heads (full grid, local ``w × w`` window, last ``v``
+frames) and ``h_lo`` Low-Res heads (``r × r`` average-pooled tokens, global space,
+every ``s``-th past frame, at most ``k``). A per-frame noise-level embedding gates the
+two branches (noise erases fine detail first); both gates start at 1.
+
+Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` token grid · ``N = Hp·Wp`` · ``D``
+width · ``h`` heads · ``d`` head dim · ``r`` low-res down factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from scd_msc.ops.attention import hires_attention, lowres_attention
+from scd_msc.ops.cache import FrameKV, MSCCache
+from scd_msc.ops.embed import rope3d, timestep_embedding
+from scd_msc.ops.schedule import MSCLayerSpec
+
+GATINGS = ("branch", "head", "off")
+UPSAMPLES = ("nearest", "bilinear")
+
+
+@dataclass
+class MSCAttentionConfig:
+    """Layer-independent settings; per-layer numbers come from an :class:`MSCLayerSpec`."""
+
+    dim: int = 256
+    heads: int = 4
+    hires_heads: Optional[int] = None  # None: heads // 2
+    gating: str = "branch"  # "branch" | "head" | "off"
+    upsample: str = "nearest"  # "nearest" | "bilinear"
+    causal: bool = True
+    backend: str = "auto"
+    gate_embed_dim: int = 128
+
+    def validate(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        hh = self.heads // 2 if self.hires_heads is None else self.hires_heads
+        if not 0 <= hh <= self.heads:
+            raise ValueError(f"hires_heads must be in [0, {self.heads}], got {self.hires_heads}")
+        if self.gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {self.gating!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+
+
+def pool_tokens(x: Tensor, r: int) -> Tensor:
+    """``(B, F, Hp, Wp, h, d) -> (B, F, ⌈Hp/r⌉, ⌈Wp/r⌉, h, d)``; edge cells average the
+    tokens they cover."""
+    if r == 1:
+        return x
+    b, f, _, _, h, _ = x.shape
+    y = rearrange(x, "b f y x h d -> (b f) (h d) y x")
+    y = F.avg_pool2d(y, r, ceil_mode=True)  # ((B F), h·d, Hp/r, Wp/r)
+    return rearrange(y, "(b f) (h d) y x -> b f y x h d", b=b, h=h)
+
+
+def unpool_tokens(x: Tensor, r: int, hp: int, wp: int, mode: str) -> Tensor:
+    """``(B, F, Hp/r, Wp/r, h, d) -> (B, F, Hp, Wp, h, d)``."""
+    if r == 1:
+        return x
+    if mode == "nearest":  # every fine token takes its own cell's value
+        return x.repeat_interleave(r, dim=2)[:, :, :hp].repeat_interleave(r, dim=3)[:, :, :, :wp]
+    b, f, _, _, h, _ = x.shape
+    y = rearrange(x, "b f y x h d -> (b f) (h d) y x")
+    y = F.interpolate(y.float(), size=(hp, wp), mode="bilinear", align_corners=False)
+    return rearrange(y.to(x.dtype), "(b f) (h d) y x -> b f y x h d", b=b, h=h)
+
+
+class MSCAttention(nn.Module):
+    """qkv → (hi-res ‖ low-res) attention → per-frame gates → output projection."""
+
+    def __init__(self, cfg: MSCAttentionConfig, spec: MSCLayerSpec):
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.spec = cfg, spec
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.h_hi = cfg.heads // 2 if cfg.hires_heads is None else cfg.hires_heads
+        self.h_lo = cfg.heads - self.h_hi
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.q_norm = nn.RMSNorm(self.head_dim)
+        self.k_norm = nn.RMSNorm(self.head_dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        n_gates = {"branch": 2, "head": cfg.heads, "off": 0}[cfg.gating]
+        if n_gates:
+            self.gate_mlp = nn.Sequential(nn.Linear(cfg.gate_embed_dim, cfg.gate_embed_dim),
+                                          nn.SiLU(), nn.Linear(cfg.gate_embed_dim, n_gates))
+            nn.init.zeros_(self.gate_mlp[-1].weight)  # 2·sigmoid(0) = 1: gates start at 1
+            nn.init.zeros_(self.gate_mlp[-1].bias)
+
+    def new_cache(self) -> MSCCache:
+        """Empty streaming state: hi-res keeps v-1 frames, low-res (k-1)·s (or all)."""
+        s = self.spec
+        lo = None if s.strided_frames is None else (s.strided_frames - 1) * s.stride
+        return MSCCache(hires=FrameKV(s.frames - 1), lowres=FrameKV(lo))
+
+    def gates(self, t: Tensor) -> Tensor:
+        """t ``(B, F)`` -> per-head gates ``(B, F, h)`` (ones when gating is off)."""
+        if self.cfg.gating == "off":
+            return t.new_ones(*t.shape, self.heads)
+        emb = timestep_embedding(t, self.cfg.gate_embed_dim).to(self.gate_mlp[0].weight.dtype)
+        g = 2 * torch.sigmoid(self.gate_mlp(emb))  # (B, F, gates)
+        if self.cfg.gating == "branch":  # (B, F, 2) -> (B, F, h)
+            g = torch.cat([g[..., :1].expand(*t.shape, self.h_hi),
+                           g[..., 1:].expand(*t.shape, self.h_lo)], dim=-1)
+        return g.to(self.qkv.weight.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
+                cache: Optional[MSCCache] = None) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` noise level per frame, frame_index
+        ``(F,)`` absolute frame positions; with ``cache`` the F frames follow the cached
+        ones (causal only) and the cache is updated. Returns ``(B, F, Hp, Wp, D)``."""
+        b, f, hp, wp, _ = x.shape
+        if cache is not None and not self.cfg.causal:
+            raise ValueError("a cache needs a causal layer (cfg.causal=True)")
+        qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
+        ys = torch.arange(hp, device=x.device, dtype=torch.float32)
+        xs = torch.arange(wp, device=x.device, dtype=torch.float32)
+        s, outs = self.spec, []
+        if self.h_hi:
+            q, k, v = self._prep(qkv[..., : self.h_hi, :], frame_index, ys, xs, 1)
+            if cache is not None:
+                k, v = cache.hires.extend(k, v)
+            outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
+                                        causal=self.cfg.causal, backend=self.cfg.backend))
+        if self.h_lo:
+            q, k, v = self._prep(qkv[..., self.h_hi:, :], frame_index, ys, xs, s.down)
+            if cache is not None:
+                k, v = cache.lowres.extend(k, v)
+            o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
+                                 causal=self.cfg.causal, backend=self.cfg.backend)
+            outs.append(unpool_tokens(o, s.down, hp, wp, self.cfg.upsample))
+        if cache is not None:
+            cache.frames_seen += f
+        o = torch.cat(outs, dim=-2) * self.gates(t)[:, :, None, None, :, None]  # (B, F, Hp, Wp, h, d)
+        return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))
+
+    def _prep(self, qkv: Tensor, frame_index: Tensor, ys: Tensor, xs: Tensor, r: int):
+        """Pool (r > 1), normalise q/k and rotate them by (frame, y, x) positions."""
+        q, k, v = (pool_tokens(t, r) for t in qkv.unbind(0))  # (B, F, Hp/r, Wp/r, h, d)
+        py = pool_positions(ys, r)
+        px = pool_positions(xs, r)
+        q = rope3d(self.q_norm(q), frame_index, py, px)
+        k = rope3d(self.k_norm(k), frame_index, py, px)
+        return q, k, v
+
+
+def pool_positions(pos: Tensor, r: int) -> Tensor:
+    """Grid positions ``(L,) -> (⌈L/r⌉,)``: each pooled cell at the mean of its tokens."""
+    if r == 1:
+        return pos
+    return F.avg_pool1d(pos[None, None], r, ceil_mode=True)[0, 0]

@@ -1,0 +1,126 @@
+"""MSCAttention: gates, pooling, schedules, causality and streaming == parallel."""
+
+import pytest
+import torch
+from einops import rearrange
+
+from scd_msc.ops import hires_attention, lowres_attention
+from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, unpool_tokens
+from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig, build_schedule
+
+SPEC = MSCLayerSpec(down=2, window=3, frames=2, stride=2, strided_frames=2)
+
+
+def make_layer(seed=0, spec=SPEC, **kw):
+    torch.manual_seed(seed)
+    cfg = MSCAttentionConfig(dim=32, heads=4, gate_embed_dim=16, **{"backend": "reference", **kw})
+    return MSCAttention(cfg, spec).double()
+
+
+def inputs(f=6, h=7, w=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, f, h, w, 32, generator=g, dtype=torch.float64),
+            torch.rand(2, f, generator=g, dtype=torch.float64), torch.arange(f))
+
+
+def test_gates_start_at_one():
+    x, t, fi = inputs()
+    gated, plain = make_layer(gating="branch"), make_layer(gating="off")
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    assert torch.equal(gated.gates(t), torch.ones(2, 6, 4, dtype=torch.float64))
+    torch.testing.assert_close(gated(x, t, fi), plain(x, t, fi))
+    per_head = make_layer(gating="head")
+    assert torch.equal(per_head.gates(t), torch.ones(2, 6, 4, dtype=torch.float64))
+
+
+def test_gating_off_is_plain_concatenation():
+    x, t, fi = inputs()
+    layer = make_layer(gating="off")
+    qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
+    ys, xs = torch.arange(7.0), torch.arange(9.0)
+    hq, hk, hv = layer._prep(qkv[..., :2, :], fi, ys, xs, 1)
+    lq, lk, lv = layer._prep(qkv[..., 2:, :], fi, ys, xs, 2)
+    hi = hires_attention(hq, hk, hv, window=3, frames=2, backend="reference")
+    lo = lowres_attention(lq, lk, lv, stride=2, frames=2, backend="reference")
+    lo = unpool_tokens(lo, 2, 7, 9, "nearest")
+    expect = layer.proj(rearrange(torch.cat([hi, lo], -2), "b f y x h d -> b f y x (h d)"))
+    torch.testing.assert_close(layer(x, t, fi), expect)
+
+
+def test_gates_follow_the_noise_level():
+    x, t, fi = inputs()
+    layer = make_layer()
+    torch.nn.init.normal_(layer.gate_mlp[-1].weight)
+    g = layer.gates(t)
+    assert not torch.allclose(g[..., 0], g[..., 2])  # hi and lo branches gated apart
+    assert not torch.allclose(layer(x, t, fi), layer(x, 1 - t, fi))
+
+
+def test_pooling_averages_cells_and_edges():
+    x = torch.arange(7 * 9, dtype=torch.float64).reshape(1, 1, 7, 9, 1, 1)
+    p = pool_tokens(x, 2)
+    assert p.shape == (1, 1, 4, 5, 1, 1)
+    assert p[0, 0, 0, 0, 0, 0] == x[0, 0, :2, :2].mean()
+    assert p[0, 0, 3, 4, 0, 0] == x[0, 0, 6, 8]  # corner cell covers one token
+    up = unpool_tokens(p, 2, 7, 9, "nearest")
+    assert up.shape == x.shape and up[0, 0, 1, 1] == p[0, 0, 0, 0]
+
+
+def test_future_frames_never_leak():
+    x, t, fi = inputs()
+    layer = make_layer()
+    out = layer(x, t, fi)
+    for f in range(5):
+        x2, t2 = x.clone(), t.clone()
+        x2[:, f + 1:] += 1.0
+        t2[:, f + 1:] = 0.5
+        out2 = layer(x2, t2, fi)
+        torch.testing.assert_close(out[:, : f + 1], out2[:, : f + 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "flex", "natten"])
+@pytest.mark.parametrize("strided_frames", [2, None])
+def test_stream_equals_parallel(backend, strided_frames):
+    spec = MSCLayerSpec(down=2, window=3, frames=3, stride=2, strided_frames=strided_frames)
+    layer = make_layer(backend=backend, spec=spec).float()
+    x, t, fi = (a.float() if a.is_floating_point() else a for a in inputs(f=7))
+    with torch.no_grad():
+        full = layer(x, t, fi)
+        cache = layer.new_cache()
+        chunks = [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]  # a 2-frame prompt, then 1 by 1
+        streamed = torch.cat([layer(x[:, a:b], t[:, a:b], fi[a:b], cache=cache) for a, b in chunks], 1)
+    assert (streamed - full).abs().max() <= 1e-4
+    expect_frames = 2 if strided_frames else 7  # (k-1)·s low-res frames, or all
+    assert cache.lowres.k.shape[1] == expect_frames and cache.hires.k.shape[1] == 2
+
+
+def test_noncausal_layer_refuses_cache():
+    layer = make_layer(causal=False)
+    x, t, fi = inputs()
+    with pytest.raises(ValueError, match="needs a causal layer"):
+        layer(x, t, fi, cache=layer.new_cache())
+
+
+def test_pyramid_schedule_pools_more_in_deeper_layers():
+    specs = build_schedule(MSCScheduleConfig(name="pyramid", down=2, down_max=8), depth=6)
+    assert [s.down for s in specs] == [2, 2, 4, 4, 8, 8]
+    assert [s.down for s in build_schedule(MSCScheduleConfig(name="uniform"), 3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (MSCScheduleConfig(name="zigzag"), "schedule.name must be one of"),
+    (MSCScheduleConfig(window=4), "window must be odd"),
+    (MSCScheduleConfig(stride=0), "stride must be an int >= 1"),
+    (MSCScheduleConfig(name="explicit"), "needs layers with 2 entries"),
+])
+def test_bad_schedule(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        build_schedule(cfg, depth=2)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(gating="soft"), "gating must be one of"),
+                                      (dict(hires_heads=5), "hires_heads must be in"),
+                                      (dict(upsample="cubic"), "upsample must be one of")])
+def test_bad_layer_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_layer(**kw)
