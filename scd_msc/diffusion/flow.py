@@ -1,0 +1,170 @@
+"""Rectified-flow noise process for training (no parameters; the networks live in models/).
+
+Convention: ``x_t = (1 - t) * x0 + t * eps``, ``t`` in [0, 1], ``t = 1`` is pure noise,
+``t = 0`` is data; the network regresses the velocity ``v = eps - x0`` with an MSE loss
+(Liu et al. 2022). Timesteps are logit-normal per frame (Esser et al. 2024, SD3).
+
+Shapes (DESIGN.md legend): ``B`` batch, ``F`` frames, ``C, H, W`` a frame, ``N`` tokens,
+``D`` width, ``K = decoder_multi_batch``.
+
+One SCD training step (DESIGN.md §2) with this module::
+
+    flow = FlowMatching(cfg.flow)
+    ctx, t_ctx = flow.context_noise(video, generator)      # (B, F, C, H, W), (B, F)
+    c = encoder(ctx, t_ctx)                                  # (B, F, N, D), once per clip
+    c = shift_one_frame(c)                                   # c[:, i] conditions frame i
+    c, x0 = flow.expand_multi_batch(c), flow.expand_multi_batch(video)   # (K*B, ...)
+    x_t, t, v = flow.training_inputs(x0, generator)         # (K*B, F, C, H, W), (K*B, F)
+    loss = flow.loss(decoder(x_t, t, c), v)                  # frames folded into the batch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from scd_msc.diffusion._random import rand, randn
+from scd_msc.diffusion.samplers import SAMPLERS
+
+_T_EPS = 1e-6  # keeps logit-normal draws strictly inside (0, 1) in float32
+
+
+@dataclass
+class FlowConfig:
+    """Rectified-flow settings (one component of the experiment config)."""
+
+    logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std^2)); median sigmoid(mean)
+    logit_normal_std: float = 1.0
+    timestep_shift: float = 1.0  # SD3 shift of the *sampling* schedule (>1: more high-noise steps)
+    context_noise_max: float = 0.0  # training: context frames noised to t_ctx ~ U(0, max) per frame
+    decoder_multi_batch: int = 1  # K noise draws per encoder pass
+
+    def __post_init__(self) -> None:
+        if not self.logit_normal_std > 0:
+            raise ValueError(f"logit_normal_std must be > 0, got {self.logit_normal_std!r}")
+        if not self.timestep_shift > 0:
+            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift!r}")
+        if not 0.0 <= self.context_noise_max <= 1.0:
+            raise ValueError(f"context_noise_max must be in [0, 1], got {self.context_noise_max!r}")
+        k = self.decoder_multi_batch
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"decoder_multi_batch must be an int >= 1, got {k!r}")
+
+
+class FlowMatching:
+    """Noise process, training targets and loss of rectified flow. Holds only its config."""
+
+    def __init__(self, config: FlowConfig | None = None) -> None:
+        self.config = config if config is not None else FlowConfig()
+
+    def sample_timesteps(
+        self,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Logit-normal timesteps of any ``shape``, e.g. (B, F): one per frame, float32 in (0, 1).
+
+        ``generator=None`` uses torch's global RNG (as seeded by the trainer).
+        """
+        cfg = self.config
+        u = randn(shape, generator, device)  # shape
+        t = torch.sigmoid(cfg.logit_normal_mean + cfg.logit_normal_std * u)
+        return t.clamp(_T_EPS, 1 - _T_EPS)
+
+    @staticmethod
+    def add_noise(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``x_t = (1 - t) * x0 + t * eps``.
+
+        ``x0``, ``eps``: (B, F, C, H, W) or any shape; ``t``: a leading-axes prefix of it,
+        e.g. (B, F) per frame or (B,) per sample, broadcast over the trailing axes.
+        """
+        if eps.shape != x0.shape:
+            raise ValueError(f"eps shape {tuple(eps.shape)} != x0 shape {tuple(x0.shape)}")
+        if t.shape != x0.shape[: t.ndim]:
+            raise ValueError(
+                f"t shape {tuple(t.shape)} must be a leading prefix of x0 shape {tuple(x0.shape)}"
+            )
+        t = t.to(x0.dtype).reshape(*t.shape, *([1] * (x0.ndim - t.ndim)))  # (B, F, 1, 1, 1)
+        return (1 - t) * x0 + t * eps
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``v = eps - x0`` = d x_t / dt; shape of ``x0``. Then ``x0 = x_t - t * v``."""
+        if eps.shape != x0.shape:
+            raise ValueError(f"eps shape {tuple(eps.shape)} != x0 shape {tuple(x0.shape)}")
+        return eps - x0
+
+    @staticmethod
+    def loss(pred_v: torch.Tensor, target_v: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over all elements; shapes must match exactly (no broadcasting)."""
+        if pred_v.shape != target_v.shape:
+            raise ValueError(
+                f"pred_v shape {tuple(pred_v.shape)} != target_v shape {tuple(target_v.shape)}"
+            )
+        return F.mse_loss(pred_v, target_v.to(pred_v.dtype))
+
+    def training_inputs(
+        self, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw per-frame ``t`` and ``eps`` for ``x0`` (B, F, ...).
+
+        Returns ``(x_t (B, F, ...), t (B, F), v (B, F, ...))``.
+        """
+        if x0.ndim < 2:
+            raise ValueError(f"x0 must be (B, F, ...), got shape {tuple(x0.shape)}")
+        t = self.sample_timesteps(x0.shape[:2], generator, x0.device)  # (B, F)
+        eps = randn(x0.shape, generator, x0.device, x0.dtype)  # (B, F, C, H, W)
+        return self.add_noise(x0, t, eps), t, self.velocity_target(x0, eps)
+
+    def context_noise(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context-noise augmentation: noise each context frame to ``t_ctx ~ U(0, max)``.
+
+        ``x``: (B, F, ...) clean frames. Returns ``(x_ctx (B, F, ...), t_ctx (B, F))``; the
+        encoder takes ``t_ctx`` as its per-frame noise level. With ``context_noise_max == 0``
+        returns ``x`` itself and zeros, drawing no randomness.
+        """
+        if x.ndim < 2:
+            raise ValueError(f"x must be (B, F, ...), got shape {tuple(x.shape)}")
+        t_max = self.config.context_noise_max
+        if t_max == 0.0:
+            return x, torch.zeros(x.shape[:2], device=x.device)
+        t_ctx = t_max * rand(x.shape[:2], generator, x.device)  # (B, F)
+        eps = randn(x.shape, generator, x.device, x.dtype)  # (B, F, ...)
+        return self.add_noise(x, t_ctx, eps), t_ctx
+
+    def expand_multi_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat along the batch axis ``K = decoder_multi_batch`` times: (B, ...) -> (K*B, ...).
+
+        Block-major: row ``k * B + b`` is ``x[b]`` (same as ``torch.cat([x] * K)``). Apply it
+        to the encoder output and the clean frames, then draw noise for the K*B rows, so
+        one encoder pass trains K independent noise draws; gradients sum over the K copies.
+        Returns ``x`` itself when K == 1.
+        """
+        k = self.config.decoder_multi_batch
+        if k == 1:
+            return x
+        return repeat(x, "b ... -> (k b) ...", k=k)  # (K*B, ...)
+
+    def sample(
+        self,
+        velocity_fn: Callable[..., torch.Tensor],
+        noise: torch.Tensor,
+        steps: int,
+        sampler: str = "euler",
+        **kwargs: object,
+    ) -> torch.Tensor:
+        """Run sampler ``sampler`` (``SAMPLERS``) with this config's ``timestep_shift``.
+
+        ``noise``: (N, ...); other keywords (``guidance``, ``context``, ``perturb_scale``,
+        ``generator``, ``callback``) go to the sampler. Returns x0: (N, ...).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got sampler={sampler!r}")
+        return SAMPLERS[sampler](velocity_fn, noise, steps, self.config.timestep_shift, **kwargs)
