@@ -1,0 +1,105 @@
+"""``scd-msc make-shards``: argument parsing and the command itself.
+
+Wiring (in ``scd_msc/cli.py``)::
+
+    sub = subparsers.add_parser("make-shards", help="write webdataset shards of video clips")
+    add_make_shards_arguments(sub)
+    sub.set_defaults(func=run_make_shards)
+
+Examples::
+
+    scd-msc make-shards moving-digits --out shards/digits --frames 16 --size 64 --clips 10000
+    scd-msc make-shards videos --path my_videos/ --out shards/vids --frames 16 --size 128 --format mp4
+    scd-msc make-shards latents --encoder my_pkg.vae:encode --out shards/lat --frames 16 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .shards import FORMATS, check_out_dir, make_shards, validate
+from .sources import PIXEL_SOURCES, SOURCES
+
+
+def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``make-shards`` arguments to ``parser`` (a subcommand parser)."""
+    parser.add_argument("source", help=f"where clips come from: {', '.join(SOURCES)}")
+    parser.add_argument("--out", required=True, help="output folder for shard-NNNNNN.tar files")
+    parser.add_argument("--frames", type=int, required=True, help="frames per clip (F)")
+    parser.add_argument("--size", type=int, required=True, help="frame height and width in pixels")
+    parser.add_argument("--clips", type=int, default=None,
+                        help="number of clips (default 1000 for generators, every clip for videos)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
+    parser.add_argument("--format", dest="fmt", default="npy", help=f"sample format: {', '.join(FORMATS)}")
+    parser.add_argument("--channels", type=int, default=None, help="1 (grey) or 3 (RGB); default per source")
+    parser.add_argument("--fps", type=float, default=None, help="frame rate stored for synthetic clips")
+    parser.add_argument("--path", default=None, help="folder of video files (source videos)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="frames between clip starts in a video (default --frames, no overlap)")
+    parser.add_argument("--encoder", default=None, help="module:function mapping (F, C, H, W) to latents")
+    parser.add_argument("--pixels", default="moving-digits",
+                        help=f"pixel source fed to the encoder (latents): {', '.join(PIXEL_SOURCES)}")
+    parser.add_argument("--latent-dtype", default="float16", help="float16 or float32 (latents)")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict:
+    """Only the options that apply to the chosen source (others are rejected by ``validate``)."""
+    pixels = args.pixels if args.source == "latents" else args.source
+    kwargs: dict = {}
+    if args.source == "latents":
+        kwargs.update(encoder=args.encoder, pixels=args.pixels, latent_dtype=args.latent_dtype)
+    if pixels == "videos":
+        kwargs.update(path=args.path, stride=args.stride)
+    if args.channels is not None:
+        kwargs["channels"] = args.channels
+    if args.fps is not None:
+        kwargs["fps"] = args.fps
+    return kwargs
+
+
+def _check_unused(args: argparse.Namespace) -> None:
+    pixels = args.pixels if args.source == "latents" else args.source
+    if pixels != "videos" and (args.path is not None or args.stride is not None):
+        raise ValueError(f"--path/--stride: only used by the videos source, not {pixels!r}")
+    if args.source != "latents" and args.encoder is not None:
+        raise ValueError(f"--encoder: only used by the latents source, not {args.source!r}")
+
+
+def run_make_shards(args: argparse.Namespace) -> int:
+    """Validate every argument, write the shards, print a summary. Returns the exit code."""
+    clips = args.clips
+    if clips is None:
+        videos = args.source == "videos" or (args.source == "latents" and args.pixels == "videos")
+        clips = None if videos else 1000
+    try:
+        _check_unused(args)
+        kwargs = _source_kwargs(args)
+        validate(args.source, args.frames, args.size, clips, args.shard_size, args.fmt, **kwargs)
+        check_out_dir(args.out, args.overwrite)
+        summary = make_shards(args.source, args.out, args.frames, args.size, clips=clips,
+                              shard_size=args.shard_size, seed=args.seed, fmt=args.fmt,
+                              overwrite=args.overwrite, progress=not args.no_progress, **kwargs)
+    except ValueError as exn:
+        print(f"scd-msc make-shards: error: {exn}", file=sys.stderr)
+        return 2
+    print(summary)
+    if summary.clips == 0:
+        print("scd-msc make-shards: error: no clip was written (videos too short or undecodable?)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m scd_msc.data.cli SOURCE --out DIR ...``."""
+    parser = add_make_shards_arguments(argparse.ArgumentParser(prog="scd-msc make-shards"))
+    return run_make_shards(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

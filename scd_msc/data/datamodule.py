@@ -1,0 +1,62 @@
+"""Lightning wrapper around ``ClipDataset``: batches ``{"video": (B, F, C, H, W), "key": list[str]}``.
+
+Pixels are in [-1, 1]; latent shards give latents as stored. Rank and world size come
+from the attached trainer (or are passed in) and are handed to the dataset explicitly.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import webdataset as wds
+
+from .config import DataConfig
+from .dataset import ClipDataset, collate_clips
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train on an endless resampled shard stream, validate on one ordered pass.
+
+    Args:
+        config: the ``DataConfig``.
+        rank, world_size: override the trainer's ``global_rank`` / ``world_size``
+            (for use without a trainer, e.g. in tests or custom loops).
+    """
+
+    def __init__(self, config: DataConfig, rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        if not config.train_shards:
+            raise ValueError("data.train_shards='': expected a shard pattern, e.g. 'shards/*.tar'")
+        self.config = config
+        self._rank, self._world_size = rank, world_size
+
+    def _place(self) -> tuple[int, int]:
+        trainer = self.trainer
+        rank = self._rank if self._rank is not None else (trainer.global_rank if trainer else 0)
+        world = self._world_size if self._world_size is not None else (trainer.world_size if trainer else 1)
+        return rank, world
+
+    def _dataset(self, shards: str, resampled: bool) -> ClipDataset:
+        c = self.config
+        rank, world = self._place()
+        return ClipDataset(shards, c.clip_frames, c.channels, c.image_size, rank=rank, world_size=world,
+                           resampled=resampled, seed=c.seed, shuffle_buffer=c.shuffle_buffer,
+                           resize=c.resize, max_consecutive_skips=c.max_consecutive_skips)
+
+    def _loader(self, dataset: ClipDataset) -> wds.WebLoader:
+        c = self.config
+        # persistent workers keep each worker's dataset copy, so its epoch counter (the
+        # seed of shard draws and offsets) advances instead of replaying epoch 0.
+        return wds.WebLoader(dataset, batch_size=c.batch_size, num_workers=c.num_workers,
+                             collate_fn=collate_clips, pin_memory=c.pin_memory,
+                             persistent_workers=c.num_workers > 0)
+
+    def train_dataloader(self) -> wds.WebLoader:
+        n = self.config.epoch_batches
+        return self._loader(self._dataset(self.config.train_shards, True)).with_epoch(n).with_length(n, silent=True)
+
+    def val_dataloader(self) -> wds.WebLoader | list:
+        if not self.config.val_shards:
+            return []
+        loader = self._loader(self._dataset(self.config.val_shards, False))
+        n = self.config.val_batches
+        return loader if n is None else loader.with_epoch(n).with_length(n, silent=True)

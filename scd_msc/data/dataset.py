@@ -1,0 +1,160 @@
+"""Shard reader: webdataset tar shards -> ``{"video": (F, C, H, W) float, "key": str}`` samples.
+
+Two modes:
+
+* **resampled** (training): an endless stream. Shards are first split by node
+  (``node_shards(urls, rank, world_size)``, rank and world size passed in, never read from
+  ``torch.distributed`` here) and, when there are enough, by DataLoader worker; each
+  worker then draws shards with replacement from its share and takes each clip at a
+  random offset. All randomness comes from ``numpy.random.default_rng([seed, rank,
+  worker, epoch])``: runs are reproducible and ranks read disjoint shards whenever
+  ``len(shards) >= world_size`` (otherwise every rank reads every shard, with a
+  warning). The epoch counter advances on every ``iter()`` (keep
+  DataLoader workers persistent, as ``ShardDataModule`` does) or is set by ``set_epoch``.
+* **finite** (validation / evaluation): every shard of this rank and worker once, in
+  order, offset 0.
+
+Built from webdataset's own stages (``tarfile_to_samples``, ``shuffle``);
+``wds.WebDataset(resampled=True)`` is not used because its shard
+resampler seeds itself from the clock and the node splitter would then only deal out
+draws of independent random streams, so ranks could read the same shard at once.
+
+Unusable samples (see ``decode.REASONS``) and unreadable or truncated tar files are
+skipped and counted in ``dataset.skipped`` (per worker process), never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .decode import ClipSpec, SkipCounter, SkipSample, decode_sample
+
+log = logging.getLogger(__name__)
+
+_REMOTE = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://")
+
+
+def expand_shards(spec: str | Sequence[str]) -> list[str]:
+    """Shard list from a brace pattern (``data/shard-{000000..000009}.tar``), a glob
+    (``data/*.tar``), ``::``-joined patterns, or a list of those. Local files must exist."""
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for part in parts:
+        for url in wds.shardlists.expand_urls(str(part)):
+            if url.startswith(_REMOTE):
+                urls.append(url)
+            elif glob.has_magic(url):
+                urls.extend(sorted(glob.glob(url)))
+            elif os.path.isfile(url):
+                urls.append(url)
+            else:
+                raise ValueError(f"shards={spec!r}: expected existing shard files, {url!r} does not exist")
+    if not urls:
+        raise ValueError(f"shards={spec!r}: expected at least one shard, the pattern matched none")
+    return urls
+
+
+def node_shards(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """Explicit node splitting: shards ``rank, rank + world_size, ...`` of ``urls``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r}, world_size={world_size!r}: expected 0 <= rank < world_size")
+    return list(urls[rank::world_size])
+
+
+def worker_shards(urls: Sequence[str], worker: int, num_workers: int) -> list[str]:
+    """Worker splitting within one node: shards ``worker, worker + num_workers, ...``."""
+    return list(urls[worker::num_workers])
+
+
+def _resample(urls: list[str], rng: np.random.Generator) -> Iterator[dict]:
+    """Endless ``dict(url=...)`` stream drawn with replacement (webdataset's shard-stream format)."""
+    while True:
+        yield {"url": urls[int(rng.integers(len(urls)))]}
+
+
+class ClipDataset(IterableDataset):
+    """Iterable dataset of clips read from webdataset shards (see the module docstring).
+
+    Args:
+        shards: brace pattern, glob or list (see ``expand_shards``).
+        clip_frames, channels, image_size: what a usable clip is (others are skipped).
+        rank, world_size: this process's place in distributed training.
+        resampled: endless random stream (True) or one ordered pass (False).
+        seed: base seed of the shard draws, the shuffle buffer and the clip offsets.
+        shuffle_buffer: samples held in the shuffle buffer (resampled mode only; 0 = off).
+        resize: resize pixel clips of another size instead of skipping them.
+        max_consecutive_skips: raise after this many unusable samples in a row.
+    """
+
+    def __init__(self, shards: str | Sequence[str], clip_frames: int, channels: int, image_size: int, *,
+                 rank: int = 0, world_size: int = 1, resampled: bool = True, seed: int = 0,
+                 shuffle_buffer: int = 64, resize: bool = False, max_consecutive_skips: int = 1000):
+        super().__init__()
+        for name, value in (("clip_frames", clip_frames), ("channels", channels), ("image_size", image_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed={seed!r}: expected a non-negative integer")
+        self.urls = expand_shards(shards)
+        self.rank_urls = node_shards(self.urls, rank, world_size)
+        if len(self.urls) < world_size:  # an empty rank would stall the others (DDP collectives)
+            log.warning("%d shards for %d ranks: rank %d reads all of them (ranks overlap); "
+                        "write at least world_size shards", len(self.urls), world_size, rank)
+            self.rank_urls = list(self.urls)
+        self.spec = ClipSpec(clip_frames, channels, image_size, resize)
+        self.rank, self.world_size = rank, world_size
+        self.resampled, self.seed, self.shuffle_buffer = resampled, seed, shuffle_buffer
+        self.skipped = SkipCounter(max_consecutive_skips)
+        self.epoch: int | None = None
+        self._iterations = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch that seeds the next ``iter()`` (otherwise the iteration count is used)."""
+        self.epoch = epoch
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = self._worker()
+        epoch = self._iterations if self.epoch is None else self.epoch
+        self._iterations += 1
+        rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
+        urls = self.rank_urls
+        if len(urls) >= num_workers or not self.resampled:
+            urls = worker_shards(urls, worker, num_workers)
+        if not urls:
+            return
+        source = _resample(urls, rng) if self.resampled else iter([{"url": u} for u in urls])
+        samples = wds.tarfile_to_samples(handler=self.skipped.handler)(source)
+        if self.resampled and self.shuffle_buffer > 1:
+            shuffle_rng = random.Random(int(rng.integers(2**63)))
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(samples)
+        yield from self._decode(samples, rng if self.resampled else None)
+        if not self.resampled and self.skipped.total:
+            log.info("rank %d worker %d: finished pass, skipped %s", self.rank, worker, self.skipped.summary())
+
+    def _decode(self, samples, rng: np.random.Generator | None) -> Iterator[dict]:
+        for sample in samples:
+            try:
+                out = decode_sample(sample, self.spec, rng)
+            except SkipSample as skip:
+                self.skipped.skip(skip.reason, f"{sample.get('__key__')}@{sample.get('__url__')}", skip.detail)
+                continue
+            self.skipped.ok()
+            yield out
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """``{"video": (B, F, C, H, W), "key": list[str]}`` from a list of samples."""
+    return {"video": torch.stack([s["video"] for s in samples]), "key": [s["key"] for s in samples]}

@@ -1,0 +1,150 @@
+"""PyAV helpers: encode uint8 clips to mp4 bytes, decode video bytes or files, resize.
+
+Frames are uint8 ``(F, H, W, C)`` with ``C = 1`` (grey) or ``C = 3`` (RGB). A grey clip
+is written as an RGB video (mp4 has no grey profile that every decoder reads) and read
+back as grey with ``channels=1``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+VideoSource = bytes | str | os.PathLike
+
+
+def _check_clip(frames: np.ndarray) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
+            or frames.shape[-1] not in (1, 3) or frames.shape[0] < 1:
+        got = getattr(frames, "dtype", type(frames).__name__), getattr(frames, "shape", None)
+        raise ValueError(f"frames (dtype, shape)={got}: expected uint8 (F>=1, H, W, C in {{1, 3}})")
+
+
+def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
+    """Convert uint8 ``(..., C)`` between grey (C=1) and RGB (C=3); ITU-R 601 luma for RGB->grey."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r}: expected 1 or 3")
+    have = frames.shape[-1]
+    if have == channels:
+        return frames
+    if have == 1:
+        return np.repeat(frames, 3, axis=-1)
+    luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.rint(luma).clip(0, 255).astype(np.uint8)[..., None]
+
+
+def resize_frames(frames: np.ndarray, size: int, *, crop: bool = True) -> np.ndarray:
+    """Resize uint8 ``(F, H, W, C)`` to ``(F, size, size, C)``.
+
+    With ``crop`` the largest centred square is cut first (no distortion); without it
+    the frames are stretched. Bilinear filtering (PIL, antialiased when shrinking).
+    """
+    if size < 1:
+        raise ValueError(f"size={size!r}: expected a positive integer")
+    return np.stack([_resize_one(f, size, crop) for f in frames])
+
+
+def _resize_one(frame: np.ndarray, size: int, crop: bool) -> np.ndarray:
+    """``(H, W, C)`` -> ``(size, size, C)``."""
+    h, w, c = frame.shape
+    if crop and h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        frame = frame[top:top + s, left:left + s]
+    if frame.shape[:2] == (size, size):
+        return frame
+    image = Image.fromarray(frame[..., 0] if c == 1 else frame)
+    out = np.asarray(image.resize((size, size), Image.BILINEAR))
+    return out[..., None] if c == 1 else out
+
+
+def encode_mp4(frames: np.ndarray, fps: float = 8.0, *, codec: str = "libx264", crf: int = 18) -> bytes:
+    """Encode uint8 ``(F, H, W, C)`` to mp4 bytes (H.264 by default, ``mpeg4`` as fallback).
+
+    Odd frame sizes use 4:4:4 chroma (4:2:0 needs even sizes). ``crf`` only applies to x264.
+    """
+    _check_clip(frames)
+    if fps <= 0:
+        raise ValueError(f"fps={fps!r}: expected a positive number")
+    rgb = to_channels(frames, 3)
+    f, h, w, _ = rgb.shape
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream(_available_codec(codec), rate=_fraction(fps))
+        stream.width, stream.height = w, h
+        even = h % 2 == 0 and w % 2 == 0
+        stream.pix_fmt = "yuv420p" if even or stream.codec_context.name != "libx264" else "yuv444p"
+        if stream.codec_context.name == "libx264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in rgb:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush delayed frames
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def _available_codec(codec: str) -> str:
+    for name in (codec, "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # noqa: BLE001 -- PyAV raises several types for a missing codec
+            continue
+    raise RuntimeError(f"codec={codec!r}: neither it nor 'mpeg4' can encode in this PyAV build")
+
+
+def _fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def iter_video_frames(source: VideoSource, *, channels: int = 3, size: int | None = None,
+                      max_frames: int | None = None, crop: bool = True) -> Iterator[np.ndarray]:
+    """Yield uint8 frames ``(H, W, channels)`` (or ``(size, size, channels)``) one at a time.
+
+    ``source`` is encoded bytes or a path (mp4, webm, avi, gif, ... anything FFmpeg reads).
+    Decoding stops after ``max_frames``. Raises ``av.FFmpegError`` (a ``ValueError``) on
+    undecodable data.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r}: expected 1 or 3")
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+    fmt = "gray" if channels == 1 else "rgb24"
+    with av.open(handle, mode="r") as container:
+        if not container.streams.video:
+            raise ValueError(f"source={_describe(source)}: expected a video stream, found none")
+        count = 0
+        for frame in container.decode(video=0):
+            if max_frames is not None and count >= max_frames:
+                break
+            array = frame.to_ndarray(format=fmt)
+            array = array[..., None] if channels == 1 else array          # (H, W, C)
+            yield _resize_one(array, size, crop) if size is not None else array
+            count += 1
+
+
+def decode_video(source: VideoSource, *, channels: int = 3, size: int | None = None,
+                 max_frames: int | None = None, crop: bool = True) -> np.ndarray:
+    """Decode a whole video (or its first ``max_frames``) to uint8 ``(F, H, W, channels)``."""
+    frames = list(iter_video_frames(source, channels=channels, size=size, max_frames=max_frames, crop=crop))
+    if not frames:
+        raise ValueError(f"source={_describe(source)}: decoded no frames")
+    return np.stack(frames)
+
+
+def video_fps(source: VideoSource, default: float = 8.0) -> float:
+    """Average frame rate of the first video stream, or ``default`` when unknown."""
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+    with av.open(handle, mode="r") as container:
+        rate = container.streams.video[0].average_rate if container.streams.video else None
+    return float(rate) if rate else default
+
+
+def _describe(source: VideoSource) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else repr(os.fspath(source))
