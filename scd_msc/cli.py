@@ -13,7 +13,23 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(frames=args.frames, grid=args.grid, device=args.device)
 
 
+def _params(args: argparse.Namespace) -> int:
+    import torch
+
+    from scd_msc.models import FAMILIES, SIZES, build_model, count_parameters
+
+    print(f"{'size':6s} " + " ".join(f"{f:>12s}" for f in FAMILIES) + "   max/min")
+    for size in args.sizes or list(SIZES):
+        with torch.device("meta"):  # counts only: no memory, no init time
+            counts = [count_parameters(build_model(f"{f}-{size}")) for f in FAMILIES]
+        print(f"{size:6s} " + " ".join(f"{c / 1e6:11.2f}M" for c in counts)
+              + f"   {max(counts) / min(counts):.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
+
     parser = argparse.ArgumentParser(prog="scd-msc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--grid", type=int, default=16)
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     demo.set_defaults(func=_demo)
+    shards = sub.add_parser("make-shards", help="write webdataset shards of video clips")
+    add_make_shards_arguments(shards)
+    shards.set_defaults(func=run_make_shards)
+    params = sub.add_parser("params", help="parameter counts of every preset family per size")
+    params.add_argument("sizes", nargs="*", help="sizes to list (default: all)")
+    params.set_defaults(func=_params)
     return parser
 
 

@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 
 from scd_msc.ops import hires_attention, lowres_attention
-from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, unpool_tokens
+from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, prepare_qkv, unpool_tokens
 from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig, build_schedule
 
 SPEC = MSCLayerSpec(down=2, window=3, frames=2, stride=2, strided_frames=2)
@@ -37,9 +37,8 @@ def test_gating_off_is_plain_concatenation():
     x, t, fi = inputs()
     layer = make_layer(gating="off")
     qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
-    ys, xs = torch.arange(7.0), torch.arange(9.0)
-    hq, hk, hv = layer._prep(qkv[..., :2, :], fi, ys, xs, 1)
-    lq, lk, lv = layer._prep(qkv[..., 2:, :], fi, ys, xs, 2)
+    hq, hk, hv = prepare_qkv(layer, qkv[..., :2, :], fi, 1)
+    lq, lk, lv = prepare_qkv(layer, qkv[..., 2:, :], fi, 2)
     hi = hires_attention(hq, hk, hv, window=3, frames=2, backend="reference")
     lo = lowres_attention(lq, lk, lv, stride=2, frames=2, backend="reference")
     lo = unpool_tokens(lo, 2, 7, 9, "nearest")

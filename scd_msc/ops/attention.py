@@ -8,16 +8,23 @@ branch) · ``h`` heads · ``d`` head dim. All tensors are ``(B, F, Hp, Wp, h, d)
 
 from __future__ import annotations
 
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from scd_msc.ops import checks
 from scd_msc.ops.backends import IMPLS, resolve_backend
-from scd_msc.ops.masks import WindowSpec, hires_spec, lowres_spec
+from scd_msc.ops.masks import WindowSpec, covers_all, hires_spec, lowres_spec
 
 
 def window_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec,
                      backend: str = "auto") -> Tensor:
-    """Attention under any :class:`WindowSpec` (arguments already checked)."""
+    """Attention under any :class:`WindowSpec` (arguments already checked). When the
+    pattern covers every key, ``auto`` and ``reference`` run unmasked SDPA."""
+    if backend in ("auto", "reference") and covers_all(spec, q.shape[1], k.shape[1], q.shape[2], q.shape[3]):
+        qs, ks, vs = (rearrange(t, "b f y x h d -> b h (f y x) d") for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qs, ks, vs)  # (B, h, Fq·N, d)
+        return rearrange(out, "b h (f y x) d -> b f y x h d", f=q.shape[1], y=q.shape[2])
     name = resolve_backend(backend, q, k, spec)
     return IMPLS[name](q, k, v, spec)
 

@@ -23,11 +23,13 @@ class FrameKV:
     k: Optional[Tensor] = None
     v: Optional[Tensor] = None
 
-    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Cached frames followed by the new ones (what the new queries attend), and
-        keep the tail for the next call."""
+    def extend(self, k: Tensor, v: Tensor, commit: bool = True) -> tuple[Tensor, Tensor]:
+        """Cached frames followed by the new ones (what the new queries attend); with
+        ``commit`` keep the tail for the next call, else leave the cache as it was."""
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1)
+        if not commit:
+            return k, v
         keep = k.shape[1] if self.max_frames is None else min(self.max_frames, k.shape[1])
         if keep == 0:
             self.k = self.v = None
@@ -47,6 +49,14 @@ class MSCCache:
     hires: FrameKV
     lowres: FrameKV
     frames_seen: int = 0
+    commit: bool = True  # False: attend the cache without writing (a denoising pass)
+
+    def extend(self, branch: FrameKV, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return branch.extend(k, v, commit=self.commit)
+
+    def advance(self, frames: int) -> None:
+        if self.commit:
+            self.frames_seen += frames
 
     def nbytes(self) -> int:
         return self.hires.nbytes() + self.lowres.nbytes()
@@ -61,3 +71,7 @@ class StackCache:
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
+
+    def set_commit(self, commit: bool) -> None:
+        for layer in self.layers:
+            layer.commit = commit

@@ -97,6 +97,19 @@ def dense_window_mask(spec: WindowSpec, q_frames: int, kv_frames: int, hp: int, 
     return mask_mod(zero, zero, q_idx, kv_idx)
 
 
+def covers_all(spec: WindowSpec, q_frames: int, kv_frames: int, hp: int, wp: int) -> bool:
+    """True when every query sees every key (plain dense attention, no mask needed)."""
+    (kt, ky, kx), (dt, dy, dx), (ct, cy, cx) = spec.kernel, spec.dilation, spec.causal
+    time_ok = dt == 1 and kt >= kv_frames and (not ct or q_frames == 1)
+    return time_ok and (dy, dx) == (1, 1) and not (cy or cx) and ky >= hp and kx >= wp
+
+
+def dense_spec(frames: int | None, kv_frames: int, grid: tuple[int, int], causal: bool) -> WindowSpec:
+    """Dense attention over whole frames: the last ``frames`` frames (causal) or a clamped
+    window of ``frames`` (``None``: all frames), every position of each."""
+    return WindowSpec(kernel=(frames or kv_frames, grid[0], grid[1]), causal=(causal, False, False))
+
+
 def frame_causal_mask_mod(q_frames: int, kv_frames: int, n: int) -> MaskMod:
     """Dense frame-causal attention (the causal-DiT baseline): every token of frame
     ``f`` sees every token of frames ``<= f``; ``n`` tokens per frame."""

@@ -39,7 +39,7 @@ class MSCAttentionConfig:
     upsample: str = "nearest"  # "nearest" | "bilinear"
     causal: bool = True
     backend: str = "auto"
-    gate_embed_dim: int = 128
+    gate_embed_dim: int = 32
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -123,35 +123,24 @@ class MSCAttention(nn.Module):
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
         qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
-        ys = torch.arange(hp, device=x.device, dtype=torch.float32)
-        xs = torch.arange(wp, device=x.device, dtype=torch.float32)
         s, outs = self.spec, []
         if self.h_hi:
-            q, k, v = self._prep(qkv[..., : self.h_hi, :], frame_index, ys, xs, 1)
+            q, k, v = prepare_qkv(self, qkv[..., : self.h_hi, :], frame_index, 1)
             if cache is not None:
-                k, v = cache.hires.extend(k, v)
+                k, v = cache.extend(cache.hires, k, v)
             outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
                                         causal=self.cfg.causal, backend=self.cfg.backend))
         if self.h_lo:
-            q, k, v = self._prep(qkv[..., self.h_hi:, :], frame_index, ys, xs, s.down)
+            q, k, v = prepare_qkv(self, qkv[..., self.h_hi:, :], frame_index, s.down)
             if cache is not None:
-                k, v = cache.lowres.extend(k, v)
+                k, v = cache.extend(cache.lowres, k, v)
             o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
                                  causal=self.cfg.causal, backend=self.cfg.backend)
             outs.append(unpool_tokens(o, s.down, hp, wp, self.cfg.upsample))
         if cache is not None:
-            cache.frames_seen += f
+            cache.advance(f)
         o = torch.cat(outs, dim=-2) * self.gates(t)[:, :, None, None, :, None]  # (B, F, Hp, Wp, h, d)
         return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))
-
-    def _prep(self, qkv: Tensor, frame_index: Tensor, ys: Tensor, xs: Tensor, r: int):
-        """Pool (r > 1), normalise q/k and rotate them by (frame, y, x) positions."""
-        q, k, v = (pool_tokens(t, r) for t in qkv.unbind(0))  # (B, F, Hp/r, Wp/r, h, d)
-        py = pool_positions(ys, r)
-        px = pool_positions(xs, r)
-        q = rope3d(self.q_norm(q), frame_index, py, px)
-        k = rope3d(self.k_norm(k), frame_index, py, px)
-        return q, k, v
 
 
 def pool_positions(pos: Tensor, r: int) -> Tensor:
@@ -159,3 +148,15 @@ def pool_positions(pos: Tensor, r: int) -> Tensor:
     if r == 1:
         return pos
     return F.avg_pool1d(pos[None, None], r, ceil_mode=True)[0, 0]
+
+
+def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int):
+    """qkv ``(3, B, F, Hp, Wp, h, d)`` -> pooled (``r > 1``) q, k, v with q/k normalised
+    by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x) positions."""
+    hp, wp = qkv.shape[3], qkv.shape[4]
+    q, k, v = (pool_tokens(t, r) for t in qkv.unbind(0))  # (B, F, Hp/r, Wp/r, h, d)
+    py = pool_positions(torch.arange(hp, device=qkv.device, dtype=torch.float32), r)
+    px = pool_positions(torch.arange(wp, device=qkv.device, dtype=torch.float32), r)
+    q = rope3d(layer.q_norm(q), frame_index, py, px)
+    k = rope3d(layer.k_norm(k), frame_index, py, px)
+    return q, k, v

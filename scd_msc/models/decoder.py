@@ -1,0 +1,62 @@
+"""Lightweight frame-wise diffusion decoder of SCD: one frame at a time.
+
+Each call denoises frames folded into the batch, conditioned on the encoder's context
+``c`` of the previous frame. Conditioning (config ``conditioning``):
+
+* ``token_concat`` (default) — the 2-"frame" stack ``[c ; x_t]`` goes through
+  non-causal MSC blocks (hi-res window + low-res global, gated by the noise level);
+* ``add`` — ``c`` is added to the noisy tokens (one frame);
+* ``adaln`` — the mean of ``c`` joins the timestep embedding in adaLN.
+
+Shapes: ``B'`` folded batch (``B·F`` or ``K·B·F``) · ``C`` channels · ``H, W`` pixels ·
+``Hp, Wp`` grid · ``N = Hp·Wp`` · ``D`` width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scd_msc.models.config import ModelConfig
+from scd_msc.models.encoder import attention_config
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify
+from scd_msc.ops.dense import DenseAttention
+from scd_msc.ops.msc import MSCAttention
+from scd_msc.ops.schedule import MSCLayerSpec
+
+
+class FrameDecoder(nn.Module):
+    """``(x_t (B', C, H, W), t (B',), c (B', N, D)) -> velocity (B', C, H, W)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
+        self.t_embed = TimestepEmbedder(cfg.dim)
+        self.ctx_proj = nn.Linear(cfg.dim, cfg.dim)
+        attn = attention_config(cfg, causal=False)
+        spec = MSCLayerSpec(down=cfg.decoder_down, window=cfg.decoder_window, frames=2,
+                            stride=1, strided_frames=None)
+        make = (lambda: MSCAttention(attn, spec)) if cfg.family == "scd-msc" else (lambda: DenseAttention(attn))
+        self.blocks = nn.ModuleList(Block(cfg.dim, make(), cfg.mlp_ratio) for _ in range(cfg.dec_depth))
+        self.final = Unpatchify(cfg.channels, cfg.patch, cfg.dim)
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        g = self.cfg.grid
+        tokens = self.patchify(x[:, None])  # (B', 1, Hp, Wp, D)
+        ctx = self.ctx_proj(c).unflatten(1, (g, g))[:, None]  # (B', 1, Hp, Wp, D)
+        cond = self.t_embed(t)[:, None]  # (B', 1, D)
+        mode = self.cfg.conditioning
+        if mode == "token_concat":
+            h = torch.cat([ctx, tokens], dim=1)  # (B', 2, Hp, Wp, D)
+        elif mode == "add":
+            h = tokens + ctx
+        else:  # adaln
+            h, cond = tokens, cond + ctx.mean(dim=(2, 3))
+        frames = h.shape[1]
+        tt = t[:, None].expand(-1, frames)  # (B', frames)
+        cond = cond.expand(-1, frames, -1)  # (B', frames, D)
+        fi = torch.arange(frames, device=x.device)
+        for block in self.blocks:
+            h = block(h, tt, cond, fi)
+        return self.final(h[:, -1:], cond[:, -1:])[:, 0]  # (B', C, H, W)

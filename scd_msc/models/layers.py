@@ -1,0 +1,100 @@
+"""Building blocks shared by the SCD encoder/decoder and the causal DiT.
+
+Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``Hp, Wp``
+token grid · ``N = Hp·Wp`` · ``D`` width · ``p`` patch size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from scd_msc.ops.embed import timestep_embedding
+
+
+class Patchify(nn.Module):
+    """``(B, F, C, H, W) -> (B, F, Hp, Wp, D)`` with non-overlapping ``p × p`` patches."""
+
+    def __init__(self, channels: int, patch: int, dim: int):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Linear(channels * patch * patch, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch
+        return self.proj(rearrange(x, "b f c (y p) (x q) -> b f y x (p q c)", p=p, q=p))
+
+
+class Unpatchify(nn.Module):
+    """adaLN final layer (DiT): ``(B, F, Hp, Wp, D)``, cond ``(B, F, D)`` ->
+    ``(B, F, C, H, W)``; zero-initialised so a fresh model predicts 0."""
+
+    def __init__(self, channels: int, patch: int, dim: int):
+        super().__init__()
+        self.patch, self.channels = patch, channels
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.proj = nn.Linear(dim, channels * patch * patch)
+        for m in (self.ada[-1], self.proj):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.ada(cond)[:, :, None, None].chunk(2, dim=-1)  # (B, F, 1, 1, D)
+        x = self.proj(self.norm(x) * (1 + scale) + shift)  # (B, F, Hp, Wp, p·p·C)
+        p = self.patch
+        return rearrange(x, "b f y x (p q c) -> b f c (y p) (x q)", p=p, q=p, c=self.channels)
+
+
+class TimestepEmbedder(nn.Module):
+    """t ``(...)`` in [0, 1] -> ``(..., D)``: sinusoidal features through an MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float = 4.0):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-zero (DiT) conditioning per frame.
+
+    ``attn`` is an MSCAttention or DenseAttention; ``cond (B, F, D)`` modulates both
+    sub-layers, and the zero-initialised gates make a fresh block the identity.
+    """
+
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.attn = attn
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[-1].weight)
+        nn.init.zeros_(self.ada[-1].bias)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
+                cache: Optional[object] = None) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x."""
+        mods = self.ada(cond)[:, :, None, None].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + gate1 * self.attn(h, t, frame_index, cache=cache)
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+
+def frame_positions(start: int, count: int, device: torch.device) -> Tensor:
+    """Absolute frame indices ``(count,)`` from ``start``."""
+    return torch.arange(start, start + count, device=device)

@@ -1,0 +1,61 @@
+"""Named presets: ``{scd-msc, scd-dense, causal-dit}-{tiny, small, base}``.
+
+For each size the three families share width, depth (``enc_depth + dec_depth`` blocks)
+and patching, so parameter counts agree within a few percent (``scd-msc params``).
+``tiny`` runs the tests on a CPU in seconds; ``small`` has 1024 tokens per frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from scd_msc.models.causal_dit import CausalDiT
+from scd_msc.models.config import FAMILIES, ModelConfig
+from scd_msc.models.scd import SCDModel
+from scd_msc.ops.schedule import MSCScheduleConfig
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(channels=1, image_size=32, patch=4, dim=64, heads=4, enc_depth=4, dec_depth=2,
+                 schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=4, window=3, frames=3,
+                                            stride=2, strided_frames=4),
+                 decoder_window=3, decoder_down=2),
+    "small": dict(channels=1, image_size=64, patch=2, dim=384, heads=6, enc_depth=10, dec_depth=2,
+                  schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=4, window=7, frames=4,
+                                             stride=2, strided_frames=8),
+                  decoder_window=7, decoder_down=4),
+    "base": dict(channels=3, image_size=128, patch=2, dim=768, heads=12, enc_depth=20, dec_depth=4,
+                 schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=8, window=7, frames=4,
+                                            stride=2, strided_frames=8),
+                 decoder_window=7, decoder_down=4),
+}
+
+PRESETS = tuple(f"{family}-{size}" for family in FAMILIES for size in SIZES)
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    family, size = name.rsplit("-", 1)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(fields)}")
+    return ModelConfig(family=family, **{**SIZES[size], **overrides})
+
+
+def model_from_config(cfg: ModelConfig) -> nn.Module:
+    cfg.validate()
+    return CausalDiT(cfg) if cfg.family == "causal-dit" else SCDModel(cfg)
+
+
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """``build_model("scd-msc-tiny", backend="reference")`` -> a model."""
+    return model_from_config(preset_config(name, **overrides))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,87 @@
+"""Generation API shared by every model: ``generate`` and ``stream`` sessions.
+
+A session makes one frame per :meth:`StreamSession.step` (it is also an iterator).
+``cache=True`` keeps per-layer frame caches, so each new frame costs the same however
+long the video is; ``cache=False`` recomputes the whole history every frame (the slow
+reference the cache is tested against).
+
+Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from scd_msc.diffusion._random import randn
+
+
+def check_generation_args(model: nn.Module, batch_size: int, steps: int,
+                          prompt: Optional[Tensor], num_frames: int = 1) -> None:
+    """ValueErrors naming the argument, the value and what was expected."""
+    cfg = model.cfg
+    for name, value in (("batch_size", batch_size), ("steps", steps), ("num_frames", num_frames)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if prompt is not None:
+        expect = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
+        if prompt.dim() != 5 or prompt.shape[0] != batch_size or tuple(prompt.shape[2:]) != expect[1:]:
+            raise ValueError(f"prompt must be (B, F, C, H, W) = ({batch_size}, F, {cfg.channels}, "
+                             f"{cfg.image_size}, {cfg.image_size}), got {tuple(prompt.shape)}")
+
+
+class StreamSession:
+    """Frame-by-frame generation state; subclasses define :meth:`_make_frame`."""
+
+    def __init__(self, model: nn.Module, batch_size: int, steps: int,
+                 generator: Optional[torch.Generator], cache: bool, guidance: float):
+        self.model, self.batch_size, self.steps = model, batch_size, steps
+        self.generator, self.cache, self.guidance = generator, cache, guidance
+        self.frames_done = 0
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        cfg = model.cfg
+        self.frame_shape = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
+
+    def noise(self) -> Tensor:
+        return randn(self.frame_shape, self.generator, self.device, self.dtype)  # (B, C, H, W)
+
+    @torch.no_grad()
+    def step(self) -> Tensor:
+        """The next frame ``(B, C, H, W)``."""
+        frame = self._make_frame()
+        self.frames_done += 1
+        return frame
+
+    def _make_frame(self) -> Tensor:
+        raise NotImplementedError
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the frame caches (0 without a cache)."""
+        return 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        while True:
+            yield self.step()
+
+
+class Generates:
+    """Mixin: ``generate`` on top of the model's ``stream``."""
+
+    def generate(self, batch_size: int, num_frames: int, steps: int,
+                 generator: Optional[torch.Generator] = None, prompt: Optional[Tensor] = None,
+                 cache: bool = True, guidance: float = 1.0,
+                 callback: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
+        """``num_frames`` new frames ``(B, num_frames, C, H, W)`` after the optional
+        ``prompt (B, F0, C, H, W)``; ``callback(i, frame)`` sees each frame as it is made."""
+        check_generation_args(self, batch_size, steps, prompt, num_frames)
+        session = self.stream(batch_size, steps, prompt=prompt, generator=generator,
+                              cache=cache, guidance=guidance)
+        frames = []
+        for i in range(num_frames):
+            frames.append(session.step())
+            if callback is not None:
+                callback(i, frames[-1])
+        return torch.stack(frames, dim=1)

@@ -1,0 +1,58 @@
+"""Dense frame attention: the SCD-dense ablation and the causal-DiT baseline.
+
+Same interface as :class:`~scd_msc.ops.msc.MSCAttention` (so blocks take either), but
+every head sees every position of the last ``window_frames`` frames (causal) or of
+all frames (non-causal); no pooling, no gates.
+
+Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` token grid · ``D`` width · ``h`` heads ·
+``d`` head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from scd_msc.ops.attention import window_attention
+from scd_msc.ops.cache import FrameKV, MSCCache
+from scd_msc.ops.masks import dense_spec
+from scd_msc.ops.msc import MSCAttentionConfig, prepare_qkv
+
+
+class DenseAttention(nn.Module):
+    """qkv → dense (frame-causal) attention → output projection."""
+
+    def __init__(self, cfg: MSCAttentionConfig, window_frames: Optional[int] = None):
+        super().__init__()
+        cfg.validate()
+        if window_frames is not None and window_frames < 1:
+            raise ValueError(f"window_frames must be >= 1 or None, got {window_frames}")
+        self.cfg, self.window_frames = cfg, window_frames
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.q_norm = nn.RMSNorm(self.head_dim)
+        self.k_norm = nn.RMSNorm(self.head_dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def new_cache(self) -> MSCCache:
+        """Keys/values of the last ``window_frames - 1`` frames (all when None)."""
+        keep = None if self.window_frames is None else self.window_frames - 1
+        return MSCCache(hires=FrameKV(keep), lowres=FrameKV(0))
+
+    def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
+                cache: Optional[MSCCache] = None) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` (unused: no gates), frame_index ``(F,)``;
+        with ``cache`` the frames follow the cached ones. Returns ``(B, F, Hp, Wp, D)``."""
+        b, f, hp, wp, _ = x.shape
+        if cache is not None and not self.cfg.causal:
+            raise ValueError("a cache needs a causal layer (cfg.causal=True)")
+        qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
+        q, k, v = prepare_qkv(self, qkv, frame_index, 1)  # (B, F, Hp, Wp, h, d)
+        if cache is not None:
+            k, v = cache.extend(cache.hires, k, v)
+            cache.advance(f)
+        spec = dense_spec(self.window_frames, k.shape[1], (hp, wp), self.cfg.causal)
+        o = window_attention(q, k, v, spec, self.cfg.backend)  # (B, F, Hp, Wp, h, d)
+        return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))
