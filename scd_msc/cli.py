@@ -29,6 +29,7 @@ def _params(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
+    from scd_msc.inference.cli import add_eval_arguments, add_generate_arguments, run_eval, run_generate
 
     parser = argparse.ArgumentParser(prog="scd-msc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     shards = sub.add_parser("make-shards", help="write webdataset shards of video clips")
     add_make_shards_arguments(shards)
     shards.set_defaults(func=run_make_shards)
+    generate = sub.add_parser("generate", help="stream a video frame by frame to an mp4 (and/or GIF)")
+    add_generate_arguments(generate)
+    generate.set_defaults(func=run_generate)
+    evaluate = sub.add_parser("eval", help="continuation PSNR/SSIM per horizon step on held-out shards")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
+    from scd_msc.bench.latency import add_bench_arguments, run_bench
+
+    bench = sub.add_parser("bench", help="per-frame latency and training throughput: SCD-MSC vs SCD-dense vs causal DiT")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
     params = sub.add_parser("params", help="parameter counts of every preset family per size")
     params.add_argument("sizes", nargs="*", help="sizes to list (default: all)")
     params.set_defaults(func=_params)

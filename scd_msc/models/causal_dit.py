@@ -102,11 +102,15 @@ class DiTSession(StreamSession):
         levels = torch.cat([t.new_zeros(self.history.shape[:2]), t], dim=1)
         return self.model(video, levels)[:, -1]
 
-    def _make_frame(self) -> Tensor:
+    @torch.no_grad()
+    def denoise(self) -> Tensor:
         m = self.model
-        frame = m.flow.sample(self._velocity, self.noise(), self.steps, sampler=m.cfg.sampler)
+        return m.flow.sample(self._velocity, self.noise(), self.steps, sampler=m.cfg.sampler)
+
+    def commit(self, frame: Tensor) -> None:
+        """One pass at t=0 writes the clean frame's keys/values."""
         self._write(frame[:, None])
-        return frame
+        self.frames_done += 1
 
     def cache_bytes(self) -> int:
         return 0 if self.kv is None else self.kv.nbytes()

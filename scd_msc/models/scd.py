@@ -73,6 +73,7 @@ class SCDSession(StreamSession):
         self.enc_cache = model.encoder.new_cache() if cache else None
         self.history: list[Tensor] = []  # frames so far, for cache=False
         self.context = model.start.to(self.dtype).expand(batch_size, -1, -1)  # (B, N, D)
+        self.decoder_fn = model.decoder  # (x, t, c) -> v; a CUDA-graphed twin may replace it
         if prompt is not None:
             self._encode(prompt.to(self.device, self.dtype))
 
@@ -89,13 +90,17 @@ class SCDSession(StreamSession):
         t = torch.zeros(video.shape[:2], device=self.device, dtype=self.dtype)
         self.context = enc(video, t)[:, -1]
 
-    def _make_frame(self) -> Tensor:
+    @torch.no_grad()
+    def denoise(self) -> Tensor:
         m = self.model
-        frame = m.flow.sample(m.decoder, self.noise(), self.steps, sampler=m.cfg.sampler,
-                              guidance=self.guidance, context=self.context,
-                              perturb_scale=m.cfg.guidance_perturb, generator=self.generator)
+        return m.flow.sample(self.decoder_fn, self.noise(), self.steps, sampler=m.cfg.sampler,
+                             guidance=self.guidance, context=self.context,
+                             perturb_scale=m.cfg.guidance_perturb, generator=self.generator)
+
+    def commit(self, frame: Tensor) -> None:
+        """The finished frame goes through the encoder once."""
         self._encode(frame[:, None])
-        return frame
+        self.frames_done += 1
 
     def cache_bytes(self) -> int:
         return 0 if self.enc_cache is None else self.enc_cache.nbytes()

@@ -50,12 +50,17 @@ class StreamSession:
 
     @torch.no_grad()
     def step(self) -> Tensor:
-        """The next frame ``(B, C, H, W)``."""
-        frame = self._make_frame()
-        self.frames_done += 1
+        """The next frame ``(B, C, H, W)``: :meth:`denoise`, then :meth:`commit`."""
+        frame = self.denoise()
+        self.commit(frame)
         return frame
 
-    def _make_frame(self) -> Tensor:
+    def denoise(self) -> Tensor:
+        """Run the S denoising steps of the next frame (the caches are only read)."""
+        raise NotImplementedError
+
+    def commit(self, frame: Tensor) -> None:
+        """Append a finished frame ``(B, C, H, W)`` to the history/caches."""
         raise NotImplementedError
 
     def cache_bytes(self) -> int:

@@ -59,6 +59,14 @@ def lowres_spec(grid: tuple[int, int], stride: int, frames: int | None, num_fram
 def axis_window(i: Tensor, j: Tensor, length: int, kernel: int, dilation: int,
                 causal: bool) -> Tensor:
     """1-D window rule: does query position ``i`` see key position ``j``? (broadcasts)"""
+    if dilation == 1:  # one group of static length: fewer integer ops inside the kernel
+        if causal:
+            return (j <= i) & (i - j < kernel)
+        k_eff = min(kernel, length)
+        if k_eff >= length:
+            return torch.ones_like(i + j, dtype=torch.bool)
+        start = torch.clamp(i - k_eff // 2, 0, length - k_eff)
+        return (j >= start) & (j < start + k_eff)
     same_group = (i % dilation) == (j % dilation)
     gi, gj = i // dilation, j // dilation
     if causal:

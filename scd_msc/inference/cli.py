@@ -1,0 +1,185 @@
+"""``scd-msc generate`` and ``scd-msc eval``: argument parsing and the commands.
+
+Wiring (in ``scd_msc/cli.py``)::
+
+    gen = subparsers.add_parser("generate", help="stream a video to an mp4/GIF frame by frame")
+    add_generate_arguments(gen)
+    gen.set_defaults(func=run_generate)
+
+Every argument is checked before any work (model build, generation, files); a bad one
+prints ``scd-msc <command>: error: <argument>=<value>: expected ...`` and exits with 2.
+
+Examples::
+
+    scd-msc generate --preset scd-msc-tiny --frames 64 --steps 8 --out out/tiny.mp4 --gif
+    scd-msc generate --checkpoint run/last.ckpt --frames 500 --steps 20 --out long.mp4 \\
+        --prompt-shards 'shards/val/*.tar' --prompt-frames 4 --batch 4
+    scd-msc eval --checkpoint run/last.ckpt --shards 'shards/val/*.tar' --context 4 --horizon 12 \\
+        --clips 64 --steps 20 --out eval/scd-msc
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from scd_msc.inference import inputs
+from scd_msc.inference.generate import stream_to_sinks
+from scd_msc.inference.writers import check_output_dir, check_output_path, open_sinks
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="training checkpoint (.ckpt) to load")
+    parser.add_argument("--preset", default=None, help="a preset with random weights (smoke tests), "
+                        "e.g. scd-msc-tiny; exactly one of --checkpoint/--preset")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (and init seed of --preset; default 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``generate`` arguments to ``parser`` (a subcommand parser)."""
+    _add_model_arguments(parser)
+    parser.add_argument("--frames", type=int, required=True, help="frames to generate (after the prompt)")
+    parser.add_argument("--steps", type=int, required=True, help="denoising steps per frame (S)")
+    parser.add_argument("--out", required=True, help="output video: .mp4 (or .gif for a GIF only)")
+    parser.add_argument("--gif", action="store_true", help="also write a GIF next to the mp4")
+    parser.add_argument("--prompt-shards", default=None, help="shards (glob/brace pattern) whose first "
+                        "clip(s) give the prompt frames; the video starts with them")
+    parser.add_argument("--prompt-frames", type=int, default=None,
+                        help="frames k of each prompt clip (default 1; needs --prompt-shards)")
+    parser.add_argument("--batch", type=int, default=1, help="videos made at once, tiled side by side")
+    parser.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1.0 = off)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute the whole history every frame (slow reference)")
+    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the files (default 8)")
+    return parser
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``eval`` arguments to ``parser`` (a subcommand parser)."""
+    _add_model_arguments(parser)
+    parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern)")
+    parser.add_argument("--context", type=int, required=True, help="prompt frames k given to the model")
+    parser.add_argument("--horizon", type=int, required=True, help="frames n generated and scored")
+    parser.add_argument("--clips", type=int, default=16, help="clips scored (the first M; default 16)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
+    parser.add_argument("--batch", type=int, default=8, help="clips generated at once (default 8)")
+    parser.add_argument("--examples", type=int, default=4, help="clips shown in the strip (default 4)")
+    parser.add_argument("--out", default="eval", help="folder for eval.md/json, strip.png/gif (default eval)")
+    return parser
+
+
+@dataclass
+class _Prepared:
+    model: nn.Module
+    device: torch.device
+    source: inputs.ModelSource
+
+
+def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_count: int,
+                   shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[Tensor]]:
+    """Model source, device, checkpoint and the first clips (checked against the
+    model's channels and size); a preset is only built once the clips are known good."""
+    source = inputs.ModelSource(args.checkpoint, args.preset)
+    source.check()
+    device = inputs.resolve_device(args.device)
+    model = inputs.load(source, device, args.seed) if source.checkpoint else None
+    cfg = model.cfg if model is not None else inputs.preset_cfg(source)
+    clips = None
+    if shards is not None and clip_frames is not None:
+        clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
+    if model is None:
+        model = inputs.load(source, device, args.seed)
+    return _Prepared(model, device, source), clips
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    for name in ("steps", "batch"):
+        inputs.positive(f"--{name}", getattr(args, name))
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Validate, stream the frames to the file(s), print a summary. Returns the exit code."""
+    try:
+        _check_common(args)
+        inputs.positive("--frames", args.frames)
+        inputs.positive("--prompt-frames", args.prompt_frames)
+        if args.prompt_frames is not None and args.prompt_shards is None:
+            raise ValueError(f"--prompt-frames={args.prompt_frames}: needs --prompt-shards")
+        if not math.isfinite(args.guidance):
+            raise ValueError(f"--guidance={args.guidance}: expected a finite number")
+        if not (math.isfinite(args.fps) and args.fps > 0):
+            raise ValueError(f"--fps={args.fps}: expected a positive number")
+        out = check_output_path(args.out)
+        k = (args.prompt_frames or 1) if args.prompt_shards else None
+        prep, prompt = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
+        if args.guidance != 1.0 and prep.model.cfg.family == "causal-dit":
+            raise ValueError(f"--guidance={args.guidance}: the causal-dit family has no context to "
+                             "perturb; expected 1.0")
+        generator = torch.Generator(prep.device).manual_seed(args.seed)
+        device_prompt = None if prompt is None else prompt.to(prep.device)  # (B, k, C, H, W)
+        session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
+                                    cache=not args.no_cache, guidance=args.guidance)
+    except ValueError as err:
+        print(f"scd-msc generate: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scd-msc generate: interrupted before the first frame; nothing written", file=sys.stderr)
+        return 130
+    report = stream_to_sinks(session, args.frames, open_sinks(out, args.gif, args.fps), prompt=prompt,
+                             progress=not args.no_progress)
+    print(report.summary())
+    return report.exit_code
+
+
+def _model_info(prep: _Prepared) -> dict[str, Any]:
+    cfg = prep.model.cfg
+    return {"family": cfg.family, "preset": prep.source.preset, "checkpoint": prep.source.checkpoint,
+            "parameters": sum(p.numel() for p in prep.model.parameters()), "channels": cfg.channels,
+            "image_size": cfg.image_size, "sampler": cfg.sampler, "backend": cfg.backend}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Validate, score continuations clip by clip, write the report. Returns the exit code."""
+    from scd_msc.inference.evaluate import evaluate
+    from scd_msc.inference.report import fmt, write_report
+
+    try:
+        _check_common(args)
+        for name in ("context", "horizon", "clips", "examples"):
+            inputs.positive(f"--{name}", getattr(args, name))
+        out = check_output_dir(args.out)
+        frames = args.context + args.horizon
+        prep, _ = _prepare_model(args, frames, 1, args.shards, "--shards")
+        batches = inputs.clip_batches(args.shards, frames, prep.model.cfg, min(args.batch, args.clips))
+    except ValueError as err:
+        print(f"scd-msc eval: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        generator = torch.Generator(prep.device).manual_seed(args.seed)
+        result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
+                          examples=args.examples, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("scd-msc eval: interrupted; no report written", file=sys.stderr)
+        return 130
+    if result.clips < args.clips:
+        print(f"scd-msc eval: warning: the shards hold only {result.clips} usable clips "
+              f"(--clips {args.clips})", file=sys.stderr)
+    info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
+            "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
+            "batch": args.batch, "device": str(prep.device)}
+    summary = write_report(result, info, Path(out))
+    rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
+    print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")
+    print(f"mean over steps 1..{min(8, args.horizon)}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
+          f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}")
+    print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
+    return 0

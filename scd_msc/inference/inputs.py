@@ -1,0 +1,123 @@
+"""What the inference commands read before any work: the model, the device, clips.
+
+Every function raises a ``ValueError`` that names the argument, the value and what was
+expected, so the commands can print it and exit with code 2.
+
+Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from scd_msc.checkpoint import load_model
+from scd_msc.data import ClipDataset, collate_clips
+from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
+
+
+def positive(name: str, value: Optional[int]) -> None:
+    """``value`` must be an int >= 1 (None is allowed: the option was not given)."""
+    if value is not None and value < 1:
+        raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device={name!r}: CUDA is not available here; use cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device={name!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+@dataclass
+class ModelSource:
+    """Where the model comes from: a checkpoint path or a preset name (random init)."""
+
+    checkpoint: Optional[str]
+    preset: Optional[str]
+
+    def check(self) -> None:
+        """Exactly one of the two, and a known preset."""
+        if (self.checkpoint is None) == (self.preset is None):
+            raise ValueError("--checkpoint/--preset: expected exactly one of them, got "
+                             + ("both" if self.checkpoint else "neither"))
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"--preset={self.preset!r}: unknown preset; known presets: {', '.join(PRESETS)}")
+
+    def describe(self) -> dict[str, Optional[str]]:
+        return {"checkpoint": self.checkpoint, "preset": self.preset}
+
+
+def load(source: ModelSource, device: torch.device, seed: int = 0) -> nn.Module:
+    """The model in eval mode on ``device``. A checkpoint is validated by
+    :func:`load_model` (ValueError when missing, unreadable or mismatched); a preset is
+    built with a seeded random init."""
+    source.check()
+    if source.checkpoint is not None:
+        try:
+            model = load_model(source.checkpoint, map_location="cpu")
+        except ValueError as err:
+            raise ValueError(f"--checkpoint: {err}") from None
+    else:
+        torch.manual_seed(seed)
+        model = model_from_config(preset_config(source.preset))
+    return model.to(device).eval()
+
+
+def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:
+    """The config of a preset without building it (None for a checkpoint)."""
+    return None if source.preset is None else preset_config(source.preset)
+
+
+def _first_sample_shape(urls: list[str]) -> str:
+    """What the first sample of the shards holds, for error messages."""
+    try:
+        sample = next(iter(wds.tarfile_to_samples()(iter([{"url": urls[0]}]))))
+    except Exception as err:  # noqa: BLE001 -- unreadable tar: say so
+        return f"the first shard could not be read ({err!r:.100})"
+    if "frames.npy" in sample:
+        arr = np.load(io.BytesIO(sample["frames.npy"]), allow_pickle=False)
+        return f"its first clip has frames.npy of shape (F, H, W, C) = {tuple(arr.shape)}"
+    return f"its first sample has fields {sorted(k for k in sample if not k.startswith('__'))}"
+
+
+def read_clips(shards: str, arg: str, frames: int, count: int, cfg: ModelConfig,
+               exact: bool = True) -> Tensor:
+    """The first ``count`` usable clips of ``frames`` frames ``(count, frames, C, H, W)``
+    in [-1, 1] from ``shards`` (one ordered pass, offset 0). Clips must have the model's
+    ``channels`` and ``image_size``. With ``exact=False`` fewer clips (at least one) are
+    returned when the shards hold fewer."""
+    try:
+        data = ClipDataset(shards, frames, cfg.channels, cfg.image_size, resampled=False)
+    except ValueError as err:
+        raise ValueError(f"{arg}: {err}") from None
+    clips: list[Tensor] = []
+    for sample in data:
+        clips.append(sample["video"])
+        if len(clips) == count:
+            break
+    if not clips or (exact and len(clips) < count):
+        need = (f"{frames} frame(s) with C×H×W = {cfg.channels}×{cfg.image_size}×{cfg.image_size} "
+                "(the model's channels × image_size²)")
+        detail = (f"skipped: {data.skipped.summary()}; {_first_sample_shape(data.urls)}"
+                  if data.skipped.total else "no more clips in the shards")
+        raise ValueError(f"{arg}={shards!r}: expected {count} clip(s) of {need}, found {len(clips)} ({detail})")
+    return torch.stack(clips)
+
+
+def clip_batches(shards: str, frames: int, cfg: ModelConfig, batch: int) -> Iterator[dict]:
+    """Batches ``{"video": (B, frames, C, H, W), "key": [...]}`` of the shards' clips in
+    order (one pass, offset 0, main process)."""
+    data = ClipDataset(shards, frames, cfg.channels, cfg.image_size, resampled=False)
+    return iter(DataLoader(data, batch_size=batch, collate_fn=collate_clips, num_workers=0))

@@ -1,0 +1,109 @@
+"""Benchmark tools: exact mask-pair counts against brute-force counts of the dense masks,
+the shared timing/report helpers, and ``tools/bench_attention.py --quick`` end to end on
+CPU (it must write its .md and .json report)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scd_msc.ops.masks import (
+    WindowSpec, dense_window_mask, frame_causal_mask_mod, hires_spec, lowres_spec)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import scd_msc.bench.common as bc  # noqa: E402
+
+
+@pytest.mark.parametrize("spec, fq, fkv, hp, wp", [
+    (hires_spec(5, 3, True), 6, 6, 9, 7),
+    (hires_spec(5, 3, True), 2, 6, 9, 7),  # streaming: the last 2 of 6 frames
+    (hires_spec(3, 4, False), 5, 5, 7, 9),  # clamped windows at every edge
+    (lowres_spec((3, 2), 2, 2, 7, True), 7, 7, 3, 2),
+    (lowres_spec((3, 2), 3, None, 7, True), 3, 7, 3, 2),
+    (lowres_spec((3, 3), 2, 2, 7, False), 7, 7, 3, 3),
+    (WindowSpec((2, 3, 3), (2, 2, 1), (True, False, True)), 5, 5, 7, 5),
+])
+def test_window_pairs_match_dense_mask(spec, fq, fkv, hp, wp):
+    dense = dense_window_mask(spec, fq, fkv, hp, wp)
+    assert bc.window_pairs(spec, fq, fkv, hp, wp) == int(dense.sum())
+
+
+@pytest.mark.parametrize("fq, fkv, n", [(5, 5, 6), (2, 5, 3), (1, 1, 4)])
+def test_frame_causal_pairs_match_dense_mask(fq, fkv, n):
+    mask_mod = frame_causal_mask_mod(fq, fkv, n)
+    zero = torch.zeros((), dtype=torch.long)
+    dense = mask_mod(zero, zero, torch.arange(fq * n)[:, None], torch.arange(fkv * n)[None, :])
+    assert bc.frame_causal_pairs(fq, fkv, n) == int(dense.sum())
+
+
+def test_attn_flops_counts_qk_and_pv():
+    assert bc.attn_flops(pairs=10, heads=2, head_dim=8, batch=3) == 4 * 8 * 10 * 2 * 3
+
+
+@pytest.mark.parametrize("name, slug", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-80GB", "a100"),
+    ("NVIDIA H200", "h200"), ("NVIDIA GeForce RTX 4090", "rtx4090"),
+    ("Tesla V100-SXM2-16GB", "v100"),
+])
+def test_gpu_slug(name, slug):
+    assert bc.slug_from_name(name) == slug
+    assert bc.gpu_slug("cpu") == "cpu"
+
+
+def test_time_cuda_and_measure_on_cpu():
+    t = bc.time_cuda(lambda: torch.ones(8).sum(), warmup=1, iters=5, device="cpu")
+    assert t["iters"] == 5 and 0 < t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
+    ok = bc.measure(lambda: (lambda: torch.ones(8).sum()), "cpu", budget_ms=5, max_iters=5)
+    assert ok["status"] == "ok" and ok["median_ms"] > 0 and ok["first_call_s"] > 0
+
+    def broken():
+        raise ValueError("no such kernel")
+
+    assert bc.measure(broken, "cpu")["status"] == "error"
+    skipped = bc.measure(broken, "cpu", skip_errors=(ValueError,))
+    assert skipped["status"] == "skipped" and "no such kernel" in skipped["error"]
+
+
+def test_write_report(tmp_path):
+    md, js = bc.write_report(tmp_path / "x_cpu_2000-01-01", "T", "python t.py", {"a": 1},
+                             [{"case": "c|d", "ms": 1.5}], "## Extra\n", {"more": [1]})
+    text = md.read_text()
+    assert "python t.py" in text and "## Extra" in text and "c\\|d" in text
+    data = json.loads(js.read_text())
+    assert data["rows"] == [{"case": "c|d", "ms": 1.5}] and data["more"] == [1]
+    assert {"torch", "gpu", "natten"} <= set(data["env"])
+
+
+def test_bench_attention_quick_writes_report(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_attention.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("|")  # the table is printed last
+    (md,) = list(tmp_path.glob("attention_cpu_*.md"))
+    (js,) = list(tmp_path.glob("attention_cpu_*.json"))
+    assert md.stem == js.stem
+    data = json.loads(js.read_text())
+    assert {"title", "command", "date", "env", "config", "rows", "bars", "ratios", "flops",
+            "paper_estimate"} <= set(data)
+    rows = data["rows"]
+    assert {"size", "case", "mode", "median_ms", "p90_ms", "gflop", "tflops", "x_dense",
+            "x_fcausal", "first_call_s", "status", "error"} <= set(rows[0])
+    assert {r["status"] for r in rows} <= {"ok", "skipped"}, [r for r in rows if r["error"]]
+    ran = {(r["case"], r["mode"]) for r in rows if r["status"] == "ok"}
+    for case in ("dense/sdpa", "hires/reference", "lowres/reference", "layer/msc-reference",
+                 "layer/dense-sdpa"):
+        assert {(case, "fwd"), (case, "fwd+bwd")} <= ran
+    assert all(r["median_ms"] > 0 and r["tflops"] > 0 for r in rows if r["status"] == "ok")
+    assert all(r["x_dense"] == pytest.approx(1.0) for r in rows if r["case"] == "dense/sdpa")
+    assert len(data["bars"]) == 5 and {b["result"] for b in data["bars"]} <= {"PASS", "FAIL", "N/A"}
+    assert data["paper_estimate"][0]["paper dense/MSC"] > 1
+    text = md.read_text()
+    for heading in ("## Environment", "## Config", "## Bar checks", "## FLOPs the masks need",
+                    "complexity estimate", "## Notes", "## Table"):
+        assert heading in text
+    assert "--quick" in text

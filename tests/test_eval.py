@@ -1,0 +1,113 @@
+"""``scd-msc eval``: the report files and keys, the metric code, and the frame
+alignment of the protocol (an oracle that knows the future scores a perfect match)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from scd_msc.cli import main
+from scd_msc.data import ClipDataset, make_shards
+from scd_msc.inference.evaluate import evaluate, frame_metrics
+from scd_msc.inference.report import write_report
+
+K, N = 3, 4  # context and horizon: 7 of the 8 frames of each clip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[int, str]:
+    out = {}
+    for size in (32, 16):
+        folder = tmp_path_factory.mktemp(f"eval{size}")
+        make_shards("moving-digits", folder, 8, size, clips=3, channels=1, seed=2, progress=False)
+        out[size] = str(folder / "*.tar")
+    return out
+
+
+def test_eval_writes_report(tmp_path, shards, capsys):
+    out = tmp_path / "report"
+    argv = ["eval", "--preset", "scd-msc-tiny", "--shards", shards[32], "--context", str(K), "--horizon",
+            str(N), "--clips", "3", "--steps", "2", "--batch", "2", "--out", str(out), "--seed", "3"]
+    assert main(argv) == 0
+    summary = json.loads((out / "eval.json").read_text())
+    for key in ("per_horizon", "mean_psnr_1_8", "mean_ssim_1_8", "model", "family", "preset", "checkpoint",
+                "clips", "context", "horizon", "steps", "seed"):
+        assert key in summary, key
+    assert (summary["clips"], summary["context"], summary["horizon"], summary["seed"]) == (3, K, N, 3)
+    assert summary["family"] == "scd-msc" and summary["model"]["image_size"] == 32
+    rows = summary["per_horizon"]
+    assert [r["step"] for r in rows] == list(range(1, N + 1))
+    assert all(math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows)
+    assert summary["mean_psnr_1_8"] == pytest.approx(sum(r["psnr"] for r in rows) / N, rel=1e-5)
+    assert "| 1 |" in (out / "eval.md").read_text()
+    strip = Image.open(out / "strip.png")
+    assert strip.height > 2 * 3 * 32 and strip.width > (K + N) * 32  # 3 clips × 2 rows, 7 frames
+    assert Image.open(out / "strip.gif").n_frames == K + N
+    assert "mean over steps 1..4" in capsys.readouterr().out
+
+
+def test_eval_errors(tmp_path, shards, capsys):
+    base = ["eval", "--preset", "scd-msc-tiny", "--out", str(tmp_path / "r"), "--steps", "1"]
+    cases = [(["--shards", shards[16], "--context", "2", "--horizon", "2"], "skipped: wrong_size=3"),
+             (["--shards", shards[32], "--context", "0", "--horizon", "2"], "--context=0"),
+             (["--shards", shards[32], "--context", "4", "--horizon", "8"], "skipped: too_short=3")]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert "scd-msc eval: error:" in err and message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_metrics_of_a_perfect_and_a_noisy_prediction():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 1, 32, 32, generator=g) * 2 - 1  # (B, F, C, H, W)
+    psnr, ssim = frame_metrics(truth.clone(), truth)
+    assert psnr.shape == ssim.shape == (2, 3)
+    assert torch.isinf(psnr).all() and torch.allclose(ssim, torch.ones(2, 3))
+    noisy = truth + 0.1 * torch.randn(truth.shape, generator=g)
+    psnr, ssim = frame_metrics(noisy, truth)
+    # noise of std 0.1 on [-1, 1] is 0.05 on [0, 1]: PSNR = -10 log10(0.05²) ≈ 26 dB
+    assert psnr.mean().item() == pytest.approx(26.0, abs=1.0) and (ssim < 0.99).all()
+    with pytest.raises(ValueError, match="same"):
+        frame_metrics(truth[:, :2], truth)
+
+
+class Oracle(nn.Module):
+    """A "model" that finds the prompt among the known clips and streams their true
+    continuation: scoring it checks that frame j is compared with truth frame k + j."""
+
+    def __init__(self, clips: torch.Tensor):
+        super().__init__()
+        self.clips = clips  # (M, F, C, H, W)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def stream(self, batch_size, steps, prompt=None, generator=None, cache=True, guidance=1.0):
+        k = prompt.shape[1]
+        match = [next(i for i, c in enumerate(self.clips) if torch.equal(c[:k], p)) for p in prompt]
+        frames = iter(self.clips[match, k:].unbind(1))  # each (B, C, H, W)
+
+        class Session:
+            def step(self):
+                return next(frames)
+        return Session()
+
+
+def test_oracle_scores_perfectly(tmp_path, shards):
+    data = ClipDataset(shards[32], K + N, 1, 32, resampled=False)
+    samples = list(data)
+    clips = torch.stack([s["video"] for s in samples])
+    batches = [{"video": clips[:2], "key": ["a", "b"]}, {"video": clips[2:], "key": ["c"]}]
+    result = evaluate(Oracle(clips), batches, K, steps=1, total=3, examples=2, progress=False)
+    assert result.clips == 3 and result.horizon == N
+    assert torch.isinf(result.psnr).all() and torch.allclose(result.ssim, torch.ones(3, N))
+    assert torch.equal(result.generated, result.truth)  # the strip's rows agree too
+    summary = write_report(result, {"model": {"family": "oracle", "parameters": 1, "channels": 1,
+                                              "image_size": 32, "preset": "oracle"},
+                                    "shards": "-", "steps": 1, "seed": 0, "device": "cpu"}, tmp_path)
+    assert summary["mean_psnr_1_8"] is None and summary["mean_ssim_1_8"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "eval.json").read_text())["per_horizon"][0]["psnr"] is None  # JSON has no inf
