@@ -29,6 +29,7 @@ def _params(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
+    from scd_msc.training.cli import add_train_arguments, run_train
     from scd_msc.inference.cli import add_eval_arguments, add_generate_arguments, run_eval, run_generate
 
     parser = argparse.ArgumentParser(prog="scd-msc", description=__doc__)
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="per-frame latency and training throughput: SCD-MSC vs SCD-dense vs causal DiT")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+    train = sub.add_parser("train", help="train a model on webdataset shards (Lightning)")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
     params = sub.add_parser("params", help="parameter counts of every preset family per size")
     params.add_argument("sizes", nargs="*", help="sizes to list (default: all)")
     params.set_defaults(func=_params)

@@ -1,0 +1,244 @@
+"""The experiment config: one typed dataclass per component, composed and validated.
+
+``ExperimentConfig = preset + model + data + train``. Loading (STYLE.md §4)::
+
+    defaults   OmegaConf.structured(ExperimentConfig(model=preset_config(preset)))
+    <- yaml    configs/moving_digits_tiny.yaml
+    <- CLI     OmegaConf.from_dotlist(["train.lr=1e-3", "data.batch_size=4"])
+    -> OmegaConf.to_object -> plain dataclasses, cross-checked
+
+``preset`` (e.g. ``scd-msc-tiny``) names the :class:`ModelConfig` whose values are the
+defaults of ``model``; the yaml's ``model:`` keys then override single fields.
+``data.image_size`` and ``data.channels`` default to ``${model.image_size}`` and
+``${model.channels}`` (the frames the model is built for). An
+unknown key or a value of the wrong type raises a :class:`ValueError` naming the key,
+what it expects and what it got, before anything is built (Lightning is not imported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from scd_msc.data.config import DataConfig
+from scd_msc.models.config import ModelConfig
+from scd_msc.models.presets import PRESETS, preset_config
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+STRATEGIES = ("auto", "ddp", "fsdp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+DEFAULT_PRESET = "scd-msc-tiny"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing, logging and hardware of one training run.
+
+    Steps are optimizer steps (``trainer.global_step``). ``*_every_n_steps = 0`` turns
+    that job off. ``precision="auto"``: ``bf16-mixed`` when CUDA is used, else ``32-true``.
+    ``ema_decay = 0``: no EMA. ``keep_checkpoints``: step checkpoints kept besides
+    ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 100
+    max_steps: int = 10_000
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    accumulate_grad_batches: int = 1
+    precision: str = "auto"
+    ema_decay: float = 0.0
+    checkpoint_every_n_steps: int = 500
+    keep_checkpoints: int = 3
+    val_every_n_steps: int = 500
+    sample_every_n_steps: int = 1000
+    sample_count: int = 4  # clips per sample strip
+    sample_frames: int = 16
+    sample_steps: int = 20
+    log_every_n_steps: int = 10
+    out_dir: str = "runs/default"
+    seed: int = 0
+    devices: Union[int, str] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    compile: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.strategy", self.strategy, STRATEGIES)
+        _check_choice("train.accelerator", self.accelerator, ACCELERATORS)
+        for name in ("max_steps", "accumulate_grad_batches", "num_nodes", "sample_count", "sample_frames",
+                     "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 1")
+        for name in ("warmup_steps", "val_every_n_steps", "sample_every_n_steps", "keep_checkpoints", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr={self.lr!r}: expected a float > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"train.weight_decay={self.weight_decay!r}, train.grad_clip={self.grad_clip!r}: "
+                             "expected floats >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas={list(self.betas)!r}: expected two floats in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay={self.ema_decay!r}: expected a float in [0, 1) (0 = off)")
+        if not self.out_dir:
+            raise ValueError("train.out_dir='': expected a folder for checkpoints and logs")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs. ``preset`` gives the defaults of ``model``."""
+
+    preset: str = DEFAULT_PRESET
+    model: ModelConfig = field(default_factory=lambda: preset_config(DEFAULT_PRESET))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Checks across components (each component checks itself when built)."""
+        self.model.validate()
+        for name in ("image_size", "channels"):
+            d, m = getattr(self.data, name), getattr(self.model, name)
+            if d != m:
+                raise ValueError(f"data.{name}={d} but model.{name}={m}: they must agree "
+                                 f"(leave data.{name} unset to use the model's)")
+        if self.train.strategy == "fsdp" and self.train.ema_decay > 0:
+            raise ValueError("train.ema_decay > 0 with train.strategy=fsdp: Lightning's EMA callback does not "
+                             "support sharded models; set train.ema_decay=0")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def _type_name(tp: Any) -> str:
+    """``float``, ``int or str``, ``list of float``, ``int or null``..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _field_type(full_key: str) -> Any:
+    """The annotated type of ``train.lr`` / ``model.schedule.layers[0].down``, or None."""
+    tp: Any = ExperimentConfig
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", full_key):
+        while typing.get_origin(tp) is Union:  # Optional[X] -> X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if part.startswith("["):
+            args = typing.get_args(tp)
+            tp = args[0] if args else Any
+        elif dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        else:
+            return None
+    return tp
+
+
+def _known_keys(obj_type: Any) -> str:
+    if dataclasses.is_dataclass(obj_type):
+        return ", ".join(f.name for f in dataclasses.fields(obj_type))
+    return "?"
+
+
+def _friendly(err: OmegaConfBaseException, where: str) -> ValueError:
+    full_key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    if isinstance(err, ConfigKeyError) and full_key:
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
+        return ValueError(f"unknown config key '{full_key}' in {where} "
+                          f"(known under {parent}: {_known_keys(err.object_type)})")
+    if isinstance(err, ValidationError) and full_key:
+        tp = _field_type(str(full_key))
+        got = re.match(r"Value '(.*)' of type", str(err.msg or ""), re.S)
+        got_text = f"got '{got.group(1)}'" if got else f"({(err.msg or '').splitlines()[0]})"
+        expects = _type_name(tp) if tp is not None else "another type"
+        return ValueError(f"config key '{full_key}' in {where} expects {expects}, {got_text}")
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    key = f" key '{full_key}'" if full_key else ""
+    return ValueError(f"invalid config{key} in {where}: {msg}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _friendly(err, where) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """The validated :class:`ExperimentConfig` of yaml ``path`` plus ``key=value`` overrides.
+
+    Raises ``ValueError`` naming the key for unknown keys, wrong types and bad values.
+    """
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"override {bad[0]!r}: expected key=value, e.g. train.lr=1e-4")
+    try:
+        yaml = OmegaConf.load(path) if path else OmegaConf.create()
+        dots = OmegaConf.from_dotlist(overrides)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path!r} does not exist") from None
+    except Exception as err:  # yaml syntax errors, bad dotlist syntax
+        raise ValueError(f"config {path or ''} {overrides}: could not be parsed: {err}") from None
+    if not isinstance(yaml, DictConfig):
+        raise ValueError(f"config file {path!r}: expected a mapping at the top level")
+    preset = dots.get("preset", yaml.get("preset", DEFAULT_PRESET))
+    if preset not in PRESETS:
+        raise ValueError(f"config key 'preset'={preset!r}: expected one of {', '.join(PRESETS)}")
+    cfg = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
+    for name in ("image_size", "channels"):  # the data's frame shape defaults to the model's
+        OmegaConf.update(cfg, f"data.{name}", f"${{model.{name}}}")
+    cfg = _merge(cfg, yaml, f"config file {path!r}")
+    cfg = _merge(cfg, dots, "the command-line overrides")
+    try:
+        exp = OmegaConf.to_object(cfg)  # resolves ${...} and runs every __post_init__
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
+        raise cause or _friendly(err, "the config") from None
+    assert isinstance(exp, ExperimentConfig)
+    exp.validate()
+    return exp
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain, yaml-safe dict of the whole config (what checkpoints store)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Inverse of :func:`config_to_dict` (unknown keys and bad types fail as in ``load_config``)."""
+    preset = d.get("preset", DEFAULT_PRESET)
+    base = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
+    exp = OmegaConf.to_object(_merge(base, OmegaConf.create(d), "the stored config"))
+    assert isinstance(exp, ExperimentConfig)
+    return exp
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))

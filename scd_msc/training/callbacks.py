@@ -1,0 +1,176 @@
+"""Training callbacks: EMA in the scd_msc checkpoint layout, sample strips, last.ckpt on
+interrupt and at the end.
+
+Shapes: ``B`` clips · ``F`` frames · ``C`` channels · ``H, W`` pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from PIL import Image
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA callback, saving in the layout of ``scd_msc/checkpoint.py``.
+
+    Lightning's own layout puts the *average* under ``model.`` and the trained weights
+    aside; here ``state_dict`` keeps the trained weights under ``model.`` and adds the
+    average under ``ema_model.``, so ``load_model(path, ema=False)`` gets the trained
+    network and ``load_model(path)`` the average. Validation runs on the average (as in
+    Lightning); the module keeps its trained weights when training ends.
+    """
+
+    def __init__(self, decay: float):
+        super().__init__(decay=decay)
+        self._swapped = False  # the module holds the average (during validation)
+
+    @property
+    def network(self) -> Optional[nn.Module]:
+        """The averaged network (``None`` before fit starts)."""
+        return None if self._average_model is None else self._average_model.module.model
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._swapped = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self._swapped = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._swapped:  # interrupted mid-validation: give the module its trained weights back
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # keep the trained weights in the module; the average is saved as ema_model.*
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            return
+        average = self._average_model.state_dict()  # module.model.* and n_averaged
+        prefix = "module."
+        checkpoint["state_dict"].update({"ema_" + k[len(prefix):]: v for k, v in average.items()
+                                         if k.startswith(prefix)})  # -> ema_model.*
+        checkpoint["averaging_state"] = {k: v for k, v in average.items() if not k.startswith(prefix)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # SCDLitModule.on_load_checkpoint moved the ema_model.* weights to "ema_state_dict"
+        ema = checkpoint.get("ema_state_dict") or {}
+        if self._average_model is None:
+            return
+        if not ema:
+            rank_zero_warn("the checkpoint holds no EMA weights: the average starts from the loaded weights")
+            self._average_model.module.load_state_dict(pl_module.state_dict())
+            return
+        state = {"module." + k[len("ema_"):]: v for k, v in ema.items()}  # ema_model.x -> module.model.x
+        state.update(checkpoint.get("averaging_state") or {"n_averaged": torch.tensor(1)})
+        self._average_model.load_state_dict(state)
+
+
+def video_strip(video: Tensor, scale: int = 1) -> np.ndarray:
+    """``(B, F, C, H, W)`` in [-1, 1] -> uint8 image ``(B·H, F·W, 3)``: one row per clip."""
+    b, f, c, h, w = video.shape
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    x = x.expand(b, f, 3, h, w) if c == 1 else x[:, :, :3]  # grey -> RGB
+    x = x.permute(0, 3, 1, 4, 2).reshape(b * h, f * w, 3)  # (B·H, F·W, 3)
+    img = x.numpy()
+    return img.repeat(scale, 0).repeat(scale, 1) if scale > 1 else img
+
+
+class SampleStrip(L.Callback):
+    """Every ``every_n_steps`` (and when training ends) generate ``count`` clips of
+    ``frames`` frames with ``steps`` denoising steps, with the EMA network when there is
+    one, and write ``<out_dir>/samples/step_NNNNNNN.png`` (rows: clips, columns: frames),
+    a ``.gif`` of the clips side by side, and the strip to TensorBoard. Rank 0 only; the
+    same noise every time, so strips are comparable across steps."""
+
+    def __init__(self, out_dir: str, every_n_steps: int, count: int, frames: int, steps: int,
+                 seed: int = 0, ema: Optional[EMA] = None):
+        self.dir = os.path.join(out_dir, "samples")
+        self.every, self.count, self.frames, self.steps = every_n_steps, count, frames, steps
+        self.seed, self.ema = seed, ema
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step != self._last_step:
+            self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.write(trainer, pl_module)
+
+    @torch.no_grad()
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[str]:
+        step = self._last_step = trainer.global_step
+        if not trainer.is_global_zero:
+            return None
+        net = self.ema.network if self.ema is not None and self.ema.network is not None else pl_module.model
+        was_training = net.training
+        net.eval()
+        try:
+            video = net.generate(self.count, self.frames, self.steps,
+                                 generator=torch.Generator().manual_seed(self.seed))  # (B, F, C, H, W)
+        finally:
+            net.train(was_training)
+        scale = max(1, 64 // video.shape[-1])
+        strip = video_strip(video, scale)  # (B·H, F·W, 3)
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, f"step_{step:07d}")
+        Image.fromarray(strip).save(path + ".png")
+        w = video.shape[-1] * scale
+        frames = [Image.fromarray(np.concatenate(np.split(strip[:, i * w:(i + 1) * w], self.count, 0), 1))
+                  for i in range(self.frames)]  # clips side by side, (H, B·W, 3) each
+        frames[0].save(path + ".gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", strip, step, dataformats="HWC")
+        return path + ".png"
+
+
+class LastCheckpoint(L.Callback):
+    """Writes ``<dirpath>/last.ckpt`` when training ends (if the newest checkpoint is older
+    than the final step) and on Ctrl-C / SIGTERM, so an interrupted run can resume
+    (``--resume auto``). Lightning writes checkpoints atomically (temporary file, then
+    rename), so a SIGKILL leaves the previous ``last.ckpt`` intact."""
+
+    def __init__(self, dirpath: str):
+        self.path = os.path.join(dirpath, "last.ckpt")
+        self.saved_step = -1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step > 0 and self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # SIGTERM is handled by Lightning on every rank at a batch boundary, so the save is
+        # collective-safe; a Ctrl-C hits ranks at arbitrary points, so only one process saves.
+        if isinstance(exception, SIGTERMException) or (isinstance(exception, KeyboardInterrupt)
+                                                       and trainer.world_size == 1):
+            self._save(trainer)
+            if trainer.is_global_zero:
+                print(f"interrupted at step {trainer.global_step}; checkpoint: {self.path}", flush=True)

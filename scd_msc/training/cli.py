@@ -1,0 +1,74 @@
+"""``scd-msc train``: argument parsing and the command itself.
+
+Wiring (in ``scd_msc/cli.py``)::
+
+    sub = subparsers.add_parser("train", help="train a model on webdataset shards")
+    add_train_arguments(sub)
+    sub.set_defaults(func=run_train)
+
+Examples::
+
+    scd-msc train --config configs/moving_digits_tiny.yaml
+    scd-msc train --config configs/moving_digits_tiny.yaml train.lr=1e-3 data.batch_size=4
+    scd-msc train --config configs/moving_digits_small.yaml --resume auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``train`` arguments to ``parser`` (a subcommand parser)."""
+    parser.add_argument("--config", default=None, help="experiment yaml (configs/*.yaml); default: built-in defaults")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.lr=1e-4 data.batch_size=4 preset=causal-dit-tiny")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="checkpoint to resume from; auto: <out_dir>/checkpoints/last.ckpt if present")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Validate the config (before Lightning is imported), train, print where the checkpoint is."""
+    from scd_msc.config import load_config, to_yaml
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ValueError as err:
+        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from scd_msc.training.train import train
+
+    if logging.getLogger().handlers:  # Lightning adds its own handler: print each message once
+        logging.getLogger("lightning").propagate = False
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        last = train(cfg, resume=args.resume)
+    except (ValueError, FloatingPointError) as err:
+        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        return 1
+    except SIGTERMException:  # last.ckpt was written (callbacks.LastCheckpoint); resume with --resume auto
+        return 128 + 15
+    rank_zero_only(print)(f"checkpoint: {last}\n"
+                          f"load it with: scd_msc.checkpoint.load_model({last!r})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m scd_msc.training.cli --config FILE [key=value ...]``."""
+    parser = add_train_arguments(argparse.ArgumentParser(prog="scd-msc train"))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

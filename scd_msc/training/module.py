@@ -1,0 +1,80 @@
+"""``SCDLitModule``: the thin LightningModule around any scd_msc model.
+
+The network (``self.model``) and its loss live in ``scd_msc/models``; this file only
+adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
+follow ``scd_msc/checkpoint.py``: weights under ``model.`` (EMA under ``ema_model.``,
+written by :class:`scd_msc.training.callbacks.EMA`) and the whole experiment config as
+a plain dict in ``hyper_parameters["config"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
+from scd_msc.models import model_from_config
+
+
+class SCDLitModule(L.LightningModule):
+    """Trains ``model_from_config(config.model)`` with AdamW and a linear warm-up."""
+
+    def __init__(self, config: Union[ExperimentConfig, dict[str, Any]]):
+        super().__init__()
+        cfg = config if isinstance(config, ExperimentConfig) else config_from_dict(config)
+        self.save_hyperparameters({"config": config_to_dict(cfg)})
+        self.cfg = cfg
+        self.model = model_from_config(cfg.model)
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Stop the run on a nan/inf training loss, on every rank at once (none left
+        waiting in a collective). Every rank runs every training step, so the vote is safe."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        any_bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
+        if any_bad:
+            value = f"{loss.item()}" if bad else "not finite on another rank"
+            raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
+                                     "lower train.lr or raise train.warmup_steps")
+
+    def _shared_step(self, batch: dict, stage: str, generator: torch.Generator | None = None) -> Tensor:
+        video = batch["video"]  # (B, F, C, H, W) in [-1, 1]
+        loss = self.model.training_loss(video, generator)["loss"]
+        train = stage == "train"
+        if train:  # (validation passes may differ in length per rank: no vote there)
+            self._check_finite(loss)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train,
+                 sync_dist=not train, batch_size=video.shape[0])
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # the same noise draws at every validation, so val/loss curves are comparable
+        self._shared_step(batch, "val", torch.Generator().manual_seed(batch_idx))
+
+    def on_train_start(self) -> None:
+        # noise draws differ per rank and do not replay after a resume; model init
+        # (seeded once in train.py) is the same on every rank
+        seed = np.random.SeedSequence([self.cfg.train.seed, self.global_rank, self.global_step])
+        torch.manual_seed(int(seed.generate_state(1)[0]))
+
+    def configure_optimizers(self) -> dict:
+        t = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]))
+        warmup = max(t.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
+        # after the module; move them aside so the module's strict load sees its own keys.
+        state = checkpoint["state_dict"]
+        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_model.")}

@@ -1,0 +1,115 @@
+"""The experiment config: presets as defaults, yaml and CLI overrides, loud and fast errors."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict, load_config
+from scd_msc.models import preset_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_file_loads(path):
+    cfg = load_config(path, [])
+    assert isinstance(cfg, ExperimentConfig)
+    family = cfg.preset.rsplit("-", 1)[0]
+    assert cfg.model.family == family
+    expected = {"moving_digits": "scd-msc", "causal_dit": "causal-dit", "scd_dense": "scd-dense"}
+    name = os.path.basename(path)
+    assert any(name.startswith(k) and family == v for k, v in expected.items()), (name, family)
+    assert (cfg.data.image_size, cfg.data.channels) == (cfg.model.image_size, cfg.model.channels)
+    assert cfg.data.train_shards and cfg.data.val_shards and cfg.train.out_dir.startswith("runs/")
+
+
+def test_config_files_cover_the_three_sizes_and_families():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {"moving_digits_tiny.yaml", "moving_digits_small.yaml", "moving_digits_base.yaml",
+            "causal_dit_tiny.yaml", "causal_dit_small.yaml", "scd_dense_small.yaml"} <= names
+
+
+def test_preset_gives_model_defaults_and_overrides_win(tmp_path):
+    cfg = load_config(None, ["preset=causal-dit-small", "model.dim=192", "train.lr=1e-4"])
+    small = preset_config("causal-dit-small")
+    assert cfg.model.family == "causal-dit" and cfg.model.dim == 192 and cfg.model.enc_depth == small.enc_depth
+    assert cfg.train.lr == 1e-4 and cfg.data.image_size == small.image_size  # data follows the model
+    yaml = tmp_path / "x.yaml"
+    yaml.write_text("preset: scd-dense-tiny\nmodel:\n  heads: 2\ntrain:\n  devices: 2\n")
+    cfg = load_config(str(yaml), ["model.heads=8"])  # the command line beats the file
+    assert cfg.model.family == "scd-dense" and cfg.model.heads == 8 and cfg.train.devices == 2
+
+
+def test_round_trip_through_a_plain_dict():
+    cfg = load_config(None, ["preset=scd-msc-small", "train.betas=[0.8,0.95]", "data.val_batches=null"])
+    d = config_to_dict(cfg)
+    assert isinstance(d["model"], dict) and isinstance(d["model"]["schedule"], dict)
+    assert config_from_dict(d) == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lrr=1", ["unknown config key 'train.lrr'", "known under train: lr,"]),
+    ("modle.dim=3", ["unknown config key 'modle'", "model"]),
+    ("model.schedule.windw=3", ["'model.schedule.windw'", "window"]),
+    ("train.lr=abc", ["'train.lr'", "expects float", "got 'abc'"]),
+    ("model.schedule.window=big", ["'model.schedule.window'", "expects int", "got 'big'"]),
+    ("train.betas=[0.9,x]", ["'train.betas[1]'", "expects float"]),
+    ("train.compile=maybe", ["'train.compile'", "expects bool"]),
+    ("data.val_batches=many", ["'data.val_batches'", "expects int or null"]),
+    ("train.precision=fp8", ["train.precision='fp8'", "bf16-mixed"]),
+    ("train.strategy=deepspeed", ["train.strategy", "ddp", "fsdp"]),
+    ("data.batch_size=0", ["data.batch_size=0", "positive"]),
+    ("data.image_size=64", ["data.image_size=64", "model.image_size=32"]),
+    ("preset=huge", ["'preset'", "scd-msc-tiny"]),
+    ("train.lr", ["key=value"]),
+])
+def test_bad_values_name_the_key_and_the_expectation(override, words):
+    with pytest.raises(ValueError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_a_typo_in_the_yaml_names_the_file(tmp_path):
+    yaml = tmp_path / "bad.yaml"
+    yaml.write_text("train:\n  max_step: 10\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'train.max_step' in config file .*bad.yaml"):
+        load_config(str(yaml), [])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"), [])
+
+
+def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return proc, time.perf_counter() - start
+
+
+def test_cli_fails_fast_on_a_typo_before_importing_lightning():
+    """``import scd_msc`` alone imports torch (about 1.4 s on 2 cores); the config check
+    must add well under a second to that and never import Lightning."""
+    _, baseline = _run([sys.executable, "-c", "import scd_msc.cli"])
+    cmd = [sys.executable, "-X", "importtime", "-m", "scd_msc.cli", "train",
+           "--config", "configs/moving_digits_tiny.yaml", "train.lrr=1"]
+    proc, elapsed = _run(cmd)
+    assert proc.returncode == 2
+    assert "unknown config key 'train.lrr'" in proc.stderr
+    assert "| lightning" not in proc.stderr  # -X importtime lists every imported module
+    assert elapsed - baseline < 1.0, (elapsed, baseline)
+    proc, elapsed = _run(["scd-msc", "train", "train.lr=abc"])
+    assert proc.returncode == 2 and "config key 'train.lr'" in proc.stderr and "expects float" in proc.stderr
+    assert elapsed - baseline < 1.0, (elapsed, baseline)
+
+
+def test_cli_prints_the_resolved_config():
+    proc, _ = _run(["scd-msc", "train", "--config", "configs/causal_dit_tiny.yaml", "--print-config",
+                    "train.max_steps=7"])
+    assert proc.returncode == 0, proc.stderr
+    assert "family: causal-dit" in proc.stdout and "max_steps: 7" in proc.stdout

@@ -1,0 +1,230 @@
+"""Training layer: a short run writes a loadable checkpoint, NaN stops the run naming the
+step, SIGKILL/SIGTERM leave a checkpoint that ``--resume auto`` continues from, and
+two DDP ranks read different clips. Tiny model, 8-frame 32×32 clips, CPU."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from scd_msc.checkpoint import load_model
+from scd_msc.config import load_config
+from scd_msc.data import make_shards
+from scd_msc.models import SCDModel
+
+F, S = 8, 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, str]:
+    """4 train shards × 4 clips (keys clip000000..clip000015), 1 val shard of 4 clips."""
+    out = tmp_path_factory.mktemp("shards")
+    make_shards("moving-digits", out / "train", F, S, clips=16, shard_size=4, seed=0, progress=False)
+    make_shards("moving-digits", out / "val", F, S, clips=4, shard_size=4, seed=1, progress=False)
+    return {"train": str(out / "train" / "shard-{000000..000003}.tar"),
+            "val": str(out / "val" / "shard-000000.tar")}
+
+
+def overrides(shards: dict[str, str], out_dir, **extra) -> list[str]:
+    """A tiny, fast run: batches of 2 clips, no workers, no progress bar."""
+    base = {"preset": "scd-msc-tiny", "model.backend": "reference",
+            "data.train_shards": shards["train"], "data.val_shards": shards["val"],
+            "data.clip_frames": F, "data.batch_size": 2, "data.num_workers": 0, "data.epoch_batches": 5,
+            "data.val_batches": 1, "data.shuffle_buffer": 4,
+            "train.out_dir": str(out_dir), "train.max_steps": 6, "train.warmup_steps": 2,
+            "train.checkpoint_every_n_steps": 3, "train.val_every_n_steps": 0, "train.sample_every_n_steps": 0,
+            "train.log_every_n_steps": 1, "train.progress_bar": False, "train.accelerator": "cpu",
+            "train.devices": 1}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def metrics(out_dir, version: int = 0) -> list[dict]:
+    with open(os.path.join(out_dir, "csv", f"version_{version}", "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def train_steps(rows: list[dict]) -> list[int]:
+    return [int(r["step"]) for r in rows if r.get("train/loss")]
+
+
+def ckpt_step(path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+@pytest.fixture(scope="module")
+def short_run(shards, tmp_path_factory):
+    """6 steps with EMA, validation every 3 steps and a sample strip every 3 steps."""
+    from scd_msc.training.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, overrides(shards, out, **{
+        "train.ema_decay": 0.9, "train.val_every_n_steps": 3, "train.sample_every_n_steps": 3,
+        "train.sample_count": 2, "train.sample_frames": 3, "train.sample_steps": 2, "data.num_workers": 1}))
+    last = train(cfg)
+    return out, last
+
+
+def test_short_run_writes_a_checkpoint_that_load_model_generates_from(short_run):
+    out, last = short_run
+    assert last == os.path.join(out, "checkpoints", "last.ckpt") and os.path.isfile(last)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert ckpt["hyper_parameters"]["config"]["model"]["family"] == "scd-msc"
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("model.") for k in keys) and any(k.startswith("ema_model.") for k in keys)
+    ema, raw = load_model(last), load_model(last, ema=False)
+    assert not torch.equal(ema.start, raw.start)  # the average is not the trained weights
+    video = ema.generate(2, 3, 2, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 1, S, S) and torch.isfinite(video).all()
+
+
+def test_short_run_logs_losses_samples_and_config(short_run):
+    out, _ = short_run
+    rows = metrics(out)
+    assert train_steps(rows) and all(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
+    assert [r for r in rows if r.get("val/loss")], "validation every 3 steps logged val/loss"
+    assert any(k.startswith("lr-AdamW") for k in rows[0])
+    assert glob.glob(os.path.join(out, "tb", "events.out.tfevents.*"))
+    for step in (3, 6):
+        for ext in ("png", "gif"):
+            assert os.path.isfile(os.path.join(out, "samples", f"step_{step:07d}.{ext}"))
+    assert load_config(os.path.join(out, "config.yaml"), []).train.max_steps == 6
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["last.ckpt", "step_0000003.ckpt",
+                                                                   "step_0000006.ckpt"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_path):
+    from scd_msc.training.train import check_resume
+
+    _, last = short_run
+    cfg = load_config(None, overrides(shards, tmp_path, **{"model.dim": 128}))
+    with pytest.raises(ValueError, match=r"model.dim \(64 in the checkpoint, 128 now\)"):
+        check_resume(last, cfg)
+    same = load_config(None, overrides(shards, tmp_path, **{"model.backend": "auto"}))
+    assert check_resume(last, same) == 6  # the backend does not change the weights
+
+
+def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
+    from scd_msc.training.train import train
+
+    calls = {"n": 0}
+    real = SCDModel.training_loss
+
+    def loss_going_nan(self, video, generator=None):
+        out = real(self, video, generator)
+        calls["n"] += 1
+        return {"loss": out["loss"] * float("nan")} if calls["n"] == 4 else out
+
+    monkeypatch.setattr(SCDModel, "training_loss", loss_going_nan)
+    cfg = load_config(None, overrides(shards, tmp_path, **{"train.max_steps": 10}))
+    with pytest.raises(FloatingPointError, match="train loss is nan at step 3"):
+        train(cfg)
+
+
+def start_cli(args: list[str], log_path) -> subprocess.Popen:
+    log = open(log_path, "w")
+    return subprocess.Popen(["scd-msc", "train", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_for(path, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, f"training exited (rc {proc.returncode}) before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
+    out = tmp_path / "run"
+    args = overrides(shards, out, **{"train.max_steps": 60, "train.checkpoint_every_n_steps": 4})
+    proc = start_cli(args, tmp_path / "killed.log")
+    last = out / "checkpoints" / "last.ckpt"
+    try:
+        wait_for(last, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed_at = ckpt_step(last)
+    assert 4 <= killed_at < 60 and killed_at % 4 == 0
+    proc = subprocess.run(["scd-msc", "train", *args, "--resume", "auto"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"checkpoint: {last}" in proc.stdout
+    assert ckpt_step(last) == 60
+    resumed = train_steps(metrics(out, version=1))
+    assert min(resumed) >= killed_at and len(resumed) == 60 - killed_at, (killed_at, resumed[:5])
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + 15), (signal.SIGINT, 1)], ids=["SIGTERM", "Ctrl-C"])
+def test_interrupt_writes_last_ckpt_at_the_current_step(shards, tmp_path, sig, code):
+    out = tmp_path / "run"
+    args = overrides(shards, out, **{"train.max_steps": 500, "train.checkpoint_every_n_steps": 1000,
+                                      "train.sample_every_n_steps": 2, "train.sample_count": 1,
+                                      "train.sample_frames": 1, "train.sample_steps": 1})
+    proc = start_cli(args, tmp_path / "term.log")
+    try:
+        wait_for(out / "samples" / "step_0000002.png", proc)  # training is under way
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted at step" in open(tmp_path / "term.log").read()
+    step = ckpt_step(out / "checkpoints" / "last.ckpt")
+    assert 2 <= step < 500, step
+    assert load_model(str(out / "checkpoints" / "last.ckpt")).cfg.family == "scd-msc"
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import lightning as L
+    from scd_msc.config import load_config
+    from scd_msc.training.train import train
+
+    class RecordKeys(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            path = os.path.join(trainer.default_root_dir, f"keys_rank{trainer.global_rank}.txt")
+            with open(path, "a") as f:
+                f.write("".join(k + "\\n" for k in batch["key"]))
+
+    if __name__ == "__main__":
+        train(load_config(None, sys.argv[1:]), callbacks=[RecordKeys()])
+""")
+
+
+def test_ddp_two_ranks_read_different_clips(shards, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    args = overrides(shards, out, **{"train.devices": 2, "train.strategy": "ddp", "train.max_steps": 4,
+                                      "train.val_every_n_steps": 2, "train.ema_decay": 0.9})
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    keys = [set(open(out / f"keys_rank{r}.txt").read().split()) for r in (0, 1)]
+    assert keys[0] and keys[1] and not keys[0] & keys[1], keys
+    # rank r reads shards r, r + 2 (4 clips each): clip000000-03, 08-11 for rank 0
+    assert {int(k[4:]) // 4 % 2 for k in keys[0]} == {0} and {int(k[4:]) // 4 % 2 for k in keys[1]} == {1}
+    assert ckpt_step(out / "checkpoints" / "last.ckpt") == 4
+    load_model(str(out / "checkpoints" / "last.ckpt")).generate(1, 2, 1)
+
+
+def test_video_strip_lays_clips_in_rows_and_frames_in_columns():
+    from scd_msc.training.callbacks import video_strip
+
+    video = torch.zeros(2, 3, 1, 4, 5)
+    video[1, 2] = 1.0  # last frame of the second clip is white
+    strip = video_strip(video)
+    assert strip.shape == (2 * 4, 3 * 5, 3) and strip.dtype.name == "uint8"
+    assert (strip[4:, 10:] == 255).all() and (strip[:4] == 128).all()
