@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from scd_msc.diffusion import FlowMatching
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.encoder import attention_config
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, frame_positions
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, frame_positions, run_blocks
 from scd_msc.models.streaming import Generates, StreamSession, check_generation_args
 from scd_msc.ops.cache import StackCache
 from scd_msc.ops.dense import DenseAttention
@@ -50,8 +50,7 @@ class CausalDiT(Generates, nn.Module):
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
         fi = frame_positions(start, x.shape[1], x.device)
-        for i, block in enumerate(self.blocks):
-            h = block(h, t, cond, fi, None if cache is None else cache.layers[i])
+        h = run_blocks(self.blocks, h, t, cond, fi, cache)
         if cache is not None and cache.layers[0].commit:
             cache.frames_seen += x.shape[1]
         return self.final(h, cond)

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from scd_msc.models.config import ModelConfig
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, frame_positions
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, frame_positions, run_blocks
 from scd_msc.ops.cache import StackCache
 from scd_msc.ops.dense import DenseAttention
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig
@@ -54,8 +54,7 @@ class CausalEncoder(nn.Module):
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
         fi = frame_positions(start, x.shape[1], x.device)
-        for i, block in enumerate(self.blocks):
-            h = block(h, t, cond, fi, None if cache is None else cache.layers[i])
+        h = run_blocks(self.blocks, h, t, cond, fi, cache)
         if cache is not None:
             cache.frames_seen += x.shape[1]
         return rearrange(self.norm(h), "b f y x d -> b f (y x) d")
