@@ -176,3 +176,28 @@ def test_unknown_preset_lists_known_ones():
 def test_dit_refuses_guidance():
     with pytest.raises(ValueError, match="guidance=2.0 needs a context"):
         tiny("causal-dit").generate(1, 1, 1, guidance=2.0)
+
+
+def test_full_caches_are_written_in_place():
+    """Once a window is full its buffers never move (what CUDA-graph replay relies on),
+    and the frame counter lives on the device."""
+    model = tiny("scd-msc")
+    session = model.stream(1, steps=1, generator=gen())
+    cache = session.enc_cache
+    for _ in range(20):
+        session.step()
+    assert cache.full() and cache.frames_seen == 20
+    ptrs = [(layer.hires.k.data_ptr(), layer.lowres.v.data_ptr()) for layer in cache.layers]
+    before = cache.layers[0].hires.k.clone()
+    session.step()
+    assert [(layer.hires.k.data_ptr(), layer.lowres.v.data_ptr()) for layer in cache.layers] == ptrs
+    assert not torch.equal(cache.layers[0].hires.k, before)  # contents did move on
+    assert cache.frames_seen == 21
+    unbounded = tiny("causal-dit").stream(1, steps=1, generator=gen())
+    unbounded.step()
+    assert not unbounded.kv.full()  # all frames kept: never graphable
+
+
+def test_cuda_graphs_need_cuda():
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA model"):
+        tiny("scd-msc").stream(1, steps=1).use_cuda_graphs()

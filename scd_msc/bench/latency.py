@@ -23,7 +23,6 @@ import torch
 
 from scd_msc.bench.common import (command_line, env_info, peak_memory_gib, report_stem,
                                   reset_peak_memory, summarize_ms, sync, write_report)
-from scd_msc.bench.graphs import GraphedCall
 from scd_msc.models import build_model, count_parameters
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -78,7 +77,7 @@ def bench_inference(name: str, batch: int, args: argparse.Namespace, device: str
     reset_peak_memory(device)
     session = model.stream(batch, args.steps, prompt=prompt, generator=g)
     if graphs:
-        session.decoder_fn = GraphedCall(model.decoder)
+        session.use_cuda_graphs()
     time_frames(session, args.warmup, device)  # warm-up (and graph capture), untimed
     den, e2e = time_frames(session, args.frames, device)
     d, e = summarize_ms(den), summarize_ms(e2e)
@@ -91,12 +90,29 @@ def bench_inference(name: str, batch: int, args: argparse.Namespace, device: str
 
 
 @torch.no_grad()
+def graph_check(name: str, args: argparse.Namespace, device: str, frames: int = 3) -> float:
+    """Max |graphed − eager| over ``frames`` frames made after capture, same seeds."""
+    model = make_model(name, args, device)
+    cfg = model.cfg
+    outs = []
+    for graphs in (False, True):
+        g = torch.Generator(device=device).manual_seed(2)
+        prompt = torch.randn(1, args.context, cfg.channels, cfg.image_size, cfg.image_size,
+                             device=device, dtype=DTYPES[args.dtype], generator=g)
+        session = model.stream(1, args.steps, prompt=prompt, generator=g)
+        if graphs:
+            session.use_cuda_graphs()
+        outs.append(torch.stack([session.step() for _ in range(args.warmup + frames)])[-frames:])
+    return (outs[0].float() - outs[1].float()).abs().max().item()
+
+
+@torch.no_grad()
 def latency_curve(name: str, args: argparse.Namespace, device: str, graphs: bool) -> dict[str, Any]:
     """End-to-end latency, cache bytes and peak memory per frame index, empty cache."""
     model = make_model(name, args, device)
     session = model.stream(1, args.steps, generator=torch.Generator(device=device).manual_seed(1))
     if graphs:
-        session.decoder_fn = GraphedCall(model.decoder)
+        session.use_cuda_graphs()
     reset_peak_memory(device)
     ms, cache, peak = [], [], []
     for _ in range(args.curve_frames):
@@ -195,15 +211,17 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = []
     for batch in args.batch:
         for name in names:
-            for gr in graphs if name != names[-1] else [False]:
+            for gr in graphs:
                 rows.append(bench_inference(name, batch, args, device, gr))
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    checks = {n: graph_check(n, args, device) for n in names} if True in graphs else {}
+    print("graphed vs eager max |diff|:", checks, flush=True)
     curves = [latency_curve(names[0], args, device, graphs[-1])]  # graphed when on CUDA
     train = [bench_training(n, args, device) for n in (names[0], names[2])]
-    return write_latency_report(args, device, names, rows, curves, train)
+    return write_latency_report(args, device, names, rows, curves, train, checks)
 
 
-def write_latency_report(args, device, names, rows, curves, train) -> int:
+def write_latency_report(args, device, names, rows, curves, train, checks) -> int:
     def pick(name, graphs=False, batch=None):
         batch = args.batch[0] if batch is None else batch
         return next(r for r in rows if r["model"] == name and r["graphs"] == graphs and r["batch"] == batch)
@@ -211,12 +229,15 @@ def write_latency_report(args, device, names, rows, curves, train) -> int:
     best = curves[-1]
     at32, atn = window_median(best["ms"], min(32, len(best["ms"]))), window_median(best["ms"], len(best["ms"]))
     scd, dense, dit = (pick(n)["e2e_ms"] for n in names)
-    scd_graph = pick(names[0], graphs=True)["e2e_ms"] if curves[-1]["graphs"] else None
+    graphed = curves[-1]["graphs"]
+    gscd, gdense, gdit = (pick(n, graphs=True)["e2e_ms"] if graphed else None for n in names)
     model0 = build_model(names[0])
     data = {
-        "scd_msc_ms_per_frame": scd, "scd_msc_graphs_ms_per_frame": scd_graph,
-        "scd_dense_ms_per_frame": dense, "causal_dit_ms_per_frame": dit,
-        "speedup_vs_causal_dit": dit / scd, "speedup_vs_causal_dit_graphs": scd_graph and dit / scd_graph,
+        "scd_msc_ms_per_frame": gscd or scd, "scd_dense_ms_per_frame": gdense or dense,
+        "causal_dit_ms_per_frame": gdit or dit, "cuda_graphs": graphed,
+        "eager_ms_per_frame": {"scd_msc": scd, "scd_dense": dense, "causal_dit": dit},
+        "speedup_vs_causal_dit": (gdit or dit) / (gscd or scd), "speedup_vs_causal_dit_eager": dit / scd,
+        "graphed_vs_eager_max_abs_diff": checks,
         "scd_msc_growth_32_to_512": (atn - at32) / at32,
         "scd_msc_peak_gib_32": best["peak_gib"][min(31, len(best["peak_gib"]) - 1)],
         "scd_msc_peak_gib_last": best["peak_gib"][-1],
@@ -240,12 +261,13 @@ def write_latency_report(args, device, names, rows, curves, train) -> int:
     plot_curve(curves, plot)
     cols = ["model", "graphs", "batch", "denoise_ms", "denoise_p90_ms", "e2e_ms", "e2e_p90_ms",
             "frames_per_s", "peak_gib", "cache_mib", "params_m"]
+    mode = "CUDA graphs (all three models)" if graphed else "eager"
     extra = "\n".join([
         "## Summary (batch 1, end to end, steady-state median; warm-up and graph capture excluded)", "",
-        f"- SCD-MSC {scd:.1f} ms/frame eager"
-        + (f", {scd_graph:.1f} ms with CUDA graphs on the decoder" if scd_graph else ""),
-        f"- SCD-dense {dense:.1f} ms/frame; causal DiT {dit:.1f} ms/frame (eager; its growing KV cache is not graphable)",
-        f"- speed-up over the causal DiT: {dit / scd:.2f}× eager" + (f", {dit / scd_graph:.2f}× with graphs" if scd_graph else ""),
+        f"- {mode}: SCD-MSC {gscd or scd:.1f}, SCD-dense {gdense or dense:.1f}, causal DiT {gdit or dit:.1f} ms/frame"
+        f" → SCD-MSC {data['speedup_vs_causal_dit']:.2f}× faster than the causal DiT",
+        f"- eager: SCD-MSC {scd:.1f}, SCD-dense {dense:.1f}, causal DiT {dit:.1f} ms/frame ({dit / scd:.2f}×)",
+        f"- graphed vs eager frames, max |diff|: {checks}",
         f"- SCD-MSC latency frame 32 → {len(best['ms'])}: {at32:.1f} → {atn:.1f} ms ({100 * (atn - at32) / at32:+.1f}%); "
         f"cache {data['scd_msc_cache_bytes_32'] / 2**20:.2f} → {data['scd_msc_cache_bytes_last'] / 2**20:.2f} MiB; "
         f"peak memory {data['scd_msc_peak_gib_32']} → {data['scd_msc_peak_gib_last']} GiB",

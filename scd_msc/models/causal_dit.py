@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from scd_msc.diffusion import FlowMatching
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.encoder import attention_config
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, frame_positions, run_blocks
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, run_blocks
 from scd_msc.models.streaming import Generates, StreamSession, check_generation_args
 from scd_msc.ops.cache import StackCache
 from scd_msc.ops.dense import DenseAttention
@@ -46,13 +46,12 @@ class CausalDiT(Generates, nn.Module):
         """x ``(B, F, C, H, W)`` noisy frames at levels t ``(B, F)`` -> velocity, like x.
         With ``cache`` the frames follow the cached ones; the cache is written only when
         its ``commit`` flag is set."""
-        start = 0 if cache is None else cache.frames_seen
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
-        fi = frame_positions(start, x.shape[1], x.device)
+        fi = torch.arange(x.shape[1], device=x.device) if cache is None else cache.positions(x.shape[1], x.device)
         h = run_blocks(self.blocks, h, t, cond, fi, cache)
-        if cache is not None and cache.layers[0].commit:
-            cache.frames_seen += x.shape[1]
+        if cache is not None:
+            cache.advance(x.shape[1])
         return self.final(h, cond)
 
     def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
@@ -77,6 +76,8 @@ class DiTSession(StreamSession):
         super().__init__(model, batch_size, steps, generator, cache, guidance)
         self.kv = model.new_cache() if cache else None
         self.history: Optional[Tensor] = None  # (B, F, C, H, W) clean frames, for cache=False
+        self.velocity_graph = self.write_graph = None
+        self.t_zero = torch.zeros(batch_size, 1, device=self.device, dtype=self.dtype)
         if prompt is not None:
             self._write(prompt.to(self.device, self.dtype))
 
@@ -104,11 +105,28 @@ class DiTSession(StreamSession):
     @torch.no_grad()
     def denoise(self) -> Tensor:
         m = self.model
-        return m.flow.sample(self._velocity, self.noise(), self.steps, sampler=m.cfg.sampler)
+        fn = self._velocity
+        if self.graphs and self.kv is not None and self.kv.full():  # passes only read the cache
+            if self.velocity_graph is None:
+                from scd_msc.models.graphs import GraphedCall
 
+                self.velocity_graph = GraphedCall(self._velocity)
+            fn = self.velocity_graph
+        return m.flow.sample(fn, self.noise(), self.steps, sampler=m.cfg.sampler)
+
+    def _write_step(self, frame: Tensor) -> Tensor:
+        self.kv.set_commit(True)
+        return self.model(frame[:, None], self.t_zero, self.kv)
+
+    @torch.no_grad()
     def commit(self, frame: Tensor) -> None:
         """One pass at t=0 writes the clean frame's keys/values."""
-        self._write(frame[:, None])
+        self.write_graph = self.graph_stateful(self.kv, self.write_graph, self._write_step)
+        if self.write_graph is not None:
+            self.kv.set_commit(True)
+            self.write_graph(frame)
+        else:
+            self._write(frame[:, None])
         self.frames_done += 1
 
     def cache_bytes(self) -> int:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from scd_msc.models.config import ModelConfig
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, frame_positions, run_blocks
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, run_blocks
 from scd_msc.ops.cache import StackCache
 from scd_msc.ops.dense import DenseAttention
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig
@@ -50,11 +51,10 @@ class CausalEncoder(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cache: Optional[StackCache] = None) -> Tensor:
         """x ``(B, F, C, H, W)``, t ``(B, F)``; with ``cache`` the frames follow those
         already encoded (and are appended). Returns ``(B, F, N, D)``."""
-        start = 0 if cache is None else cache.frames_seen
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
-        fi = frame_positions(start, x.shape[1], x.device)
+        fi = torch.arange(x.shape[1], device=x.device) if cache is None else cache.positions(x.shape[1], x.device)
         h = run_blocks(self.blocks, h, t, cond, fi, cache)
         if cache is not None:
-            cache.frames_seen += x.shape[1]
+            cache.advance(x.shape[1])
         return rearrange(self.norm(h), "b f y x d -> b f (y x) d")

@@ -95,11 +95,6 @@ class Block(nn.Module):
         return x + gate2 * self.mlp(h)
 
 
-def frame_positions(start: int, count: int, device: torch.device) -> Tensor:
-    """Absolute frame indices ``(count,)`` from ``start``."""
-    return torch.arange(start, start + count, device=device)
-
-
 def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
                cache: Optional[object] = None) -> Tensor:
     """Apply ``blocks`` in order, each with its own layer cache (``cache.layers[i]``)."""

@@ -74,6 +74,8 @@ class SCDSession(StreamSession):
         self.history: list[Tensor] = []  # frames so far, for cache=False
         self.context = model.start.to(self.dtype).expand(batch_size, -1, -1)  # (B, N, D)
         self.decoder_fn = model.decoder  # (x, t, c) -> v; a CUDA-graphed twin may replace it
+        self.encode_graph = None
+        self.t_zero = torch.zeros(batch_size, 1, device=self.device, dtype=self.dtype)
         if prompt is not None:
             self._encode(prompt.to(self.device, self.dtype))
 
@@ -97,9 +99,25 @@ class SCDSession(StreamSession):
                              guidance=self.guidance, context=self.context,
                              perturb_scale=m.cfg.guidance_perturb, generator=self.generator)
 
+    def use_cuda_graphs(self) -> "SCDSession":
+        super().use_cuda_graphs()
+        from scd_msc.models.graphs import GraphedCall
+
+        self.decoder_fn = GraphedCall(self.model.decoder)
+        return self
+
+    def _encode_step(self, frame: Tensor) -> Tensor:
+        """frame ``(B, C, H, W)`` -> next context ``(B, N, D)``, through the cache."""
+        return self.model.encoder(frame[:, None], self.t_zero, self.enc_cache)[:, -1]
+
+    @torch.no_grad()
     def commit(self, frame: Tensor) -> None:
         """The finished frame goes through the encoder once."""
-        self._encode(frame[:, None])
+        self.encode_graph = self.graph_stateful(self.enc_cache, self.encode_graph, self._encode_step)
+        if self.encode_graph is not None:
+            self.context = self.encode_graph(frame)
+        else:
+            self._encode(frame[:, None])
         self.frames_done += 1
 
     def cache_bytes(self) -> int:

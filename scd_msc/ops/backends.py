@@ -56,22 +56,41 @@ def _has_flex() -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
+FLEX_RECOMPILE_LIMIT = 64
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_flex() -> Callable[..., Tensor]:
+    """Compiled FlexAttention. Each mask, size, dtype and grad/autocast mode is its own
+    graph; dynamo's default recompile limit (8) would otherwise drop to the unfused
+    path (full score matrix) in the middle of training, so it is raised once here."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))
+            break
     return torch.compile(flex_attention, dynamic=False)
 
 
+# Kernel tiles (query, key) for the forward-only path: narrower key blocks skip more of
+# a local window (hi-res 32×32×32 on an H100: 2.01 -> 1.27 ms, NATTEN 1.11 ms;
+# benchmarks/flex_blocks_h100_2026-11-23.md). The backward kernel does not compile with
+# them in torch 2.11, so calls that need gradients keep the default 128×128.
+INFERENCE_BLOCKS = (128, 64)
+
+
 @functools.lru_cache(maxsize=128)
-def _block_mask(spec: WindowSpec, fq: int, fkv: int, hp: int, wp: int, device: str):
+def _block_mask(spec: WindowSpec, fq: int, fkv: int, hp: int, wp: int, device: str,
+                blocks: tuple[int, int] = (128, 128)):
     """BlockMask for one pattern and size (pure; memoised because building costs ms)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     mask_mod = window_mask_mod(spec, fq, fkv, hp, wp)
     n = hp * wp
     return create_block_mask(mask_mod, None, None, fq * n, fkv * n, device=device,
-                             _compile=device.startswith("cuda"))
+                             BLOCK_SIZE=blocks, _compile=device.startswith("cuda"))
 
 
 def flex_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
@@ -79,10 +98,13 @@ def flex_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
     b, fq, hp, wp, _, _ = q.shape
-    block_mask = _block_mask(spec, fq, k.shape[1], hp, wp, str(q.device))
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    blocks = INFERENCE_BLOCKS if q.is_cuda and not grad else (128, 128)
+    block_mask = _block_mask(spec, fq, k.shape[1], hp, wp, str(q.device), blocks)
     qs, ks, vs = (rearrange(t, "b f y x h d -> b h (f y x) d") for t in (q, k, v))
     if q.is_cuda:
-        out = _compiled_flex()(qs, ks, vs, block_mask=block_mask)  # (B, h, Fq·N, d)
+        opts = {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]} if blocks != (128, 128) else None
+        out = _compiled_flex()(qs, ks, vs, block_mask=block_mask, kernel_options=opts)  # (B, h, Fq·N, d)
     else:  # eager: a slow forward-only check path; its "use torch.compile" advice is noise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

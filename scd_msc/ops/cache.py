@@ -31,11 +31,21 @@ class FrameKV:
         if not commit:
             return k, v
         keep = k.shape[1] if self.max_frames is None else min(self.max_frames, k.shape[1])
+        tail_k, tail_v = k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:]
         if keep == 0:
             self.k = self.v = None
+        elif self.k is not None and self.k.shape == tail_k.shape:
+            self.k.copy_(tail_k)  # full: write in place, so the buffers never move
+            self.v.copy_(tail_v)  # (a captured CUDA graph keeps reading the right memory)
         else:
-            self.k, self.v = k[:, k.shape[1] - keep:], v[:, v.shape[1] - keep:]
+            self.k, self.v = tail_k.clone(), tail_v.clone()
         return k, v
+
+    def full(self) -> bool:
+        """True once the window holds ``max_frames`` frames (never when unbounded)."""
+        if self.max_frames is None:
+            return False
+        return self.max_frames == 0 or (self.k is not None and self.k.shape[1] == self.max_frames)
 
     def nbytes(self) -> int:
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
@@ -48,15 +58,13 @@ class MSCCache:
 
     hires: FrameKV
     lowres: FrameKV
-    frames_seen: int = 0
     commit: bool = True  # False: attend the cache without writing (a denoising pass)
 
     def extend(self, branch: FrameKV, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         return branch.extend(k, v, commit=self.commit)
 
-    def advance(self, frames: int) -> None:
-        if self.commit:
-            self.frames_seen += frames
+    def full(self) -> bool:
+        return self.hires.full() and self.lowres.full()
 
     def nbytes(self) -> int:
         return self.hires.nbytes() + self.lowres.nbytes()
@@ -64,14 +72,35 @@ class MSCCache:
 
 @dataclass
 class StackCache:
-    """Caches of every layer of a stack, plus the number of frames already encoded."""
+    """Caches of every layer of a stack, plus the absolute index of the next frame as a
+    device scalar (advanced in place, so a captured CUDA graph advances it too)."""
 
     layers: list = field(default_factory=list)
-    frames_seen: int = 0
+    position: Optional[Tensor] = None  # () long: frames already written
+    commit: bool = True
+
+    def positions(self, count: int, device: torch.device) -> Tensor:
+        """Absolute frame indices ``(count,)`` of the next ``count`` frames."""
+        if self.position is None:
+            self.position = torch.zeros((), dtype=torch.long, device=device)
+        return self.position + torch.arange(count, device=device)
+
+    def advance(self, count: int) -> None:
+        if self.commit:
+            self.position.add_(count)
+
+    @property
+    def frames_seen(self) -> int:
+        return 0 if self.position is None else int(self.position)
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
+    def full(self) -> bool:
+        """Every layer's window is full: shapes and buffers stay fixed from now on."""
+        return all(layer.full() for layer in self.layers)
+
     def set_commit(self, commit: bool) -> None:
+        self.commit = commit
         for layer in self.layers:
             layer.commit = commit

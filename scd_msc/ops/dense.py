@@ -52,7 +52,6 @@ class DenseAttention(nn.Module):
         q, k, v = prepare_qkv(self, qkv, frame_index, 1)  # (B, F, Hp, Wp, h, d)
         if cache is not None:
             k, v = cache.extend(cache.hires, k, v)
-            cache.advance(f)
         spec = dense_spec(self.window_frames, k.shape[1], (hp, wp), self.cfg.causal)
         o = window_attention(q, k, v, spec, self.cfg.backend)  # (B, F, Hp, Wp, h, d)
         return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))

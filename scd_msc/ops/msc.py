@@ -137,8 +137,6 @@ class MSCAttention(nn.Module):
             o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
                                  causal=self.cfg.causal, backend=self.cfg.backend)
             outs.append(unpool_tokens(o, s.down, hp, wp, self.cfg.upsample))
-        if cache is not None:
-            cache.advance(f)
         o = torch.cat(outs, dim=-2) * self.gates(t)[:, :, None, None, :, None]  # (B, F, Hp, Wp, h, d)
         return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))
 

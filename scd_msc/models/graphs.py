@@ -1,23 +1,30 @@
-"""CUDA-graph replay of a module with static input shapes (the SCD decoder).
+"""CUDA-graph replay of streaming steps with static shapes.
 
-The frame-wise decoder sees the same shapes at every denoising step of every frame,
-so one captured graph replaces ~hundreds of kernel launches per step. The causal
-DiT's cache grows and moves, so its passes are not captured.
+The frame-wise decoder sees the same shapes at every denoising step of every frame.
+Once every layer's cache window is full, the encoder pass and the DiT's passes do too:
+full caches are written in place and frame positions live in a device counter, so a
+captured graph keeps reading and advancing the right memory. One replay then replaces
+hundreds of kernel launches.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 class GraphedCall:
     """``fn(*tensors)`` replayed from a CUDA graph captured on the first call (and
-    re-captured if the input shapes change). Outputs are cloned out of the graph."""
+    re-captured if the input shapes change). Outputs are cloned out of the graph.
 
-    def __init__(self, module: nn.Module, warmup: int = 2):
+    ``warmup`` calls run before capture; a step that writes state (a cache) must use
+    ``warmup=0`` and have run eagerly at the same shapes before: capture records
+    without executing, and the replay that follows performs the step once.
+    """
+
+    def __init__(self, module: Callable[..., Tensor], warmup: int = 2):
         self.module, self.warmup = module, warmup
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.inputs: tuple[Tensor, ...] = ()
