@@ -20,6 +20,12 @@ def _draw_device(
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def _draw(fn, shape: Sequence[int], generator: torch.Generator | None,
+          device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
+    out = fn(tuple(shape), generator=generator, device=_draw_device(generator, device), dtype=dtype)
+    return out.to(device) if device is not None else out
+
+
 def randn(
     shape: Sequence[int],
     generator: torch.Generator | None = None,
@@ -27,9 +33,7 @@ def randn(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal tensor of ``shape`` on ``device`` (drawn on the generator's device)."""
-    draw_on = _draw_device(generator, device)
-    out = torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype)
-    return out.to(device) if device is not None else out
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand(
@@ -39,6 +43,4 @@ def rand(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Uniform ``[0, 1)`` tensor of ``shape`` on ``device`` (drawn on the generator's device)."""
-    draw_on = _draw_device(generator, device)
-    out = torch.rand(tuple(shape), generator=generator, device=draw_on, dtype=dtype)
-    return out.to(device) if device is not None else out
+    return _draw(torch.rand, shape, generator, device, dtype)

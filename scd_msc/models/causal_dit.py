@@ -48,10 +48,7 @@ class CausalDiT(Generates, nn.Module):
         its ``commit`` flag is set."""
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
-        fi = torch.arange(x.shape[1], device=x.device) if cache is None else cache.positions(x.shape[1], x.device)
-        h = run_blocks(self.blocks, h, t, cond, fi, cache)
-        if cache is not None:
-            cache.advance(x.shape[1])
+        h = run_blocks(self.blocks, h, t, cond, cache)
         return self.final(h, cond)
 
     def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:

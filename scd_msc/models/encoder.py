@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -53,8 +52,5 @@ class CausalEncoder(nn.Module):
         already encoded (and are appended). Returns ``(B, F, N, D)``."""
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
-        fi = torch.arange(x.shape[1], device=x.device) if cache is None else cache.positions(x.shape[1], x.device)
-        h = run_blocks(self.blocks, h, t, cond, fi, cache)
-        if cache is not None:
-            cache.advance(x.shape[1])
+        h = run_blocks(self.blocks, h, t, cond, cache)
         return rearrange(self.norm(h), "b f y x d -> b f (y x) d")

@@ -12,6 +12,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from scd_msc.ops.cache import StackCache
 from scd_msc.ops.embed import timestep_embedding
 
 
@@ -95,9 +96,15 @@ class Block(nn.Module):
         return x + gate2 * self.mlp(h)
 
 
-def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
-               cache: Optional[object] = None) -> Tensor:
-    """Apply ``blocks`` in order, each with its own layer cache (``cache.layers[i]``)."""
+def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor,
+               cache: Optional[StackCache] = None) -> Tensor:
+    """Apply ``blocks`` to the frames ``h (B, F, Hp, Wp, D)``. Without a cache the frames
+    sit at positions ``0..F-1``; with one they follow the frames already written, each
+    block uses its own layer cache, and the cache's position advances (when committing)."""
+    f = h.shape[1]
+    fi = torch.arange(f, device=h.device) if cache is None else cache.positions(f, h.device)
     for i, block in enumerate(blocks):
-        h = block(h, t, cond, frame_index, None if cache is None else cache.layers[i])
+        h = block(h, t, cond, fi, None if cache is None else cache.layers[i])
+    if cache is not None:
+        cache.advance(f)
     return h
