@@ -71,6 +71,7 @@ class TrainConfig:
     accelerator: str = "auto"
     compile: bool = False
     progress_bar: bool = True
+    timing_warmup: int = 20  # steps before timing.json starts timing (training/timing.py)
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, PRECISIONS)
@@ -80,7 +81,8 @@ class TrainConfig:
                      "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 1")
-        for name in ("warmup_steps", "val_every_n_steps", "sample_every_n_steps", "keep_checkpoints", "seed"):
+        for name in ("warmup_steps", "val_every_n_steps", "sample_every_n_steps", "keep_checkpoints", "seed",
+                     "timing_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 0")
         if not self.lr > 0:

@@ -44,6 +44,8 @@ def test_eval_writes_report(tmp_path, shards, capsys):
     assert [r["step"] for r in rows] == list(range(1, N + 1))
     assert all(math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 for r in rows)
     assert summary["mean_psnr_1_8"] == pytest.approx(sum(r["psnr"] for r in rows) / N, rel=1e-5)
+    per_clip = summary["clip_psnr_1_8"]  # the same mean, clip by clip (for paired comparisons)
+    assert len(per_clip) == 3 and summary["mean_psnr_1_8"] == pytest.approx(sum(per_clip) / 3, rel=1e-5)
     assert "| 1 |" in (out / "eval.md").read_text()
     strip = Image.open(out / "strip.png")
     assert strip.height > 2 * 3 * 32 and strip.width > (K + N) * 32  # 3 clips × 2 rows, 7 frames

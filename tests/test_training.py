@@ -228,3 +228,37 @@ def test_video_strip_lays_clips_in_rows_and_frames_in_columns():
     strip = video_strip(video)
     assert strip.shape == (2 * 4, 3 * 5, 3) and strip.dtype.name == "uint8"
     assert (strip[4:, 10:] == 255).all() and (strip[:4] == 128).all()
+
+
+def test_step_timer_measures_waits_and_drops_validation_and_checkpoint_gaps(tmp_path, monkeypatch):
+    """Steps 100 ms apart with a 10 ms loader wait, after 1 warm-up step; the gap holding a
+    validation run and the one holding a checkpoint save are not measured."""
+    import json
+    import types
+
+    from scd_msc.training import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    logged: list[dict] = []
+    module = types.SimpleNamespace(log_dict=lambda d, **kw: logged.append(d))
+    trainer = types.SimpleNamespace(is_global_zero=True, world_size=2)
+    timer = timing.StepTimer(str(tmp_path), batch_size=4, warmup=1)
+    for step in range(6):
+        if step == 3:
+            timer.on_validation_start(trainer, module)
+        if step == 4:
+            timer.on_save_checkpoint(trainer, module, {})
+            clock[0] += 0.5  # a slow save: would count as a 510 ms wait if kept
+        timer.on_train_batch_start(trainer, module, None, step)
+        clock[0] += 0.09
+        timer.on_train_batch_end(trainer, module, None, None, step)
+        clock[0] += 0.01
+    timer.on_train_end(trainer, module)
+    summary = json.load(open(tmp_path / "timing.json"))
+    # measured: steps 2 and 5 (step 0 has no previous step, 1 is warm-up, 3 and 4 are dirty)
+    assert summary["steps"] == 2 and len(logged) == 2
+    assert summary["step_ms_mean"] == pytest.approx(100.0)
+    assert summary["loader_wait_ms_mean"] == pytest.approx(10.0)
+    assert summary["loader_wait_fraction"] == pytest.approx(0.1)
+    assert summary["samples_per_s"] == pytest.approx(10 * 4 * 2)

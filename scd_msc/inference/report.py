@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from scd_msc.inference.evaluate import EvalResult
+from scd_msc.inference.evaluate import EvalResult, finite
 from scd_msc.inference.writers import save_gif
 
 GAP = 2  # pixels between tiles
@@ -31,7 +31,8 @@ def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
     psnr, ssim = result.mean_1_8()
     return {**info, "clips": result.clips, "context": result.context, "horizon": result.horizon,
             "per_horizon": result.per_horizon(), "mean_psnr_1_8": psnr, "mean_ssim_1_8": ssim,
-            "clip_keys": result.keys, "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips "
+            "clip_keys": result.keys, "clip_psnr_1_8": [finite(v) for v in result.psnr[:, :8].mean(1).tolist()],
+            "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips "
             "per horizon step; null = infinite (identical frames)",
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
 

@@ -7,7 +7,8 @@ Run folder (``train.out_dir``)::
     checkpoints/last.ckpt       newest state (every ``checkpoint_every_n_steps``, at the end,
                                 on Ctrl-C / SIGTERM); step_NNNNNNN.ckpt: the newest few
     csv/version_N/metrics.csv   one CSV per start (Lightning's CSVLogger)
-    tb/                         TensorBoard events (loss, lr, sample strips)
+    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample strips)
+    timing.json                 step time, loader wait, steps/s (training/timing.py)
     samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif
 """
 
@@ -31,6 +32,7 @@ from scd_msc.data.datamodule import ShardDataModule
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
 from scd_msc.training.module import SCDLitModule
+from scd_msc.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     elif t.sample_every_n_steps:
         callbacks.append(SampleStrip(t.out_dir, t.sample_every_n_steps, t.sample_count, t.sample_frames,
                                      t.sample_steps, seed=t.seed, ema=ema))
+    # last: its step end is stamped after the sample strip is written
+    callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup))
     return callbacks
 
 

@@ -1,0 +1,199 @@
+"""SCD-MSC against the causal DiT on moving digits: one report from the files that
+``tools/quality_moving_digits.sh`` leaves behind.
+
+Reads, for each model, the ``scd-msc eval`` folder (``eval.json``), the long
+``scd-msc generate`` GIF (prompt frames first, videos tiled side by side) and the
+training run folder (``timing.json``, ``csv/*/metrics.csv``, ``config.yaml``), plus the
+training shards, and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json`` and a
+digit-mass plot ``..._mass.png``.
+
+Digit mass of a frame: its mean intensity in [0, 1] (digits are bright on black).
+The reference is the mean over the training clips; each generated video is also
+compared with its own prompt frames (the digits it was shown), which removes the
+clip-to-clip spread (1–3 digits per clip).
+
+Shapes: ``T`` frames · ``V`` videos · ``H, W`` pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's scd_msc
+
+from scd_msc.bench.common import command_line, env_info, fmt, markdown_table, report_stem, write_report  # noqa: E402
+from scd_msc.data.dataset import ClipDataset  # noqa: E402
+
+PSNR_BAR_DB = 0.5  # SCD-MSC within 0.5 dB of the DiT, horizons 1-8
+MASS_BAR = 0.30  # digit mass within ±30% of the training data's at 4× the clip length
+MODELS = (("scd_msc", "SCD-MSC"), ("causal_dit", "causal DiT"))
+
+
+def gif_videos(path: Path, size: int) -> np.ndarray:
+    """The GIF's frames split into its side-by-side videos: ``(V, T, H, W)`` in [0, 1]."""
+    with Image.open(path) as im:
+        frames = np.stack([np.asarray(f.convert("L"), np.float32) / 255 for f in ImageSequence.Iterator(im)])
+    t, h, w = frames.shape  # (T, H, V·W)
+    if h != size or w % size:
+        raise ValueError(f"{path}: frames are {h}x{w}, expected {size} rows and a multiple of {size} columns")
+    return frames.reshape(t, h, w // size, size).transpose(2, 0, 1, 3)  # (V, T, H, W)
+
+
+def training_mass(shards: str, frames: int, size: int, clips: int) -> dict[str, float]:
+    """Mean and spread of the per-clip digit mass of the first ``clips`` training clips."""
+    data = ClipDataset(shards, frames, 1, size, resampled=False)
+    masses = []
+    for sample in data:
+        masses.append(float(((sample["video"] + 1) / 2).mean()))
+        if len(masses) == clips:
+            break
+    return {"clips": len(masses), "mean": statistics.fmean(masses), "std": statistics.pstdev(masses)}
+
+
+def mass_curves(video: np.ndarray, prompt: int) -> dict[str, Any]:
+    """Per-frame mass (mean over videos) and per-frame ratio to each video's prompt mass."""
+    mass = video.mean(axis=(2, 3))  # (V, T)
+    own = mass[:, :prompt].mean(1, keepdims=True)  # (V, 1)
+    return {"videos": int(mass.shape[0]), "frames": int(mass.shape[1]), "mass": mass.mean(0).tolist(),
+            "ratio_to_prompt": (mass / own).mean(0).tolist(),
+            "bright_fraction": (video > 0.5).mean(axis=(0, 2, 3)).tolist()}
+
+
+def run_info(run: Path) -> dict[str, Any]:
+    """Steps, final losses and throughput of a training run folder."""
+    rows: list[dict[str, str]] = []
+    for path in sorted(glob.glob(str(run / "csv" / "version_*" / "metrics.csv"))):
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    last = lambda key: next((float(r[key]) for r in reversed(rows) if r.get(key)), None)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
+    return {"steps": max((int(r["step"]) for r in rows if r.get("step")), default=0),
+            "train_loss_last10_logged": statistics.fmean(losses[-10:]) if losses else None,
+            "val_loss": last("val/loss"), "step_ms_median": timing.get("step_ms_median"),
+            "loader_wait_fraction": timing.get("loader_wait_fraction")}
+
+
+def paired_gap(a: list, b: list) -> dict[str, float]:
+    """Mean and standard error of ``a - b`` clip by clip (the same held-out clips)."""
+    diff = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return {"clips": len(diff), "mean": statistics.fmean(diff), "stderr": se}
+
+
+def plot(curves: dict[str, dict[str, Any]], ref: dict[str, float], prompt: int, clip_frames: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    for (key, label), colour in zip(MODELS, ("tab:blue", "tab:orange")):
+        ax.plot(curves[key]["mass"], label=label, color=colour)
+    lo, hi = ref["mean"] * (1 - MASS_BAR), ref["mean"] * (1 + MASS_BAR)
+    ax.axhspan(lo, hi, color="grey", alpha=0.15, label="training data ±30%")
+    ax.axhline(ref["mean"], color="grey", lw=1)
+    ax.axvline(prompt - 0.5, color="k", lw=0.8, ls=":")
+    ax.axvline(clip_frames - 0.5, color="k", lw=0.8, ls="--", label="training clip length")
+    ax.set(xlabel="frame (prompt first)", ylabel="digit mass (mean intensity)", ylim=(0, None))
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for key, label in MODELS:
+        p.add_argument(f"--{key.replace('_', '-')}", nargs=3, required=True, metavar=("EVAL_DIR", "GIF", "RUN_DIR"),
+                       help=f"{label}: scd-msc eval folder, long generation GIF, training run folder")
+    p.add_argument("--train-shards", required=True, help="training shards (reference digit mass)")
+    p.add_argument("--clip-frames", type=int, default=16, help="training clip length (default 16)")
+    p.add_argument("--prompt-frames", type=int, default=4, help="prompt frames at the GIFs' start (default 4)")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
+    p.add_argument("--reference-clips", type=int, default=1000, help="training clips for the reference (1000)")
+    p.add_argument("--what", default="quality_moving_digits", help="report name")
+    p.add_argument("--out", default=str(ROOT / "benchmarks"), help="report folder (default benchmarks/)")
+    p.add_argument("--notes", default="", help="markdown appended to the report (how it was run)")
+    args = p.parse_args(argv)
+
+    evals, curves, runs = {}, {}, {}
+    for key, _ in MODELS:
+        eval_dir, gif, run = (Path(x) for x in getattr(args, key))
+        evals[key] = json.loads((eval_dir / "eval.json").read_text())
+        curves[key] = mass_curves(gif_videos(gif, args.size), args.prompt_frames)
+        runs[key] = run_info(run)
+    ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
+    long_len = 4 * args.clip_frames
+    data: dict[str, Any] = {"reference_mass": ref, "runs": runs, "mass_curves": curves}
+    for key, _ in MODELS:
+        data[f"{key}_psnr"] = evals[key]["mean_psnr_1_8"]
+        data[f"{key}_ssim"] = evals[key]["mean_ssim_1_8"]
+        data[f"{key}_per_horizon"] = evals[key]["per_horizon"]
+        tail = curves[key]["mass"][long_len - args.clip_frames:long_len]  # the last training-length stretch
+        data[f"{key}_mass_ratio_at_4x"] = statistics.fmean(tail) / ref["mean"]
+        data[f"{key}_mass_ratio_to_prompt_at_4x"] = statistics.fmean(
+            curves[key]["ratio_to_prompt"][long_len - args.clip_frames:long_len])
+    gap = paired_gap(evals["scd_msc"]["clip_psnr_1_8"], evals["causal_dit"]["clip_psnr_1_8"])
+    data["psnr_gap_db"] = gap
+    psnr_ok = data["scd_msc_psnr"] >= data["causal_dit_psnr"] - PSNR_BAR_DB
+    mass_ok = all(abs(data[f"{k}_mass_ratio_at_4x"] - 1) <= MASS_BAR for k, _ in MODELS)
+    checks = [f"- PSNR, mean of horizons 1–8: SCD-MSC **{fmt(data['scd_msc_psnr'])} dB**, causal DiT "
+              f"**{fmt(data['causal_dit_psnr'])} dB**; gap {gap['mean']:+.2f} ± {gap['stderr']:.2f} dB "
+              f"(paired over {gap['clips']} clips, ± one standard error); bar: SCD-MSC within "
+              f"{PSNR_BAR_DB} dB: {'PASS' if psnr_ok else 'FAIL'}",
+              f"- digit mass over frames {long_len - args.clip_frames}–{long_len - 1} (the last stretch of "
+              f"4× the clip length) ÷ training mean {fmt(ref['mean'])}: SCD-MSC "
+              f"**{fmt(data['scd_msc_mass_ratio_at_4x'])}**, causal DiT **{fmt(data['causal_dit_mass_ratio_at_4x'])}** "
+              f"(÷ own prompt: {fmt(data['scd_msc_mass_ratio_to_prompt_at_4x'])}, "
+              f"{fmt(data['causal_dit_mass_ratio_to_prompt_at_4x'])}); bar 1 ± {MASS_BAR}: "
+              f"{'PASS' if mass_ok else 'FAIL'}"]
+    data["checks"] = checks
+    stem = report_stem(args.out, args.what, "cuda" if _cuda() else "cpu")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    plot(curves, ref, args.prompt_frames, args.clip_frames, stem.parent / f"{stem.name}_mass.png")
+    train_rows = [{"model": label, **runs[key]} for key, label in MODELS]
+    every = max(1, curves["scd_msc"]["frames"] // 16)
+    mass_rows = [{"frame": t, **{f"{key}_mass": curves[key]["mass"][t] for key, _ in MODELS},
+                  **{f"{key}_bright": curves[key]["bright_fraction"][t] for key, _ in MODELS}}
+                 for t in range(0, curves["scd_msc"]["frames"], every)]
+    extra = "\n".join(["## Checks", "", *checks, "", "## Training", "", markdown_table(train_rows),
+                       f"## Digit mass per frame (every {every} frame(s); all in the .json)", "",
+                       f"Training data: {fmt(ref['mean'])} ± {fmt(ref['std'])} (per-clip std, "
+                       f"{ref['clips']} clips). `bright` = share of pixels above 0.5. "
+                       f"Plot: `{stem.name}_mass.png`.", "", markdown_table(mass_rows), args.notes,
+                       "Table: PSNR (dB) / SSIM per horizon step, mean over the held-out clips."])
+    rows = [{"step": a["step"], "scd_msc_psnr": a["psnr"], "causal_dit_psnr": b["psnr"],
+             "scd_msc_ssim": a["ssim"], "causal_dit_ssim": b["ssim"]}
+            for a, b in zip(evals["scd_msc"]["per_horizon"], evals["causal_dit"]["per_horizon"])]
+    config = {"clips_scored": evals["scd_msc"]["clips"], "context": evals["scd_msc"]["context"],
+              "horizon": evals["scd_msc"]["horizon"], "denoising_steps": evals["scd_msc"]["steps"],
+              "eval_shards": evals["scd_msc"]["shards"], "train_shards": args.train_shards,
+              "long_generation_frames": curves["scd_msc"]["frames"], "long_generation_videos": curves["scd_msc"]["videos"]}
+    md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small", command_line(),
+                          config, rows, extra_md=extra, data_json=data, env=env_info("cuda" if _cuda() else "cpu"))
+    print("\n".join(checks))
+    print(f"wrote {md}, {js}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
