@@ -213,3 +213,30 @@ def test_cli_argument_errors(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.startswith("scd-msc make-shards: error:")
     assert not (tmp_path / "out").exists(), "no work (not even the folder) before the arguments are valid"
+
+
+def test_pyav_is_only_needed_for_video_files():
+    """Without PyAV (as on a GPU box with npy shards) the CLI, training and inference
+    import, and a video call says what to install."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import builtins
+        real = builtins.__import__
+        def no_av(name, *args, **kwargs):
+            if name == "av" or name.startswith("av."):
+                raise ImportError("No module named 'av'")
+            return real(name, *args, **kwargs)
+        builtins.__import__ = no_av
+        import numpy as np
+        import scd_msc.cli, scd_msc.inference.cli, scd_msc.training.train, scd_msc.data
+        from scd_msc.data.video import encode_mp4
+        try:
+            encode_mp4(np.zeros((2, 8, 8, 1), np.uint8))
+        except ImportError as err:
+            print(err)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install av" in out

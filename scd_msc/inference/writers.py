@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Protocol
 
-import av
 import numpy as np
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
-from scd_msc.data.video import to_channels
+from scd_msc.data.video import _pyav, to_channels
 
 OUT_EXTENSIONS = (".mp4", ".gif")
 
@@ -71,10 +70,11 @@ class Mp4Writer:
     def __init__(self, path: str | Path, fps: float = 8.0, crf: int = 18):
         self.path, self.fps, self.crf = Path(path), fps, crf
         self.frames = 0
-        self._container: Optional[av.container.OutputContainer] = None
-        self._stream: Optional[av.video.stream.VideoStream] = None
+        self._container: Any = None  # av OutputContainer, opened with the first frame
+        self._stream: Any = None  # av VideoStream
 
     def _open(self, h: int, w: int) -> None:
+        av = _pyav()
         self._container = av.open(str(self.path), mode="w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
@@ -90,7 +90,7 @@ class Mp4Writer:
         rgb = np.ascontiguousarray(to_channels(image, 3))
         if self._container is None:
             self._open(*rgb.shape[:2])
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        for packet in self._stream.encode(_pyav().VideoFrame.from_ndarray(rgb, format="rgb24")):
             self._container.mux(packet)
         self.frames += 1
 
