@@ -113,3 +113,17 @@ def test_oracle_scores_perfectly(tmp_path, shards):
                                     "shards": "-", "steps": 1, "seed": 0, "device": "cpu"}, tmp_path)
     assert summary["mean_psnr_1_8"] is None and summary["mean_ssim_1_8"] == pytest.approx(1.0)
     assert json.loads((tmp_path / "eval.json").read_text())["per_horizon"][0]["psnr"] is None  # JSON has no inf
+
+
+def test_eval_in_bfloat16_records_the_dtype_and_scores_close_to_float32(tmp_path, shards):
+    """--dtype bfloat16 casts the model (prompt included); the same seed scores close to float32."""
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        argv = ["eval", "--preset", "scd-msc-tiny", "--shards", shards[32], "--context", str(K), "--horizon",
+                str(N), "--clips", "2", "--steps", "2", "--out", str(out), "--dtype", dtype, "--no-progress"]
+        assert main(argv) == 0
+        summary = json.loads((out / "eval.json").read_text())
+        assert summary["model"]["dtype"] == dtype
+        scores[dtype] = summary["mean_psnr_1_8"]
+    assert scores["bfloat16"] == pytest.approx(scores["float32"], abs=0.5)

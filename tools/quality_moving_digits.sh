@@ -7,13 +7,13 @@
 #   4. scd-msc generate 4x the clip length (4 prompt frames + 60) as GIFs;
 #   5. tools/quality_report.py -> benchmarks/quality_moving_digits_<gpu>_<date>.{md,json} + _mass.png.
 #
-# Usage: bash tools/quality_moving_digits.sh [STEPS] [key=value ...]   (default 3000 steps; the
+# Usage: bash tools/quality_moving_digits.sh [STEPS] [key=value ...]   (default 1200 steps; the
 # overrides go to both trainings). Re-running continues: shards that exist are kept, training
 # resumes from last.ckpt (--resume auto) and stops at STEPS, eval and generate run again.
 # Outputs: runs/quality/{scd_msc,causal_dit}/ (checkpoints, logs, samples), outputs/quality/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-3000}
+steps=${1:-1200}
 shift $(( $# > 0 ? 1 : 0 ))
 py=${PYTHON:-python3}
 cli=("$py" -m scd_msc.cli)
@@ -34,8 +34,9 @@ shards heldout 20 256 256 2
 train() {  # name config gpu
   CUDA_VISIBLE_DEVICES=$3 "${cli[@]}" train --config "$2" --resume auto \
     "data.train_shards=$data/train/shard-{000000..000019}.tar" train.devices=1 \
-    train.max_steps="$steps" train.warmup_steps=200 train.ema_decay=0.999 train.val_every_n_steps=500 \
-    train.checkpoint_every_n_steps=500 train.sample_every_n_steps=1000 train.progress_bar=false \
+    train.max_steps="$steps" train.warmup_steps=200 train.ema_decay=0.995 train.val_every_n_steps=500 \
+    train.checkpoint_every_n_steps=500 train.sample_every_n_steps=1000 train.sample_frames=16 \
+    train.sample_steps=20 train.progress_bar=false \
     train.out_dir="runs/quality/$1" "${@:4}" >>"$out/train_$1.log" 2>&1
 }
 ngpu=$("$py" -c "import torch; print(torch.cuda.device_count())")

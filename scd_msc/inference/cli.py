@@ -41,6 +41,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "e.g. scd-msc-tiny; exactly one of --checkpoint/--preset")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (and init seed of --preset; default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", choices=inputs.DTYPES,
+                        help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -91,13 +93,14 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
     source = inputs.ModelSource(args.checkpoint, args.preset)
     source.check()
     device = inputs.resolve_device(args.device)
-    model = inputs.load(source, device, args.seed) if source.checkpoint else None
+    dtype = inputs.resolve_dtype(args.dtype, device)
+    model = inputs.load(source, device, args.seed, dtype) if source.checkpoint else None
     cfg = model.cfg if model is not None else inputs.preset_cfg(source)
     clips = None
     if shards is not None and clip_frames is not None:
         clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
     if model is None:
-        model = inputs.load(source, device, args.seed)
+        model = inputs.load(source, device, args.seed, dtype)
     return _Prepared(model, device, source), clips
 
 
@@ -125,7 +128,8 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--guidance={args.guidance}: the causal-dit family has no context to "
                              "perturb; expected 1.0")
         generator = torch.Generator(prep.device).manual_seed(args.seed)
-        device_prompt = None if prompt is None else prompt.to(prep.device)  # (B, k, C, H, W)
+        dtype = next(prep.model.parameters()).dtype
+        device_prompt = None if prompt is None else prompt.to(prep.device, dtype)  # (B, k, C, H, W)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance)
     except ValueError as err:
@@ -144,7 +148,8 @@ def _model_info(prep: _Prepared) -> dict[str, Any]:
     cfg = prep.model.cfg
     return {"family": cfg.family, "preset": prep.source.preset, "checkpoint": prep.source.checkpoint,
             "parameters": sum(p.numel() for p in prep.model.parameters()), "channels": cfg.channels,
-            "image_size": cfg.image_size, "sampler": cfg.sampler, "backend": cfg.backend}
+            "image_size": cfg.image_size, "sampler": cfg.sampler, "backend": cfg.backend,
+            "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch.")}
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -85,13 +85,14 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              progress: bool = True) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     (at most ``total`` clips). Raises ValueError when no clip arrives."""
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     psnrs, ssims, keys, truth, generated = [], [], [], [], []
     bar = tqdm(total=total, unit="clip", desc="eval", disable=not progress)
     for batch in batches:
         video = batch["video"][: total - len(keys)].to(device)  # (B, k + n, C, H, W)
         b, horizon = video.shape[0], video.shape[1] - context
-        session = model.stream(b, steps, prompt=video[:, :context], generator=generator)
+        session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator)
         pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
         psnr, ssim = frame_metrics(pred, video[:, context:])
         psnrs.append(psnr)
@@ -99,7 +100,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
         keys += list(batch["key"][:b])
         if len(truth) < examples:
             truth += list(video[:examples - len(truth)].cpu())
-            gen = torch.cat([video[:, :context], pred.clamp(-1, 1)], dim=1)  # (B, k + n, C, H, W)
+            gen = torch.cat([video[:, :context], pred.float().clamp(-1, 1)], dim=1)  # (B, k + n, C, H, W)
             generated += list(gen[:examples - len(generated)].cpu())
         bar.update(b)
         bar.set_postfix(psnr=f"{torch.cat(psnrs).mean().item():.2f}")

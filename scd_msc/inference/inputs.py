@@ -40,6 +40,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA (as training's bf16-mixed), float32 on CPU."""
+    if name not in DTYPES:
+        raise ValueError(f"--dtype={name!r}: expected one of {', '.join(DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
 @dataclass
 class ModelSource:
     """Where the model comes from: a checkpoint path or a preset name (random init)."""
@@ -59,10 +71,12 @@ class ModelSource:
         return {"checkpoint": self.checkpoint, "preset": self.preset}
 
 
-def load(source: ModelSource, device: torch.device, seed: int = 0) -> nn.Module:
+def load(source: ModelSource, device: torch.device, seed: int = 0,
+         dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model in eval mode on ``device``. A checkpoint is validated by
     :func:`load_model` (ValueError when missing, unreadable or mismatched); a preset is
-    built with a seeded random init. On CUDA, float32 matmuls may use TF32."""
+    built with a seeded random init, then cast to ``dtype``. On CUDA, float32 matmuls
+    may use TF32."""
     source.check()
     if source.checkpoint is not None:
         try:
@@ -74,7 +88,7 @@ def load(source: ModelSource, device: torch.device, seed: int = 0) -> nn.Module:
         model = model_from_config(preset_config(source.preset))
     if device.type == "cuda":  # TF32 matmuls on CUDA, as in training (train.py)
         torch.set_float32_matmul_precision("high")
-    return model.to(device).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:
