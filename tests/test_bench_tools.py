@@ -107,3 +107,27 @@ def test_bench_attention_quick_writes_report(tmp_path):
                     "complexity estimate", "## Notes", "## Table"):
         assert heading in text
     assert "--quick" in text
+
+
+def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_path):
+    """A GIF written by ``generate``'s writers (videos tiled side by side) splits back into
+    the exact videos; a video that doubles in brightness after its prompt has mass ratio 2."""
+    from scd_msc.inference.writers import GifWriter, to_uint8
+    import quality_report as qr
+
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(3, 6, 1, 16, 16, generator=g) * 0.4 - 1  # (V, T, C, H, W), dim frames in [-1, -0.6]
+    video[:, 2:] = (video[:, 2:] + 1) * 2 - 1  # frames 2.. twice as bright (on [0, 1])
+    writer = GifWriter(tmp_path / "long.gif")
+    for t in range(6):
+        writer.write(to_uint8(video[:, t]))  # (H, V·W, 1)
+    writer.close()
+    back = qr.gif_videos(tmp_path / "long.gif", 16)  # (V, T, H, W) in [0, 1]
+    expect = torch.from_numpy(to_uint8(video.flatten(0, 1)).astype("float32") / 255)  # (H, V·T·W, 1)
+    expect = expect[..., 0].reshape(16, 3, 6, 16).permute(1, 2, 0, 3)  # (V, T, H, W)
+    assert back.shape == (3, 6, 16, 16) and torch.equal(torch.from_numpy(back), expect)
+    curves = qr.mass_curves(back, prompt=2)
+    assert curves["ratio_to_prompt"][:2] == pytest.approx([1.0, 1.0], rel=0.05)
+    assert curves["ratio_to_prompt"][2:] == pytest.approx([2.0] * 4, rel=0.05)
+    gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])
+    assert gap["clips"] == 2 and gap["mean"] == pytest.approx(1.5)

@@ -4,8 +4,9 @@
 Reads, for each model, the ``scd-msc eval`` folder (``eval.json``), the long
 ``scd-msc generate`` GIF (prompt frames first, videos tiled side by side) and the
 training run folder (``timing.json``, ``csv/*/metrics.csv``, ``config.yaml``), plus the
-training shards, and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json`` and a
-digit-mass plot ``..._mass.png``.
+training shards, and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``, a
+digit-mass plot ``..._mass.png`` and ``..._long.gif`` (the first four long videos of
+each model, SCD-MSC on top).
 
 Digit mass of a frame: its mean intensity in [0, 1] (digits are bright on black).
 The reference is the mean over the training clips; each generated video is also
@@ -49,6 +50,20 @@ def gif_videos(path: Path, size: int) -> np.ndarray:
     if h != size or w % size:
         raise ValueError(f"{path}: frames are {h}x{w}, expected {size} rows and a multiple of {size} columns")
     return frames.reshape(t, h, w // size, size).transpose(2, 0, 1, 3)  # (V, T, H, W)
+
+
+def comparison_gif(videos: dict[str, np.ndarray], count: int, path: Path, gap: int = 2) -> None:
+    """The first ``count`` videos of each model, one row per model (white gaps), as a GIF."""
+    rows = []
+    for video in videos.values():  # (V, T, H, W)
+        v, t, h, w = video.shape
+        row = np.ones((t, h, count * (w + gap) - gap), np.float32)  # (T, H, count·(W+gap)-gap)
+        for i in range(min(count, v)):
+            row[:, :, i * (w + gap):i * (w + gap) + w] = video[i]
+        rows += [row, np.ones((t, gap, row.shape[2]), np.float32)]
+    frames = (np.concatenate(rows[:-1], axis=1) * 255).round().astype(np.uint8)  # (T, rows·(H+gap)-gap, ...)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=125, loop=0)
 
 
 def training_mass(shards: str, frames: int, size: int, clips: int) -> dict[str, float]:
@@ -129,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", default="", help="markdown appended to the report (how it was run)")
     args = p.parse_args(argv)
 
-    evals, curves, runs = {}, {}, {}
+    evals, curves, runs, videos = {}, {}, {}, {}
     for key, _ in MODELS:
         eval_dir, gif, run = (Path(x) for x in getattr(args, key))
         evals[key] = json.loads((eval_dir / "eval.json").read_text())
-        curves[key] = mass_curves(gif_videos(gif, args.size), args.prompt_frames)
+        videos[key] = gif_videos(gif, args.size)  # (V, T, H, W)
+        curves[key] = mass_curves(videos[key], args.prompt_frames)
         runs[key] = run_info(run)
     ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
     long_len = 4 * args.clip_frames
@@ -164,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = report_stem(args.out, args.what, "cuda" if _cuda() else "cpu")
     stem.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, ref, args.prompt_frames, args.clip_frames, stem.parent / f"{stem.name}_mass.png")
+    comparison_gif(videos, 4, stem.parent / f"{stem.name}_long.gif")
     train_rows = [{"model": label, **runs[key]} for key, label in MODELS]
     every = max(1, curves["scd_msc"]["frames"] // 16)
     mass_rows = [{"frame": t, **{f"{key}_mass": curves[key]["mass"][t] for key, _ in MODELS},
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"## Digit mass per frame (every {every} frame(s); all in the .json)", "",
                        f"Training data: {fmt(ref['mean'])} ± {fmt(ref['std'])} (per-clip std, "
                        f"{ref['clips']} clips). `bright` = share of pixels above 0.5. "
-                       f"Plot: `{stem.name}_mass.png`.", "", markdown_table(mass_rows), args.notes,
+                       f"Plot: `{stem.name}_mass.png`; videos: `{stem.name}_long.gif`.", "", markdown_table(mass_rows), args.notes,
                        "Table: PSNR (dB) / SSIM per horizon step, mean over the held-out clips."])
     rows = [{"step": a["step"], "scd_msc_psnr": a["psnr"], "causal_dit_psnr": b["psnr"],
              "scd_msc_ssim": a["ssim"], "causal_dit_ssim": b["ssim"]}
