@@ -95,10 +95,20 @@ def run_info(run: Path) -> dict[str, Any]:
     last = lambda key: next((float(r[key]) for r in reversed(rows) if r.get(key)), None)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
-    return {"steps": max((int(r["step"]) for r in rows if r.get("step")), default=0),
+    return {"steps": _global_step(run, rows),
             "train_loss_last10_logged": statistics.fmean(losses[-10:]) if losses else None,
             "val_loss": last("val/loss"), "step_ms_median": timing.get("step_ms_median"),
             "loader_wait_fraction": timing.get("loader_wait_fraction")}
+
+
+def _global_step(run: Path, rows: list[dict[str, str]]) -> int:
+    """Optimizer steps done: ``last.ckpt``'s ``global_step`` (the logged step counts from 0)."""
+    last = run / "checkpoints" / "last.ckpt"
+    if last.exists():
+        import torch
+
+        return int(torch.load(last, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+    return 1 + max((int(r["step"]) for r in rows if r.get("step")), default=-1)
 
 
 def paired_gap(a: list, b: list) -> dict[str, float]:
