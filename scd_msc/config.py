@@ -44,6 +44,7 @@ class TrainConfig:
     that job off. ``precision="auto"``: ``bf16-mixed`` when CUDA is used, else ``32-true``.
     ``ema_decay = 0``: no EMA. ``keep_checkpoints``: step checkpoints kept besides
     ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
+    ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 
     lr: float = 3e-4
@@ -71,7 +72,7 @@ class TrainConfig:
     accelerator: str = "auto"
     compile: bool = False
     progress_bar: bool = True
-    timing_warmup: int = 20  # steps before timing.json starts timing (training/timing.py)
+    timing_warmup: int = 20  # training/timing.py
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, PRECISIONS)
