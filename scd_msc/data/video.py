@@ -18,7 +18,7 @@ from PIL import Image
 VideoSource = bytes | str | os.PathLike
 
 
-def _pyav():
+def import_pyav():
     """PyAV, imported on first use: npy shards and the models never need it."""
     try:
         import av
@@ -83,7 +83,7 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, *, codec: str = "libx264", 
     rgb = to_channels(frames, 3)
     f, h, w, _ = rgb.shape
     buffer = io.BytesIO()
-    av = _pyav()
+    av = import_pyav()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream(_available_codec(codec), rate=_fraction(fps))
         stream.width, stream.height = w, h
@@ -100,7 +100,7 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, *, codec: str = "libx264", 
 
 
 def _available_codec(codec: str) -> str:
-    av = _pyav()
+    av = import_pyav()
     for name in (codec, "mpeg4"):
         try:
             av.codec.Codec(name, "w")
@@ -126,7 +126,7 @@ def iter_video_frames(source: VideoSource, *, channels: int = 3, size: int | Non
         raise ValueError(f"channels={channels!r}: expected 1 or 3")
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     fmt = "gray" if channels == 1 else "rgb24"
-    av = _pyav()
+    av = import_pyav()
     with av.open(handle, mode="r") as container:
         if not container.streams.video:
             raise ValueError(f"source={_describe(source)}: expected a video stream, found none")
@@ -152,7 +152,7 @@ def decode_video(source: VideoSource, *, channels: int = 3, size: int | None = N
 def video_fps(source: VideoSource, default: float = 8.0) -> float:
     """Average frame rate of the first video stream, or ``default`` when unknown."""
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
-    av = _pyav()
+    av = import_pyav()
     with av.open(handle, mode="r") as container:
         rate = container.streams.video[0].average_rate if container.streams.video else None
     return float(rate) if rate else default

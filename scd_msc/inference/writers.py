@@ -22,7 +22,7 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
-from scd_msc.data.video import _pyav, to_channels
+from scd_msc.data.video import import_pyav, to_channels
 
 OUT_EXTENSIONS = (".mp4", ".gif")
 
@@ -74,7 +74,7 @@ class Mp4Writer:
         self._stream: Any = None  # av VideoStream
 
     def _open(self, h: int, w: int) -> None:
-        av = _pyav()
+        av = import_pyav()
         self._container = av.open(str(self.path), mode="w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
@@ -90,7 +90,7 @@ class Mp4Writer:
         rgb = np.ascontiguousarray(to_channels(image, 3))
         if self._container is None:
             self._open(*rgb.shape[:2])
-        for packet in self._stream.encode(_pyav().VideoFrame.from_ndarray(rgb, format="rgb24")):
+        for packet in self._stream.encode(import_pyav().VideoFrame.from_ndarray(rgb, format="rgb24")):
             self._container.mux(packet)
         self.frames += 1
 
