@@ -58,6 +58,20 @@ def _bounce(rng: np.random.Generator, num_frames: int, num_objects: int, extent:
     return out
 
 
+def _canvas(num_frames: int, size: int, channels: int, rng: RngLike, count_name: str,
+            count: int | None) -> tuple[np.random.Generator, int]:
+    """Check the arguments every generator shares; the generator and the object count
+    (``count``, or drawn uniformly from 1..3 as the generator's first draw)."""
+    _check("num_frames", num_frames, 1)
+    _check("size", size, 8)
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels!r}: expected 1 (grey) or 3 (RGB)")
+    rng = np.random.default_rng(rng)
+    k = int(rng.integers(1, 4)) if count is None else count
+    _check(count_name, k, 1, 3)
+    return rng, k
+
+
 def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
     """``(n, 3)`` bright random colours in [0.35, 1] (never near black)."""
     return rng.uniform(0.35, 1.0, size=(n, 3))
@@ -77,13 +91,7 @@ def moving_digits(num_frames: int, size: int, rng: RngLike, *, num_digits: int |
         digit_size: side of an upscaled digit; default ``round(0.4 * size)``.
         max_speed: pixels per frame; default ``size / 8``.
     """
-    _check("num_frames", num_frames, 1)
-    _check("size", size, 8)
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 (grey) or 3 (RGB)")
-    rng = np.random.default_rng(rng)
-    k = int(rng.integers(1, 4)) if num_digits is None else num_digits
-    _check("num_digits", k, 1, 3)
+    rng, k = _canvas(num_frames, size, channels, rng, "num_digits", num_digits)
     d = max(4, round(0.4 * size)) if digit_size is None else digit_size
     _check("digit_size", d, 1, size)
     speed = size / 8 if max_speed is None else float(max_speed)
@@ -118,13 +126,7 @@ def bouncing_shapes(num_frames: int, size: int, rng: RngLike, *, num_shapes: int
         radius: (min, max) half-side / radius in pixels; default ``(size/10, size/5)``.
         max_speed: pixels per frame; default ``size / 8``.
     """
-    _check("num_frames", num_frames, 1)
-    _check("size", size, 8)
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 (grey) or 3 (RGB)")
-    rng = np.random.default_rng(rng)
-    k = int(rng.integers(1, 4)) if num_shapes is None else num_shapes
-    _check("num_shapes", k, 1, 3)
+    rng, k = _canvas(num_frames, size, channels, rng, "num_shapes", num_shapes)
     r_lo, r_hi = (size / 10, size / 5) if radius is None else radius
     if not 0 < r_lo <= r_hi <= size / 2:
         raise ValueError(f"radius={radius!r}: expected 0 < min <= max <= size/2 = {size / 2}")
