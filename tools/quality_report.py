@@ -74,6 +74,8 @@ def training_mass(shards: str, frames: int, size: int, clips: int) -> dict[str, 
         masses.append(float(((sample["video"] + 1) / 2).mean()))
         if len(masses) == clips:
             break
+    if not masses:
+        return {"clips": 0, "mean": float("nan"), "std": float("nan")}
     return {"clips": len(masses), "mean": statistics.fmean(masses), "std": statistics.pstdev(masses)}
 
 
@@ -161,8 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         videos[key] = gif_videos(gif, args.size)  # (V, T, H, W)
         curves[key] = mass_curves(videos[key], args.prompt_frames)
         runs[key] = run_info(run)
-    ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
     long_len = 4 * args.clip_frames
+    for key, _ in MODELS:
+        if curves[key]["frames"] < long_len:  # e.g. a GIF writer that merged repeated frames
+            p.error(f"--{key.replace('_', '-')} GIF: {curves[key]['frames']} frames, expected at least "
+                    f"{long_len} (4 × --clip-frames {args.clip_frames})")
+    ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
+    if ref["clips"] == 0:
+        p.error(f"--train-shards {args.train_shards!r}: no clip of {args.clip_frames} frames at "
+                f"{args.size}x{args.size} (--clip-frames, --size)")
     data: dict[str, Any] = {"reference_mass": ref, "runs": runs, "mass_curves": curves}
     for key, _ in MODELS:
         data[f"{key}_psnr"] = evals[key]["mean_psnr_1_8"]
