@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{fmt(data['causal_dit_mass_ratio_to_prompt_at_4x'])}); bar 1 ± {MASS_BAR}: "
               f"{'PASS' if mass_ok else 'FAIL'}"]
     data["checks"] = checks
-    stem = report_stem(args.out, args.what, "cuda" if _cuda() else "cpu")
+    device = "cuda" if _cuda() else "cpu"
+    stem = report_stem(args.out, args.what, device)
     stem.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, ref, args.prompt_frames, args.clip_frames, stem.parent / f"{stem.name}_mass.png")
     comparison_gif(videos, 4, stem.parent / f"{stem.name}_long.gif")
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
               "long_generation_frames": curves["scd_msc"]["frames"],
               "long_generation_videos": curves["scd_msc"]["videos"]}
     md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small", command_line(),
-                          config, rows, extra_md=extra, data_json=data, env=env_info("cuda" if _cuda() else "cpu"))
+                          config, rows, extra_md=extra, data_json=data, env=env_info(device))
     print("\n".join(checks))
     print(f"wrote {md}, {js}")
     return 0

@@ -94,6 +94,8 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
     source.check()
     device = inputs.resolve_device(args.device)
     dtype = inputs.resolve_dtype(args.dtype, device)
+    if device.type == "cuda":  # the command's process setting: TF32 matmuls, as in training (train.py)
+        torch.set_float32_matmul_precision("high")
     model = inputs.load(source, device, args.seed, dtype) if source.checkpoint else None
     cfg = model.cfg if model is not None else inputs.preset_cfg(source)
     clips = None

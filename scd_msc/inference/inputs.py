@@ -75,8 +75,7 @@ def load(source: ModelSource, device: torch.device, seed: int = 0,
          dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model in eval mode on ``device``. A checkpoint is validated by
     :func:`load_model` (ValueError when missing, unreadable or mismatched); a preset is
-    built with a seeded random init, then cast to ``dtype``. On CUDA, float32 matmuls
-    may use TF32."""
+    built with a seeded random init, then cast to ``dtype``."""
     source.check()
     if source.checkpoint is not None:
         try:
@@ -86,8 +85,6 @@ def load(source: ModelSource, device: torch.device, seed: int = 0,
     else:
         torch.manual_seed(seed)
         model = model_from_config(preset_config(source.preset))
-    if device.type == "cuda":  # TF32 matmuls on CUDA, as in training (train.py)
-        torch.set_float32_matmul_precision("high")
     return model.to(device=device, dtype=dtype).eval()
 
 
