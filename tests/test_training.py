@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -72,11 +73,16 @@ def short_run(shards, tmp_path_factory):
         "train.ema_decay": 0.9, "train.val_every_n_steps": 3, "train.sample_every_n_steps": 3,
         "train.sample_count": 2, "train.sample_frames": 3, "train.sample_steps": 2, "data.num_workers": 1}))
     last = train(cfg)
-    return out, last
+    return out, last, multiprocessing.active_children()
+
+
+def test_short_run_leaves_no_loader_worker_running(short_run):
+    """Persistent train/val workers are shut down by train() itself, not at interpreter exit."""
+    assert short_run[2] == []
 
 
 def test_short_run_writes_a_checkpoint_that_load_model_generates_from(short_run):
-    out, last = short_run
+    out, last, _ = short_run
     assert last == os.path.join(out, "checkpoints", "last.ckpt") and os.path.isfile(last)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
@@ -90,7 +96,7 @@ def test_short_run_writes_a_checkpoint_that_load_model_generates_from(short_run)
 
 
 def test_short_run_logs_losses_samples_and_config(short_run):
-    out, _ = short_run
+    out, _, _ = short_run
     rows = metrics(out)
     assert train_steps(rows) and all(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
     assert [r for r in rows if r.get("val/loss")], "validation every 3 steps logged val/loss"
@@ -107,7 +113,7 @@ def test_short_run_logs_losses_samples_and_config(short_run):
 def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_path):
     from scd_msc.training.train import check_resume
 
-    _, last = short_run
+    _, last, _ = short_run
     cfg = load_config(None, overrides(shards, tmp_path, **{"model.dim": 128}))
     with pytest.raises(ValueError, match=r"model.dim \(64 in the checkpoint, 128 now\)"):
         check_resume(last, cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import lightning as L
 import webdataset as wds
+from torch.utils.data import DataLoader
 
 from .config import DataConfig
 from .dataset import ClipDataset, collate_clips
@@ -28,6 +29,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError("data.train_shards='': expected a shard pattern, e.g. 'shards/*.tar'")
         self.config = config
         self._rank, self._world_size = rank, world_size
+        self._loaders: list[DataLoader] = []  # every torch DataLoader made, for teardown
 
     def _place(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -46,9 +48,22 @@ class ShardDataModule(L.LightningDataModule):
         c = self.config
         # persistent workers keep each worker's dataset copy, so its epoch counter (the
         # seed of shard draws and offsets) advances instead of replaying epoch 0.
-        return wds.WebLoader(dataset, batch_size=c.batch_size, num_workers=c.num_workers,
-                             collate_fn=collate_clips, pin_memory=c.pin_memory,
-                             persistent_workers=c.num_workers > 0)
+        loader = wds.WebLoader(dataset, batch_size=c.batch_size, num_workers=c.num_workers,
+                               collate_fn=collate_clips, pin_memory=c.pin_memory,
+                               persistent_workers=c.num_workers > 0)
+        self._loaders += [stage for stage in loader.pipeline if isinstance(stage, DataLoader)]
+        return loader
+
+    def teardown(self, stage: str) -> None:
+        """Shut the persistent workers (and pin-memory threads) down when fit ends. Left
+        to interpreter shutdown, ``scd-msc train`` on a GPU hung after its last checkpoint,
+        spinning in the DataLoader's worker clean-up (py-spy, H100 and 2×H200)."""
+        for loader in self._loaders:
+            iterator = getattr(loader, "_iterator", None)  # torch keeps it when workers persist
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+        self._loaders.clear()
 
     def train_dataloader(self) -> wds.WebLoader:
         n = self.config.epoch_batches
