@@ -57,6 +57,8 @@ def test_eval_errors(tmp_path, shards, capsys):
     base = ["eval", "--preset", "scd-msc-tiny", "--out", str(tmp_path / "r"), "--steps", "1"]
     cases = [(["--shards", shards[16], "--context", "2", "--horizon", "2"], "skipped: wrong_size=3"),
              (["--shards", shards[32], "--context", "0", "--horizon", "2"], "--context=0"),
+             (["--shards", shards[32], "--context", "2", "--horizon", "2", "--context-noise", "-0.5"],
+              "--context-noise=-0.5: expected a number in [0, 1)"),
              (["--shards", shards[32], "--context", "4", "--horizon", "8"], "skipped: too_short=3")]
     for extra, message in cases:
         assert main(base + extra) == 2
@@ -88,7 +90,8 @@ class Oracle(nn.Module):
         self.clips = clips  # (M, F, C, H, W)
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def stream(self, batch_size, steps, prompt=None, generator=None, cache=True, guidance=1.0):
+    def stream(self, batch_size, steps, prompt=None, generator=None, cache=True, guidance=1.0,
+               context_noise=0.0):
         k = prompt.shape[1]
         match = [next(i for i, c in enumerate(self.clips) if torch.equal(c[:k], p)) for p in prompt]
         frames = iter(self.clips[match, k:].unbind(1))  # each (B, C, H, W)

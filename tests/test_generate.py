@@ -111,6 +111,8 @@ ERRORS = [
     (["--prompt-shards", "S16", "--prompt-frames", "2"], "skipped: wrong_size=3"),
     (["--prompt-shards", "OUT/none-*.tar"], "the pattern matched none"),
     (["--device", "tpu"], "--device='tpu': expected auto, cpu or cuda"),
+    (["--context-noise", "1.0"], "--context-noise=1.0: expected a number in [0, 1)"),
+    (["--context-noise", "nan"], "--context-noise=nan: expected a number in [0, 1)"),
 ]
 
 

@@ -45,6 +45,49 @@ def test_stream_equals_recompute(family, with_prompt):
     assert (a - b).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_context_noise_streams_exactly_and_changes_frames(family):
+    model = tiny(family)
+    prompt = video(f=3)
+    a = model.generate(2, 5, steps=2, generator=gen(), prompt=prompt, cache=True, context_noise=0.3)
+    b = model.generate(2, 5, steps=2, generator=gen(), prompt=prompt, cache=False, context_noise=0.3)
+    clean = model.generate(2, 5, steps=2, generator=gen(), prompt=prompt)
+    assert (a - b).abs().max() <= 1e-4
+    assert not torch.allclose(a, clean, atol=1e-3)
+
+
+def test_context_noise_scd_encodes_the_noised_prompt_at_its_level():
+    """Reference: the prompt noised by hand with the session's first draws, encoded at t_c."""
+    from scd_msc.diffusion._random import randn
+
+    model, prompt, t_c = tiny("scd-msc"), video(f=3), 0.3
+    session = model.stream(2, steps=1, prompt=prompt, generator=gen(), context_noise=t_c)
+    eps = randn(prompt.shape, gen(), prompt.device, prompt.dtype)
+    with torch.no_grad():
+        want = model.encoder((1 - t_c) * prompt + t_c * eps, torch.full((2, 3), t_c))[:, -1]
+        at_zero = model.encoder((1 - t_c) * prompt + t_c * eps, torch.zeros(2, 3))[:, -1]
+    assert (session.context - want).abs().max() <= 1e-5
+    assert not torch.allclose(session.context, at_zero, atol=1e-3)  # the level reaches the gates
+
+
+def test_context_noise_dit_first_frame_matches_a_by_hand_rollout():
+    from scd_msc.diffusion._random import randn
+
+    model, prompt, t_c = tiny("causal-dit"), video(f=3), 0.2
+    frame = model.stream(2, steps=3, prompt=prompt, generator=gen(), context_noise=t_c).step()
+    g = gen()
+    noised = (1 - t_c) * prompt + t_c * randn(prompt.shape, g, prompt.device, prompt.dtype)
+    levels = torch.full((2, 3), t_c)
+
+    def velocity(x, t):  # x (B, C, H, W) at t (B,): the whole history, then the new frame
+        return model(torch.cat([noised, x[:, None]], 1), torch.cat([levels, t[:, None]], 1))[:, -1]
+
+    with torch.no_grad():
+        want = model.flow.sample(velocity, randn(frame.shape, g, frame.device, frame.dtype), 3,
+                                 sampler=model.cfg.sampler)
+    assert (frame - want).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize("conditioning", ["add", "adaln"])
 def test_other_conditionings_stream_exactly(conditioning):
     model = tiny("scd-msc", conditioning=conditioning)
@@ -157,6 +200,9 @@ def test_presets_match_parameters(size):
     (dict(num_frames=0), "num_frames must be an int >= 1, got 0"),
     (dict(prompt=torch.zeros(1, 2, 3, 32, 32)), r"prompt must be \(B, F, C, H, W\) = \(1, F, 1, 32, 32\)"),
     (dict(prompt=torch.zeros(1, 2, 1, 16, 16)), r"got \(1, 2, 1, 16, 16\)"),
+    (dict(context_noise=1.0), r"context_noise must be a number in \[0, 1\), got 1.0"),
+    (dict(context_noise=-0.1), r"context_noise must be a number in \[0, 1\), got -0.1"),
+    (dict(context_noise=float("nan")), r"context_noise must be a number in \[0, 1\), got nan"),
 ])
 def test_bad_generation_arguments(kwargs, match):
     model = tiny("scd-msc")
@@ -201,3 +247,21 @@ def test_full_caches_are_written_in_place():
 def test_cuda_graphs_need_cuda():
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA model"):
         tiny("scd-msc").stream(1, steps=1).use_cuda_graphs()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("family,kw", [("scd-msc", {}), ("causal-dit", {"dense_window_frames": 8})])
+@pytest.mark.parametrize("context_noise", [0.0, 0.2])
+def test_cuda_graphs_match_eager(family, kw, context_noise):
+    """Replayed denoising and commit passes give the eager frames, past the point where
+    the caches fill and the commit pass is captured too."""
+    model = tiny(family, **kw).cuda()
+    prompt = video(f=3).cuda()
+    runs = []
+    for graphs in (False, True):
+        session = model.stream(2, steps=2, prompt=prompt, context_noise=context_noise,
+                               generator=torch.Generator("cuda").manual_seed(1))
+        if graphs:
+            session.use_cuda_graphs()
+        runs.append(torch.stack([session.step() for _ in range(24)], 1))
+    assert (runs[0] - runs[1]).abs().max() <= 1e-3

@@ -43,6 +43,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     parser.add_argument("--dtype", default="auto", choices=inputs.DTYPES,
                         help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--context-noise", type=float, default=0.0, metavar="T_C",
+                        help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
+                        "(default 0: clean); for models trained with model.flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -109,6 +112,8 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
 def _check_common(args: argparse.Namespace) -> None:
     for name in ("steps", "batch"):
         inputs.positive(f"--{name}", getattr(args, name))
+    if not 0.0 <= args.context_noise < 1.0:  # nan fails too
+        raise ValueError(f"--context-noise={args.context_noise}: expected a number in [0, 1)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -133,7 +138,8 @@ def run_generate(args: argparse.Namespace) -> int:
         dtype = next(prep.model.parameters()).dtype
         device_prompt = None if prompt is None else prompt.to(prep.device, dtype)  # (B, k, C, H, W)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
-                                    cache=not args.no_cache, guidance=args.guidance)
+                                    cache=not args.no_cache, guidance=args.guidance,
+                                    context_noise=args.context_noise)
     except ValueError as err:
         print(f"scd-msc generate: error: {err}", file=sys.stderr)
         return 2
@@ -173,7 +179,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
-                          examples=args.examples, progress=not args.no_progress)
+                          examples=args.examples, progress=not args.no_progress,
+                          context_noise=args.context_noise)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted; no report written", file=sys.stderr)
         return 130
@@ -182,7 +189,7 @@ def run_eval(args: argparse.Namespace) -> int:
               f"(--clips {args.clips})", file=sys.stderr)
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
-            "batch": args.batch, "device": str(prep.device)}
+            "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device)}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")

@@ -1,8 +1,8 @@
 """Continuation quality on held-out clips, the same protocol for every model family.
 
 For each clip of ``k + n`` frames the first ``k`` are the prompt; the model generates
-``n`` frames with its stream session (caches on, guidance 1.0, one seeded generator
-for the whole run), and generated frame ``j`` is compared with ground-truth frame
+``n`` frames with its stream session (caches on, guidance 1.0, context frames committed
+at level ``context_noise``, one seeded generator for the whole run), and generated frame ``j`` is compared with ground-truth frame
 ``k + j``: PSNR and SSIM (torchmetrics, on [0, 1] after clamping to [-1, 1] and
 mapping), per clip and horizon step, then averaged over clips per step.
 
@@ -82,7 +82,7 @@ def finite(x: float) -> Optional[float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int, total: int,
              generator: Optional[torch.Generator] = None, examples: int = 4,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, context_noise: float = 0.0) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     (at most ``total`` clips). Raises ValueError when no clip arrives."""
     param = next(model.parameters())
@@ -92,7 +92,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
     for batch in batches:
         video = batch["video"][: total - len(keys)].to(device)  # (B, k + n, C, H, W)
         b, horizon = video.shape[0], video.shape[1] - context
-        session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator)
+        session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator,
+                               context_noise=context_noise)
         pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
         psnr, ssim = frame_metrics(pred, video[:, context:])
         psnrs.append(psnr)

@@ -50,7 +50,7 @@ def markdown(summary: dict[str, Any]) -> str:
              f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`",
              f"- shards: `{summary['shards']}`, clips: {summary['clips']}, context k={summary['context']}, "
              f"horizon n={summary['horizon']}, steps S={summary['steps']}, seed {summary['seed']}, "
-             f"device {summary['device']}",
+             f"context noise t_c={summary.get('context_noise', 0.0)}, device {summary['device']}",
              f"- mean over horizon 1..{min(8, summary['horizon'])}: "
              f"PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, SSIM {fmt(summary['mean_ssim_1_8'], 4)}",
              "", "| step | PSNR (dB) | SSIM |", "|---:|---:|---:|"]

@@ -3,7 +3,8 @@
 Trained diffusion-forcing style (an independent noise level per frame; Chen et al.
 2024). Inference keeps a KV cache of *clean* past frames: each new frame runs ``S``
 full-depth passes that attend to the cache without writing it, then one pass at
-``t = 0`` writes its clean keys/values. ``dense_window_frames`` bounds the frames
+``t = 0`` writes its clean keys/values (with ``context_noise = t_c > 0``: the frame
+noised to ``t_c``, in one pass at ``t_c``). ``dense_window_frames`` bounds the frames
 attended (and cached); None attends all.
 
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``D`` width.
@@ -58,34 +59,35 @@ class CausalDiT(Generates, nn.Module):
 
     def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None, cache: bool = True,
-               guidance: float = 1.0) -> "DiTSession":
-        check_generation_args(self, batch_size, steps, prompt)
+               guidance: float = 1.0, context_noise: float = 0.0) -> "DiTSession":
+        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise)
         if guidance != 1.0:
             raise ValueError(f"guidance={guidance} needs a context to perturb; CausalDiT has none "
                              "(use guidance=1.0)")
-        return DiTSession(self, batch_size, steps, generator, cache, guidance, prompt)
+        return DiTSession(self, batch_size, steps, generator, cache, guidance, prompt, context_noise)
 
 
 class DiTSession(StreamSession):
     def __init__(self, model: CausalDiT, batch_size: int, steps: int,
                  generator: Optional[torch.Generator], cache: bool, guidance: float,
-                 prompt: Optional[Tensor]):
-        super().__init__(model, batch_size, steps, generator, cache, guidance)
+                 prompt: Optional[Tensor], context_noise: float = 0.0):
+        super().__init__(model, batch_size, steps, generator, cache, guidance, context_noise)
         self.kv = model.new_cache() if cache else None
-        self.history: Optional[Tensor] = None  # (B, F, C, H, W) clean frames, for cache=False
+        self.history: Optional[Tensor] = None  # (B, F, C, H, W) committed frames, for cache=False
         self.velocity_graph = self.write_graph = None
-        self.t_zero = torch.zeros(batch_size, 1, device=self.device, dtype=self.dtype)
         if prompt is not None:
             self._write(prompt.to(self.device, self.dtype))
 
     @torch.no_grad()
     def _write(self, frames: Tensor) -> None:
-        """Append clean frames ``(B, F, C, H, W)``: one pass at t=0 writes their K/V."""
+        """Append clean frames ``(B, F, C, H, W)``: one pass at ``t = t_c`` (0 by default)
+        writes the K/V of the frames noised to ``t_c``."""
+        frames, t = self.noised(frames)  # (B, F, C, H, W), (B, F)
         if self.kv is None:
             self.history = frames if self.history is None else torch.cat([self.history, frames], 1)
             return
         self.kv.set_commit(True)
-        self.model(frames, frames.new_zeros(frames.shape[:2]), self.kv)
+        self.model(frames, t, self.kv)
 
     def _velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """x ``(B, C, H, W)`` at level t ``(B,)`` -> velocity of the new frame."""
@@ -96,7 +98,7 @@ class DiTSession(StreamSession):
         if self.history is None:
             return self.model(x[:, None], t)[:, 0]
         video = torch.cat([self.history, x[:, None]], dim=1)  # (B, F+1, C, H, W)
-        levels = torch.cat([t.new_zeros(self.history.shape[:2]), t], dim=1)
+        levels = torch.cat([self.t_commit.expand(-1, self.history.shape[1]), t], dim=1)
         return self.model(video, levels)[:, -1]
 
     @torch.no_grad()
@@ -112,16 +114,17 @@ class DiTSession(StreamSession):
         return m.flow.sample(fn, self.noise(), self.steps, sampler=m.cfg.sampler)
 
     def _write_step(self, frame: Tensor) -> Tensor:
+        """frame ``(B, C, H, W)``, already noised: one pass at ``t_c`` writes its K/V."""
         self.kv.set_commit(True)
-        return self.model(frame[:, None], self.t_zero, self.kv)
+        return self.model(frame[:, None], self.t_commit, self.kv)
 
     @torch.no_grad()
     def commit(self, frame: Tensor) -> None:
-        """One pass at t=0 writes the clean frame's keys/values."""
+        """One pass at ``t = t_c`` writes the (noised) frame's keys/values."""
         self.write_graph = self.graph_stateful(self.kv, self.write_graph, self._write_step)
         if self.write_graph is not None:
             self.kv.set_commit(True)
-            self.write_graph(frame)
+            self.write_graph(self.noised(frame[:, None])[0][:, 0])
         else:
             self._write(frame[:, None])
         self.frames_done += 1

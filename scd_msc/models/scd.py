@@ -57,25 +57,24 @@ class SCDModel(Generates, nn.Module):
 
     def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None, cache: bool = True,
-               guidance: float = 1.0) -> "SCDSession":
-        check_generation_args(self, batch_size, steps, prompt)
-        return SCDSession(self, batch_size, steps, generator, cache, guidance, prompt)
+               guidance: float = 1.0, context_noise: float = 0.0) -> "SCDSession":
+        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise)
+        return SCDSession(self, batch_size, steps, generator, cache, guidance, prompt, context_noise)
 
 
 class SCDSession(StreamSession):
     """Per frame: the decoder runs S steps on ``(c, noise)``; the finished frame then goes
-    through the encoder once, appending to every layer's cache."""
+    through the encoder once (at level ``context_noise``), appending to every layer's cache."""
 
     def __init__(self, model: SCDModel, batch_size: int, steps: int,
                  generator: Optional[torch.Generator], cache: bool, guidance: float,
-                 prompt: Optional[Tensor]):
-        super().__init__(model, batch_size, steps, generator, cache, guidance)
+                 prompt: Optional[Tensor], context_noise: float = 0.0):
+        super().__init__(model, batch_size, steps, generator, cache, guidance, context_noise)
         self.enc_cache = model.encoder.new_cache() if cache else None
-        self.history: list[Tensor] = []  # frames so far, for cache=False
+        self.history: list[Tensor] = []  # committed (noised) frames so far, for cache=False
         self.context = model.start.to(self.dtype).expand(batch_size, -1, -1)  # (B, N, D)
         self.decoder_fn = model.decoder  # (x, t, c) -> v; a CUDA-graphed twin may replace it
         self.encode_graph = None
-        self.t_zero = torch.zeros(batch_size, 1, device=self.device, dtype=self.dtype)
         if prompt is not None:
             self._encode(prompt.to(self.device, self.dtype))
 
@@ -83,14 +82,13 @@ class SCDSession(StreamSession):
     def _encode(self, frames: Tensor) -> None:
         """frames ``(B, F, C, H, W)`` (clean) -> the context of the next frame."""
         enc = self.model.encoder
+        frames, t = self.noised(frames)  # (B, F, C, H, W), (B, F)
         if self.enc_cache is not None:
-            t = torch.zeros(frames.shape[:2], device=self.device, dtype=self.dtype)
             self.context = enc(frames, t, self.enc_cache)[:, -1]  # (B, N, D)
             return
         self.history.extend(frames.unbind(1))
         video = torch.stack(self.history, dim=1)  # (B, F_all, C, H, W)
-        t = torch.zeros(video.shape[:2], device=self.device, dtype=self.dtype)
-        self.context = enc(video, t)[:, -1]
+        self.context = enc(video, self.t_commit.expand(-1, video.shape[1]))[:, -1]
 
     @torch.no_grad()
     def denoise(self) -> Tensor:
@@ -107,15 +105,15 @@ class SCDSession(StreamSession):
         return self
 
     def _encode_step(self, frame: Tensor) -> Tensor:
-        """frame ``(B, C, H, W)`` -> next context ``(B, N, D)``, through the cache."""
-        return self.model.encoder(frame[:, None], self.t_zero, self.enc_cache)[:, -1]
+        """frame ``(B, C, H, W)``, already noised -> next context ``(B, N, D)``, through the cache."""
+        return self.model.encoder(frame[:, None], self.t_commit, self.enc_cache)[:, -1]
 
     @torch.no_grad()
     def commit(self, frame: Tensor) -> None:
         """The finished frame goes through the encoder once."""
         self.encode_graph = self.graph_stateful(self.enc_cache, self.encode_graph, self._encode_step)
         if self.encode_graph is not None:
-            self.context = self.encode_graph(frame)
+            self.context = self.encode_graph(self.noised(frame[:, None])[0][:, 0])
         else:
             self._encode(frame[:, None])
         self.frames_done += 1
