@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,59 @@ def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_pat
     assert curves["ratio_to_prompt"][2:] == pytest.approx([2.0] * 4, rel=0.05)
     gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])
     assert gap["clips"] == 2 and gap["mean"] == pytest.approx(1.5)
+
+
+def test_quality_report_end_to_end_mass_bar_is_scd_msc_s_and_variants_are_tabled(tmp_path):
+    """From hand-made eval folders, GIFs and shards: SCD-MSC keeps the training mass (PASS),
+    the DiT doubles it (reported, not gating), a variant row carries its eval and run."""
+    from scd_msc.data.shards import make_shards
+    from scd_msc.inference.writers import GifWriter
+    import quality_report as qr
+
+    make_shards("moving-digits", tmp_path / "train", 16, 32, clips=8, shard_size=8, seed=0, progress=False)
+    shards = str(tmp_path / "train" / "shard-000000.tar")
+    ref = qr.training_mass(shards, 16, 32, 8)["mean"]
+    rng = np.random.default_rng(0)
+
+    def gif(name, scale):  # 2 videos of 64 frames whose mass is `scale` x the training mean
+        path = tmp_path / f"{name}.gif"
+        writer = GifWriter(path)
+        for t in range(64):
+            frame = (rng.random((32, 64, 1)) < ref * (scale if t >= 4 else 1)).astype(np.uint8) * 255
+            writer.write(frame)
+        writer.close()
+        return str(path)
+
+    def evaluation(name, psnr, t_c):
+        folder = tmp_path / name
+        folder.mkdir()
+        per = [{"step": j + 1, "psnr": psnr, "ssim": 0.5} for j in range(16)]
+        (folder / "eval.json").write_text(json.dumps({
+            "mean_psnr_1_8": psnr, "mean_ssim_1_8": 0.5, "per_horizon": per, "clip_keys": ["a", "b"],
+            "clip_psnr_1_8": [psnr, psnr + 1], "clips": 2, "context": 4, "horizon": 16, "steps": 25,
+            "shards": "held-out", "context_noise": t_c}))
+        return str(folder)
+
+    runs = {n: tmp_path / f"run_{n}" for n in ("scd", "dit", "clean")}
+    for name, run in runs.items():
+        run.mkdir()
+        (run / "config.yaml").write_text(f"model:\n  flow:\n    context_noise_max: {0.3 if name == 'scd' else 0.0}\n")
+    argv = ["--scd-msc", evaluation("e_scd", 14.0, 0.1), gif("scd", 1.0), str(runs["scd"]),
+            "--causal-dit", evaluation("e_dit", 11.0, 0.1), gif("dit", 2.0), str(runs["dit"]),
+            "--variant", "clean", gif("clean", 1.6), evaluation("e_clean", 13.0, 0.0), str(runs["clean"]),
+            "--variant", "t_c=0", gif("tc0", 1.2), "--train-shards", shards, "--clip-frames", "16",
+            "--size", "32", "--reference-clips", "8", "--out", str(tmp_path / "bench")]
+    assert qr.main(argv) == 0
+    data = json.loads(next((tmp_path / "bench").glob("*.json")).read_text())
+    assert data["scd_msc_mass_ratio_at_4x"] == pytest.approx(1.0, abs=0.15)
+    assert data["causal_dit_mass_ratio_at_4x"] == pytest.approx(2.0, abs=0.3)
+    assert "for SCD-MSC: PASS (the baseline, for reference: outside)" in data["checks"][1]
+    assert "bar: SCD-MSC at most 0.5 dB below: PASS" in data["checks"][0]
+    rows = {r["model"]: r for r in data["settings"]}
+    assert rows["clean"]["train t_ctx max"] == 0.0 and rows["clean"]["psnr_1_8"] == 13.0
+    assert rows["SCD-MSC"]["train t_ctx max"] == 0.3 and rows["SCD-MSC"]["t_c"] == 0.1
+    assert rows["clean"]["mass ÷ training"] == pytest.approx(1.6, abs=0.25)
+    assert rows["t_c=0"]["psnr_1_8"] is None and rows["t_c=0"]["mass ÷ prompt"] == pytest.approx(1.2, abs=0.2)
+    assert "## Every model and setting" in next((tmp_path / "bench").glob("*.md")).read_text()
+    with pytest.raises(SystemExit):
+        qr.main(argv + ["--variant", "only-a-label"])

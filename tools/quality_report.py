@@ -4,7 +4,8 @@
 Reads, for each model, the ``scd-msc eval`` folder (``eval.json``), the long
 ``scd-msc generate`` GIF (prompt frames first, videos tiled side by side) and the
 training run folder (``timing.json``, ``csv/*/metrics.csv``, ``config.yaml``), plus the
-training shards, and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``, a
+training shards and any ``--variant`` (another long GIF, optionally with its eval and
+run: an ablation or another inference setting), and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``, a
 digit-mass plot ``..._mass.png`` and ``..._long.gif`` (the first four long videos of
 each model, SCD-MSC on top).
 
@@ -97,7 +98,16 @@ def run_info(run: Path) -> dict[str, Any]:
     last = lambda key: next((float(r[key]) for r in reversed(rows) if r.get(key)), None)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
-    return {"steps": _global_step(run, rows),
+    config = run / "config.yaml"
+    noise_max = None
+    if config.exists():
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.load(config)
+        noise_max = OmegaConf.select(loaded, "model.flow.context_noise_max", default=0.0)
+        if OmegaConf.select(loaded, "model.family") == "causal-dit":
+            noise_max = "diffusion forcing"  # every frame at its own level; context_noise_max unused
+    return {"steps": _global_step(run, rows), "context_noise_max": noise_max,
             "train_loss_last10_logged": statistics.fmean(losses[-10:]) if losses else None,
             "val_loss": last("val/loss"), "step_ms_median": timing.get("step_ms_median"),
             "loader_wait_fraction": timing.get("loader_wait_fraction")}
@@ -120,7 +130,8 @@ def paired_gap(a: list, b: list) -> dict[str, float]:
     return {"clips": len(diff), "mean": statistics.fmean(diff), "stderr": se}
 
 
-def plot(curves: dict[str, dict[str, Any]], ref: dict[str, float], prompt: int, clip_frames: int, path: Path) -> None:
+def plot(curves: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]], ref: dict[str, float],
+         prompt: int, clip_frames: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,6 +140,8 @@ def plot(curves: dict[str, dict[str, Any]], ref: dict[str, float], prompt: int, 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
     for (key, label), colour in zip(MODELS, ("tab:blue", "tab:orange")):
         ax.plot(curves[key]["mass"], label=label, color=colour)
+    for label, v in variants.items():
+        ax.plot(v["curve"]["mass"], label=label, lw=0.9, ls="--")
     lo, hi = ref["mean"] * (1 - MASS_BAR), ref["mean"] * (1 + MASS_BAR)
     ax.axhspan(lo, hi, color="grey", alpha=0.15, label="training data ±30%")
     ax.axhline(ref["mean"], color="grey", lw=1)
@@ -146,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, label in MODELS:
         p.add_argument(f"--{key.replace('_', '-')}", nargs=3, required=True, metavar=("EVAL_DIR", "GIF", "RUN_DIR"),
                        help=f"{label}: scd-msc eval folder, long generation GIF, training run folder")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar="LABEL GIF [EVAL_DIR [RUN_DIR]]",
+                   help="another long-generation GIF (an ablation, another --context-noise), with its eval "
+                   "folder and training run when given; repeatable")
     p.add_argument("--train-shards", required=True, help="training shards (reference digit mass)")
     p.add_argument("--clip-frames", type=int, default=16, help="training clip length (default 16)")
     p.add_argument("--prompt-frames", type=int, default=4, help="prompt frames at the GIFs' start (default 4)")
@@ -164,30 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         curves[key] = mass_curves(videos[key], args.prompt_frames)
         runs[key] = run_info(run)
     long_len = 4 * args.clip_frames
-    for key, _ in MODELS:
-        if curves[key]["frames"] < long_len:  # e.g. a GIF writer that merged repeated frames
-            p.error(f"--{key.replace('_', '-')} GIF: {curves[key]['frames']} frames, expected at least "
-                    f"{long_len} (4 × --clip-frames {args.clip_frames})")
+    variants = {}
+    for spec in args.variant:
+        if not 2 <= len(spec) <= 4:
+            p.error(f"--variant {' '.join(spec)}: expected LABEL GIF [EVAL_DIR [RUN_DIR]], got {len(spec)} values")
+        eval_dir, run = (Path(x) if x else None for x in (spec[2:] + [None, None])[:2])
+        variants[spec[0]] = {"curve": mass_curves(gif_videos(Path(spec[1]), args.size), args.prompt_frames),
+                             "eval": json.loads((eval_dir / "eval.json").read_text()) if eval_dir else None,
+                             "run": run_info(run) if run else None}
+    lengths = {f"--{key.replace('_', '-')}": curves[key]["frames"] for key, _ in MODELS}
+    lengths.update({f"--variant {label}": v["curve"]["frames"] for label, v in variants.items()})
+    for name, frames in lengths.items():
+        if frames < long_len:  # e.g. a GIF writer that merged repeated frames
+            p.error(f"{name} GIF: {frames} frames, expected at least {long_len} (4 × --clip-frames {args.clip_frames})")
     ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
     if ref["clips"] == 0:
         p.error(f"--train-shards {args.train_shards!r}: no clip of {args.clip_frames} frames at "
                 f"{args.size}x{args.size} (--clip-frames, --size)")
     data: dict[str, Any] = {"reference_mass": ref, "runs": runs, "mass_curves": curves}
+    tail = slice(long_len - args.clip_frames, long_len)  # the last training-length stretch of 4x
+    mass_at_4x = lambda c: (statistics.fmean(c["mass"][tail]) / ref["mean"], statistics.fmean(c["ratio_to_prompt"][tail]))
     for key, _ in MODELS:
         data[f"{key}_psnr"] = evals[key]["mean_psnr_1_8"]
         data[f"{key}_ssim"] = evals[key]["mean_ssim_1_8"]
         data[f"{key}_per_horizon"] = evals[key]["per_horizon"]
-        tail = curves[key]["mass"][long_len - args.clip_frames:long_len]  # the last training-length stretch
-        data[f"{key}_mass_ratio_at_4x"] = statistics.fmean(tail) / ref["mean"]
-        data[f"{key}_mass_ratio_to_prompt_at_4x"] = statistics.fmean(
-            curves[key]["ratio_to_prompt"][long_len - args.clip_frames:long_len])
+        data[f"{key}_mass_ratio_at_4x"], data[f"{key}_mass_ratio_to_prompt_at_4x"] = mass_at_4x(curves[key])
+    settings = [_setting(label, evals[key], runs[key], mass_at_4x(curves[key])) for key, label in MODELS]
+    settings += [_setting(label, v["eval"], v["run"], mass_at_4x(v["curve"])) for label, v in variants.items()]
+    data["settings"] = settings
+    data["variants"] = {label: {"mass_curve": v["curve"], "eval": v["eval"], "run": v["run"]}
+                        for label, v in variants.items()}
     if evals["scd_msc"]["clip_keys"] != evals["causal_dit"]["clip_keys"]:
         p.error("--scd-msc/--causal-dit: the two evals scored different clips (clip_keys differ); "
                 "run both on the same --shards with the same --clips")
     gap = paired_gap(evals["scd_msc"]["clip_psnr_1_8"], evals["causal_dit"]["clip_psnr_1_8"])
     data["psnr_gap_db"] = gap
     psnr_ok = data["scd_msc_psnr"] >= data["causal_dit_psnr"] - PSNR_BAR_DB
-    mass_ok = all(abs(data[f"{k}_mass_ratio_at_4x"] - 1) <= MASS_BAR for k, _ in MODELS)
+    mass_ok, dit_ok = (abs(data[f"{k}_mass_ratio_at_4x"] - 1) <= MASS_BAR for k, _ in MODELS)
     checks = [f"- PSNR, mean of horizons 1–8: SCD-MSC **{fmt(data['scd_msc_psnr'])} dB**, causal DiT "
               f"**{fmt(data['causal_dit_psnr'])} dB**; gap {gap['mean']:+.2f} ± {gap['stderr']:.2f} dB "
               f"(paired over {gap['clips']} clips, ± one standard error); bar: SCD-MSC at most "
@@ -196,20 +225,25 @@ def main(argv: list[str] | None = None) -> int:
               f"4× the clip length) ÷ training mean {fmt(ref['mean'])}: SCD-MSC "
               f"**{fmt(data['scd_msc_mass_ratio_at_4x'])}**, causal DiT **{fmt(data['causal_dit_mass_ratio_at_4x'])}** "
               f"(÷ own prompt: {fmt(data['scd_msc_mass_ratio_to_prompt_at_4x'])}, "
-              f"{fmt(data['causal_dit_mass_ratio_to_prompt_at_4x'])}); bar 1 ± {MASS_BAR}: "
-              f"{'PASS' if mass_ok else 'FAIL'}"]
+              f"{fmt(data['causal_dit_mass_ratio_to_prompt_at_4x'])}); bar 1 ± {MASS_BAR} for SCD-MSC: "
+              f"{'PASS' if mass_ok else 'FAIL'} (the baseline, for reference: {'within' if dit_ok else 'outside'})"]
     data["checks"] = checks
     device = "cuda" if _cuda() else "cpu"
     stem = report_stem(args.out, args.what, device)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, ref, args.prompt_frames, args.clip_frames, stem.parent / f"{stem.name}_mass.png")
+    plot(curves, variants, ref, args.prompt_frames, args.clip_frames, stem.parent / f"{stem.name}_mass.png")
     comparison_gif(videos, 4, stem.parent / f"{stem.name}_long.gif")
     train_rows = [{"model": label, **runs[key]} for key, label in MODELS]
     every = max(1, curves["scd_msc"]["frames"] // 16)
     mass_rows = [{"frame": t, **{f"{key}_mass": curves[key]["mass"][t] for key, _ in MODELS},
                   **{f"{key}_bright": curves[key]["bright_fraction"][t] for key, _ in MODELS}}
                  for t in range(0, curves["scd_msc"]["frames"], every)]
-    extra = "\n".join(["## Checks", "", *checks, "", "## Training", "", markdown_table(train_rows),
+    train_rows += [{"model": label, **v["run"]} for label, v in variants.items() if v["run"]]
+    extra = "\n".join(["## Checks", "", *checks, "", "## Every model and setting", "",
+                       "`train t_ctx max`: context-noise training (`model.flow.context_noise_max`); "
+                       "`t_c`: the level context frames are committed at in eval/generate (`--context-noise`); "
+                       f"mass over frames {tail.start}–{tail.stop - 1}.", "", markdown_table(settings),
+                       "## Training", "", markdown_table(train_rows),
                        f"## Digit mass per frame (every {every} frame(s); all in the .json)", "",
                        f"Training data: {fmt(ref['mean'])} ± {fmt(ref['std'])} (per-clip std, "
                        f"{ref['clips']} clips). `bright` = share of pixels above 0.5. "
@@ -229,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(checks))
     print(f"wrote {md}, {js}")
     return 0
+
+
+def _setting(label: str, evaluation: dict | None, run: dict | None, mass: tuple[float, float]) -> dict[str, Any]:
+    """One row of the side-by-side table: training and inference setting, PSNR/SSIM, mass."""
+    ev = evaluation or {}
+    return {"model": label, "train t_ctx max": (run or {}).get("context_noise_max"),
+            "t_c": ev.get("context_noise"), "psnr_1_8": ev.get("mean_psnr_1_8"),
+            "ssim_1_8": ev.get("mean_ssim_1_8"), "mass ÷ training": mass[0], "mass ÷ prompt": mass[1]}
 
 
 def _cuda() -> bool:

@@ -18,6 +18,7 @@ import json
 import math
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -109,7 +110,7 @@ def report_stem(out_dir: str | Path, what: str, device: str | torch.device | Non
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that ran this tool, as one would type it again."""
     argv = list(sys.argv if argv is None else argv)
-    return " ".join(["python", *argv])
+    return shlex.join(["python", *argv])
 
 
 def dims(size: Sequence[int]) -> str:
