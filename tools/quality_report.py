@@ -192,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     lengths.update({f"--variant {label}": v["curve"]["frames"] for label, v in variants.items()})
     for name, frames in lengths.items():
         if frames < long_len:  # e.g. a GIF writer that merged repeated frames
-            p.error(f"{name} GIF: {frames} frames, expected at least {long_len} (4 × --clip-frames {args.clip_frames})")
+            p.error(f"{name} GIF: {frames} frames, expected at least {long_len} "
+                    f"(4 × --clip-frames {args.clip_frames})")
     ref = training_mass(args.train_shards, args.clip_frames, args.size, args.reference_clips)
     if ref["clips"] == 0:
         p.error(f"--train-shards {args.train_shards!r}: no clip of {args.clip_frames} frames at "
                 f"{args.size}x{args.size} (--clip-frames, --size)")
     data: dict[str, Any] = {"reference_mass": ref, "runs": runs, "mass_curves": curves}
     tail = slice(long_len - args.clip_frames, long_len)  # the last training-length stretch of 4x
-    mass_at_4x = lambda c: (statistics.fmean(c["mass"][tail]) / ref["mean"], statistics.fmean(c["ratio_to_prompt"][tail]))
+    mass_at_4x = lambda c: (statistics.fmean(c["mass"][tail]) / ref["mean"],
+                            statistics.fmean(c["ratio_to_prompt"][tail]))
     for key, _ in MODELS:
         data[f"{key}_psnr"] = evals[key]["mean_psnr_1_8"]
         data[f"{key}_ssim"] = evals[key]["mean_ssim_1_8"]

@@ -56,8 +56,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         """Shut the persistent workers (and pin-memory threads) down when fit ends. Left
-        to interpreter shutdown, ``scd-msc train`` on a GPU hung after its last checkpoint,
-        spinning in the DataLoader's worker clean-up (py-spy, H100 and 2×H200)."""
+        to interpreter shutdown, ``scd-msc train`` on GPUs hung after its last checkpoint
+        (2×H200); py-spy on an H100 showed it in the DataLoader's worker clean-up."""
         for loader in self._loaders:
             iterator = getattr(loader, "_iterator", None)  # torch keeps it when workers persist
             if iterator is not None and hasattr(iterator, "_shutdown_workers"):

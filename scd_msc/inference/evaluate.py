@@ -2,9 +2,10 @@
 
 For each clip of ``k + n`` frames the first ``k`` are the prompt; the model generates
 ``n`` frames with its stream session (caches on, guidance 1.0, context frames committed
-at level ``context_noise``, one seeded generator for the whole run), and generated frame ``j`` is compared with ground-truth frame
-``k + j``: PSNR and SSIM (torchmetrics, on [0, 1] after clamping to [-1, 1] and
-mapping), per clip and horizon step, then averaged over clips per step.
+at level ``context_noise``, one seeded generator for the whole run), and generated
+frame ``j`` is compared with ground-truth frame ``k + j``: PSNR and SSIM (torchmetrics,
+on [0, 1] after clamping to [-1, 1] and mapping), per clip and horizon step, then
+averaged over clips per step.
 
 Shapes: ``B`` batch · ``M`` clips · ``F`` frames · ``k`` context · ``n`` horizon ·
 ``C`` channels · ``H, W`` pixels.
