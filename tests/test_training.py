@@ -38,7 +38,7 @@ def shards(tmp_path_factory) -> dict[str, str]:
 
 def overrides(shards: dict[str, str], out_dir, **extra) -> list[str]:
     """A tiny, fast run: batches of 2 clips, no workers, no progress bar."""
-    base = {"preset": "scd-msc-tiny", "model.backend": "reference",
+    base = {"preset": "scd-msc-tiny", "runtime.backend": "reference",
             "data.train_shards": shards["train"], "data.val_shards": shards["val"],
             "data.clip_frames": F, "data.batch_size": 2, "data.num_workers": 0, "data.epoch_batches": 5,
             "data.val_batches": 1, "data.shuffle_buffer": 4,
@@ -117,7 +117,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_pat
     cfg = load_config(None, overrides(shards, tmp_path, **{"model.dim": 128}))
     with pytest.raises(ValueError, match=r"model.dim \(64 in the checkpoint, 128 now\)"):
         check_resume(last, cfg)
-    same = load_config(None, overrides(shards, tmp_path, **{"model.backend": "auto"}))
+    same = load_config(None, overrides(shards, tmp_path, **{"runtime.backend": "auto"}))
     assert check_resume(last, same) == 6  # the backend does not change the weights
 
 

@@ -23,6 +23,7 @@ import torch
 
 from scd_msc.bench.common import (command_line, env_info, peak_memory_gib, report_stem,
                                   reset_peak_memory, summarize_ms, sync, write_report)
+from scd_msc.diffusion import Sampler
 from scd_msc.models import build_model, count_parameters
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -249,7 +250,7 @@ def write_latency_report(args, device, names, rows, curves, train, checks) -> in
     }
     config = {"presets": names, "tokens_per_frame": model0.cfg.grid ** 2,
               "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
-              "context_frames": args.context, "steps": args.steps, "sampler": model0.cfg.sampler,
+              "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
               "dtype": args.dtype, "batches": args.batch, "timed_frames": args.frames,
               "warmup_frames": args.warmup, "curve_frames": args.curve_frames,
               "params_m": {r["model"]: round(r["params_m"], 2) for r in rows if r["batch"] == args.batch[0]},

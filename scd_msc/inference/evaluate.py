@@ -19,6 +19,8 @@ from typing import Iterable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from scd_msc.diffusion import Sampler
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
@@ -83,7 +85,8 @@ def finite(x: float) -> Optional[float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int, total: int,
              generator: Optional[torch.Generator] = None, examples: int = 4,
-             progress: bool = True, context_noise: float = 0.0) -> EvalResult:
+             progress: bool = True, context_noise: float = 0.0,
+             sampler: Optional[Sampler] = None) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     (at most ``total`` clips). Raises ValueError when no clip arrives."""
     param = next(model.parameters())
@@ -94,7 +97,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
         video = batch["video"][: total - len(keys)].to(device)  # (B, k + n, C, H, W)
         b, horizon = video.shape[0], video.shape[1] - context
         session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator,
-                               context_noise=context_noise)
+                               context_noise=context_noise, sampler=sampler)
         pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
         psnr, ssim = frame_metrics(pred, video[:, context:])
         psnrs.append(psnr)

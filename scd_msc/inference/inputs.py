@@ -18,7 +18,8 @@ import webdataset as wds
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from scd_msc.checkpoint import load_model
+from scd_msc.checkpoint import load_checkpoint
+from scd_msc.config import RuntimeConfig
 from scd_msc.data import ClipDataset, collate_clips
 from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
 
@@ -72,20 +73,25 @@ class ModelSource:
 
 
 def load(source: ModelSource, device: torch.device, seed: int = 0,
-         dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The model in eval mode on ``device``. A checkpoint is validated by
-    :func:`load_model` (ValueError when missing, unreadable or mismatched); a preset is
-    built with a seeded random init, then cast to ``dtype``."""
+         dtype: torch.dtype = torch.float32) -> tuple[nn.Module, RuntimeConfig]:
+    """The model in eval mode on ``device`` and the runtime knobs to run it with (the
+    checkpoint's, or the defaults for a preset). A checkpoint is validated by
+    :func:`load_checkpoint` (ValueError when missing, unreadable or mismatched); a preset
+    is built with a random init seeded by ``seed`` (the global RNG is left as it was),
+    then cast to ``dtype``."""
     source.check()
     if source.checkpoint is not None:
         try:
-            model = load_model(source.checkpoint, map_location="cpu")
+            ckpt = load_checkpoint(source.checkpoint, map_location="cpu")
         except ValueError as err:
             raise ValueError(f"--checkpoint: {err}") from None
+        model, runtime = ckpt.model, ckpt.config.runtime
     else:
-        torch.manual_seed(seed)
-        model = model_from_config(preset_config(source.preset))
-    return model.to(device=device, dtype=dtype).eval()
+        runtime = RuntimeConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_from_config(preset_config(source.preset), runtime.backend)
+    return model.to(device=device, dtype=dtype).eval(), runtime
 
 
 def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:

@@ -1,7 +1,8 @@
 """``SCDLitModule``: the thin LightningModule around any scd_msc model.
 
-The network (``self.model``) and its loss live in ``scd_msc/models``; this file only
-adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
+The network (``self.model``, ``scd_msc/models``) and the objective
+(``scd_msc/diffusion/objectives.py``) meet in :meth:`SCDLitModule._shared_step`; this
+file only adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
 follow ``scd_msc/checkpoint.py``: weights under ``model.`` (EMA under ``ema_model.``,
 written by :class:`scd_msc.training.callbacks.EMA`) and the whole experiment config as
 a plain dict in ``hyper_parameters["config"]``.
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
+from scd_msc.diffusion import FlowMatching, training_loss
 from scd_msc.models import model_from_config
 
 
@@ -28,7 +30,8 @@ class SCDLitModule(L.LightningModule):
         cfg = config if isinstance(config, ExperimentConfig) else config_from_dict(config)
         self.save_hyperparameters({"config": config_to_dict(cfg)})
         self.cfg = cfg
-        self.model = model_from_config(cfg.model)
+        self.model = model_from_config(cfg.model, cfg.runtime.backend)
+        self.flow = FlowMatching(cfg.flow)
 
     def _check_finite(self, loss: Tensor) -> None:
         """Stop the run on a nan/inf training loss, on every rank at once (none left
@@ -42,7 +45,7 @@ class SCDLitModule(L.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str, generator: torch.Generator | None = None) -> Tensor:
         video = batch["video"]  # (B, F, C, H, W) in [-1, 1]
-        loss = self.model.training_loss(video, generator)["loss"]
+        loss = training_loss(self.model, video, self.flow, generator)["loss"]
         train = stage == "train"
         if train:  # (validation passes may differ in length per rank: no vote there)
             self._check_finite(loss)

@@ -27,7 +27,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, to_yaml
+from scd_msc.checkpoint import stored_config
+from scd_msc.config import ExperimentConfig, TrainConfig, to_yaml
 from scd_msc.data.datamodule import ShardDataModule
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
@@ -35,10 +36,6 @@ from scd_msc.training.module import SCDLitModule
 from scd_msc.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
-
-# ModelConfig fields that do not change the parameters: a resume may change them
-RUNTIME_MODEL_FIELDS = ("backend", "sampler", "guidance_perturb", "flow")
-
 
 def resolve_precision(t: TrainConfig) -> str:
     """``auto``: ``bf16-mixed`` when training runs on CUDA, else ``32-true``."""
@@ -75,15 +72,15 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume(path: str, cfg: ExperimentConfig) -> int:
-    """The checkpoint's global step; raises if its model differs from ``cfg.model``."""
+    """The checkpoint's global step; raises if its model differs from ``cfg.model`` (the
+    objective, ``flow``, and the ``runtime`` knobs may change on a resume)."""
     try:  # mmap: reads only the few entries looked at, however large the checkpoint
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        stored = ckpt["hyper_parameters"]["config"]["model"]
+        stored = stored_config(ckpt, path).model
     except Exception as err:
         raise ValueError(f"--resume {path!r}: not a readable scd_msc training checkpoint ({err})") from err
-    old, new = _flat(stored), _flat(config_to_dict(cfg)["model"])
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if old.get(k) != new.get(k) and k.split(".")[0] not in RUNTIME_MODEL_FIELDS)
+    old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg.model))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
         raise ValueError(f"--resume {path!r}: the checkpoint's model differs from the config at "
                          + ", ".join(f"model.{k} ({old.get(k)!r} in the checkpoint, {new.get(k)!r} now)"
