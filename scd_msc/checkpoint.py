@@ -4,14 +4,18 @@ A training checkpoint is Lightning's ``.ckpt``: ``state_dict`` holds the network
 the prefix ``model.`` (and, when EMA is on, the averaged copy under ``ema_model.``), and
 ``hyper_parameters["config"]["model"]`` holds the :class:`ModelConfig` as a plain dict.
 :func:`load_model` rebuilds the network from that dict alone, so inference needs no
-training code and no data.
+training code and no data. A checkpoint that cannot be read (e.g. ``last.ckpt`` cut short
+by a full disk) fails with one line that names the newest readable ``step_*.ckpt`` in
+the same folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
-from typing import Any, Mapping
+import re
+from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -30,14 +34,43 @@ def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_model(path: str, map_location: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
-    """The model stored in a training checkpoint (EMA weights when present and ``ema``)."""
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def newest_readable_sibling(path: str) -> Optional[str]:
+    """The ``step_*.ckpt`` with the highest step in ``path``'s folder (``path`` itself
+    excluded) that ``torch.load`` can open, or None."""
+    folder = os.path.dirname(path) or "."
+    steps = [(int(m.group(1)), p) for p in glob.glob(os.path.join(folder, "step_*.ckpt"))
+             if (m := re.fullmatch(r"step_(\d+)\.ckpt", os.path.basename(p)))
+             and not os.path.samefile(p, path)]
+    for _, candidate in sorted(steps, reverse=True):
+        try:  # mmap: reads the index, not the tensors
+            torch.load(candidate, map_location="cpu", mmap=True, weights_only=False)
+        except Exception:  # noqa: BLE001 -- unreadable too: try the next older one
+            continue
+        return candidate
+    return None
+
+
+def read_checkpoint(path: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` of a training checkpoint, or a one-line ValueError that says why it
+    could not be read and names the newest readable ``step_*.ckpt`` next to it."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist or is not a file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated or not a torch file
-        raise ValueError(f"checkpoint {path!r} could not be read: {err}") from err
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=False)
+    except Exception as err:  # noqa: BLE001 -- truncated, or not a torch file
+        alt = newest_readable_sibling(path)
+        hint = (f"the newest readable checkpoint next to it is {alt!r}" if alt else
+                "no readable step_*.ckpt next to it")
+        raise ValueError(f"checkpoint {path!r} could not be read ({_first_line(err)}); {hint}") from None
+
+
+def load_model(path: str, map_location: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
+    """The model stored in a training checkpoint (EMA weights when present and ``ema``)."""
+    ckpt = read_checkpoint(path, map_location)
     try:
         model_dict = ckpt["hyper_parameters"]["config"]["model"]
         state = ckpt["state_dict"]

@@ -64,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    """Run one subcommand; Ctrl-C that a command does not handle itself (e.g. while
+    torch is imported) exits with 130 and one line, not a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return args.func(args)
+    except KeyboardInterrupt:  # a fresh line: the cursor may be after a progress bar or "^C"
+        print("\nscd-msc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 Reads, for each model, the ``scd-msc eval`` folder (``eval.json``), the long
 ``scd-msc generate`` GIF (prompt frames first, videos tiled side by side) and the
-training run folder (``timing.json``, ``csv/*/metrics.csv``, ``config.yaml``), plus the
+training run folder (``timing.json``, ``metrics.csv``, ``config.yaml``), plus the
 training shards and any ``--variant`` (another long GIF, optionally with its eval and
 run: an ablation or another inference setting), and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``, a
 digit-mass plot ``..._mass.png`` and ``..._long.gif`` (the first four long videos of
@@ -92,7 +92,9 @@ def mass_curves(video: np.ndarray, prompt: int) -> dict[str, Any]:
 def run_info(run: Path) -> dict[str, Any]:
     """Steps, final losses and throughput of a training run folder."""
     rows: list[dict[str, str]] = []
-    for path in sorted(glob.glob(str(run / "csv" / "version_*" / "metrics.csv"))):
+    # <run>/metrics.csv; runs made before it was one file per run: csv/version_N/metrics.csv
+    legacy = sorted(glob.glob(str(run / "csv" / "version_*" / "metrics.csv")))
+    for path in glob.glob(str(run / "metrics.csv")) + legacy:
         with open(path) as f:
             rows += list(csv.DictReader(f))
     last = lambda key: next((float(r[key]) for r in reversed(rows) if r.get(key)), None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import torch
 
 from scd_msc.bench.common import (command_line, env_info, peak_memory_gib, report_stem,
                                   reset_peak_memory, summarize_ms, sync, write_report)
-from scd_msc.models import build_model, count_parameters
+from scd_msc.models import SIZES, build_model, count_parameters
+from scd_msc.paths import check_writable_folder
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -199,11 +201,45 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def check_bench_args(args: argparse.Namespace) -> str:
+    """The device to time on, or a one-line ValueError. The benchmark times GPU kernels:
+    a CPU is used only when asked for (``--device cpu``; the default sizes do not fit)."""
     for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
+    if args.size not in SIZES:
+        raise ValueError(f"--size={args.size!r}: expected one of {', '.join(SIZES)}")
+    check_writable_folder(args.out, "--out")
+    if args.device is None:
+        if not torch.cuda.is_available():
+            raise ValueError("--device: no CUDA GPU here, and the benchmark times GPU kernels; expected a GPU, "
+                             "or --device cpu --size tiny to time this CPU anyway")
+        return "cuda"
+    if args.device not in ("cpu", "cuda"):
+        raise ValueError(f"--device={args.device!r}: expected cpu or cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device='cuda': CUDA is not available here; expected cpu")
+    return args.device
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        device = check_bench_args(args)
+    except ValueError as err:
+        print(f"scd-msc bench: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _run_bench(args, device)
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        text = str(err)
+        if not isinstance(err, torch.OutOfMemoryError) and "allocate" not in text:
+            raise
+        print(f"scd-msc bench: error: --size={args.size!r} ran out of memory on {device} "
+              f"({text.strip().splitlines()[0][:200]}); try a smaller --size, --batch or --context", file=sys.stderr)
+        return 1
+
+
+def _run_bench(args: argparse.Namespace, device: str) -> int:
     if device == "cpu" and args.dtype != "fp32":
         args.dtype = "fp32"  # bf16 matmuls on CPU measure nothing useful
     names = [f"{f}-{args.size}" for f in ("scd-msc", "scd-dense", "causal-dit")]

@@ -42,19 +42,24 @@ class SkipCounter:
     A skip is logged at WARNING the 1st, 2nd, 4th, 8th, ... time a reason occurs (bounded
     logs on a big, dirty data set). More than ``max_consecutive`` skips in a row with no
     good sample in between raise a ``RuntimeError``: a resampled reader would otherwise
-    spin forever on a data set where nothing is usable.
+    spin forever on a data set where nothing is usable. ``first`` describes the first
+    skip (for one-line error messages); ``quiet`` turns the logging off.
     """
 
-    def __init__(self, max_consecutive: int = 1000):
+    def __init__(self, max_consecutive: int = 1000, quiet: bool = False):
         self.counts: Counter[str] = Counter()
         self.max_consecutive = max_consecutive
         self.consecutive = 0
+        self.used = 0  # samples that gave a clip
+        self.quiet = quiet
+        self.first = ""
 
     def skip(self, reason: str, key: str = "?", detail: str = "") -> None:
         self.counts[reason] += 1
         self.consecutive += 1
+        self.first = self.first or f"{key} ({reason}: {detail})"
         n = self.counts[reason]
-        if n & (n - 1) == 0:
+        if n & (n - 1) == 0 and not self.quiet:
             log.warning("skipped sample %s (%s: %s); skipped so far: %s", key, reason, detail, self.summary())
         if self.consecutive > self.max_consecutive:
             raise RuntimeError(f"{self.consecutive} samples in a row were unusable ({self.summary()}); "
@@ -62,6 +67,11 @@ class SkipCounter:
 
     def ok(self) -> None:
         self.consecutive = 0
+        self.used += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """``{"used": n, <reason>: n, ...}``: plain ints, cheap to send with a batch."""
+        return {"used": self.used, **self.counts}
 
     def handler(self, exn: Exception) -> bool:
         """webdataset exception handler: count a shard/tar read error and go on."""

@@ -23,6 +23,8 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from scd_msc.paths import check_writable_folder
+
 from .sources import (
     GENERATORS,
     PIXEL_SOURCES,
@@ -83,12 +85,7 @@ def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dic
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that ``out_dir`` can be created or written and holds no shards of an earlier run."""
-    out = Path(out_dir)
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if parent.exists() and not parent.is_dir():
-        raise ValueError(f"out={str(out_dir)!r}: expected a folder, but {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"out={str(out_dir)!r}: expected a writable folder, {str(parent)!r} is not writable")
+    out = check_writable_folder(out_dir, "out")
     old = sorted(out.glob("shard-*.tar")) if out.is_dir() else []
     if old and not overwrite:
         raise ValueError(f"out={str(out_dir)!r}: expected no existing shards, found {len(old)} "

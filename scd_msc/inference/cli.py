@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,18 +183,23 @@ def run_eval(args: argparse.Namespace) -> int:
                           examples=args.examples, progress=not args.no_progress,
                           context_noise=args.context_noise)
     except KeyboardInterrupt:
-        print("scd-msc eval: interrupted; no report written", file=sys.stderr)
+        print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130
-    if result.clips < args.clips:
+    if result.clips < args.clips and not result.interrupted:
         print(f"scd-msc eval: warning: the shards hold only {result.clips} usable clips "
               f"(--clips {args.clips})", file=sys.stderr)
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
-            "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device)}
+            "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device),
+            "clips_requested": args.clips}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")
     print(f"mean over steps 1..{min(8, args.horizon)}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
           f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}")
     print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
+    if result.interrupted:
+        print(f"scd-msc eval: interrupted after {result.clips} of {args.clips} clips; the report covers those",
+              file=sys.stderr)
+        return 128 + (result.signum or signal.SIGINT)
     return 0

@@ -29,7 +29,8 @@ GAP_VALUE = 255  # white
 def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
     """The content of ``eval.json``: ``info`` (model, arguments) plus the metrics."""
     psnr, ssim = result.mean_1_8()
-    return {**info, "clips": result.clips, "context": result.context, "horizon": result.horizon,
+    return {**info, "clips": result.clips, "interrupted": result.interrupted,
+            "context": result.context, "horizon": result.horizon,
             "per_horizon": result.per_horizon(), "mean_psnr_1_8": psnr, "mean_ssim_1_8": ssim,
             "clip_keys": result.keys, "clip_psnr_1_8": [finite(v) for v in result.psnr[:, :8].mean(1).tolist()],
             "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips "
@@ -51,6 +52,9 @@ def markdown(summary: dict[str, Any]) -> str:
              f"- shards: `{summary['shards']}`, clips: {summary['clips']}, context k={summary['context']}, "
              f"horizon n={summary['horizon']}, steps S={summary['steps']}, seed {summary['seed']}, "
              f"context noise t_c={summary.get('context_noise', 0.0)}, device {summary['device']}",
+             *([f"- **interrupted** (Ctrl-C / SIGTERM) after {summary['clips']} of "
+                f"{summary.get('clips_requested', '?')} clips: every number below covers those {summary['clips']}"]
+               if summary.get("interrupted") else []),
              f"- mean over horizon 1..{min(8, summary['horizon'])}: "
              f"PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, SSIM {fmt(summary['mean_ssim_1_8'], 4)}",
              "", "| step | PSNR (dB) | SSIM |", "|---:|---:|---:|"]

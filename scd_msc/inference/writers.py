@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from scd_msc.data.video import import_pyav, to_channels
+from scd_msc.paths import check_writable_folder
 
 OUT_EXTENSIONS = (".mp4", ".gif")
 
@@ -37,8 +38,7 @@ def check_output_path(path: str, arg: str = "--out", extensions: tuple[str, ...]
     if not folder.is_dir():
         raise ValueError(f"{arg}={path!r}: expected an existing folder, {str(folder)!r} does not exist "
                          "(create it first)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{arg}={path!r}: expected a writable folder, {str(folder)!r} is not writable")
+    check_writable_folder(folder, arg, path)
     if out.is_dir():
         raise ValueError(f"{arg}={path!r}: expected a file, it is a folder")
     if out.exists() and not os.access(out, os.W_OK):
@@ -162,10 +162,4 @@ def close_all(sinks: list[FrameSink]) -> list[BaseException]:
 def check_output_dir(path: str, arg: str = "--out") -> Path:
     """A ValueError naming ``arg`` unless ``path`` is a folder that exists or can be
     created (its nearest existing ancestor is a writable folder); nothing is created."""
-    out = Path(path)
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise ValueError(f"{arg}={path!r}: expected a folder, but {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{arg}={path!r}: expected a writable folder, {str(parent)!r} is not writable")
-    return out
+    return check_writable_folder(path, arg)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from scd_msc.diffusion import FlowConfig
+from scd_msc.ops.backends import BACKENDS
 from scd_msc.ops.msc import GATINGS, UPSAMPLES
 from scd_msc.ops.schedule import MSCScheduleConfig
 
@@ -53,6 +54,8 @@ class ModelConfig:
         if self.gating not in GATINGS or self.upsample not in UPSAMPLES:
             raise ValueError(f"gating/upsample must be in {GATINGS}/{UPSAMPLES}, "
                              f"got {self.gating!r}/{self.upsample!r}")
+        if self.backend not in BACKENDS + ("auto",):
+            raise ValueError(f"model.backend={self.backend!r}: expected one of {', '.join(BACKENDS + ('auto',))}")
         if self.image_size % self.patch:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")
         if self.dim % self.heads or (self.dim // self.heads) % 8:

@@ -154,6 +154,7 @@ class LastCheckpoint(L.Callback):
     def __init__(self, dirpath: str):
         self.path = os.path.join(dirpath, "last.ckpt")
         self.saved_step = -1
+        self.interrupted_by: Optional[BaseException] = None  # the Ctrl-C / SIGTERM seen, if any
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -169,8 +170,9 @@ class LastCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERM is handled by Lightning on every rank at a batch boundary, so the save is
         # collective-safe; a Ctrl-C hits ranks at arbitrary points, so only one process saves.
+        # The message is printed by the caller (train.TrainingInterrupted), after the progress bar closed.
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self.interrupted_by = exception
         if isinstance(exception, SIGTERMException) or (isinstance(exception, KeyboardInterrupt)
                                                        and trainer.world_size == 1):
             self._save(trainer)
-            if trainer.is_global_zero:
-                print(f"interrupted at step {trainer.global_step}; checkpoint: {self.path}", flush=True)
