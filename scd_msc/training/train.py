@@ -7,7 +7,8 @@ Run folder (``train.out_dir``)::
     checkpoints/last.ckpt       newest state (every ``checkpoint_every_n_steps``, at the end,
                                 on Ctrl-C / SIGTERM); step_NNNNNNN.ckpt: the newest few
     csv/version_N/metrics.csv   one CSV per start (Lightning's CSVLogger)
-    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample strips)
+    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample
+                                strips: samples/trained or samples/ema, the weights auto picks)
     timing.json                 step time, loader wait, steps/s (training/timing.py)
     samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif
 """
@@ -93,7 +94,7 @@ def check_resume(path: str, cfg: ExperimentConfig) -> int:
 
 def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     t = cfg.train
-    ema = EMA(t.ema_decay) if t.ema_decay > 0 else None
+    ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     steps = ModelCheckpoint(
         dirpath=checkpoint_dir(cfg), filename="step_{step:07d}", auto_insert_metric_name=False,
         monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest few
