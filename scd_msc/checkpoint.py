@@ -1,10 +1,13 @@
 """Loading models from checkpoints: the contract between training and inference.
 
 A training checkpoint is Lightning's ``.ckpt``: ``state_dict`` holds the network under
-the prefix ``model.`` (and, when EMA is on, the averaged copy under ``ema_model.``), and
-``hyper_parameters["config"]["model"]`` holds the :class:`ModelConfig` as a plain dict.
-:func:`load_model` rebuilds the network from that dict alone, so inference needs no
-training code and no data. A checkpoint that cannot be read (e.g. ``last.ckpt`` cut short
+the prefix ``model.`` (and, when EMA is on, the averaged copy under ``ema_model.``, with
+its update count in ``averaging_state["n_averaged"]``), and ``hyper_parameters["config"]``
+holds the experiment config as a plain dict (``["model"]``: the :class:`ModelConfig`;
+``["train"]["ema_decay"]``: the EMA's decay). :func:`load_model` rebuilds the network
+from that dict alone, so inference needs no training code and no data. Which weights it
+loads (``weights="auto" | "ema" | "trained"``) is decided by
+:func:`scd_msc.ema.choose_weights`. A checkpoint that cannot be read (e.g. ``last.ckpt`` cut short
 by a full disk) fails with one line that names the newest readable ``step_*.ckpt`` in
 the same folder.
 """
@@ -15,12 +18,14 @@ import dataclasses
 import glob
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from scd_msc.ema import WeightChoice, check_weights, choose_weights
 from scd_msc.models import ModelConfig, model_from_config
 
 
@@ -68,20 +73,47 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu", mmap: b
         raise ValueError(f"checkpoint {path!r} could not be read ({_first_line(err)}); {hint}") from None
 
 
-def load_model(path: str, map_location: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
-    """The model stored in a training checkpoint (EMA weights when present and ``ema``)."""
+@dataclass
+class LoadedCheckpoint:
+    """A network in eval mode and which of the checkpoint's weights it holds."""
+
+    model: nn.Module
+    weights: WeightChoice
+
+
+def _ema_updates(ckpt: Mapping[str, Any]) -> int | None:
+    n = (ckpt.get("averaging_state") or {}).get("n_averaged")
+    return None if n is None else int(n)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                    weights: str = "auto") -> LoadedCheckpoint:
+    """The model stored in a training checkpoint, with the weights ``weights`` selects:
+    ``trained``, ``ema`` (an error when the checkpoint has none), or ``auto``: the EMA
+    once it has seen ``10 / (1 - ema_decay)`` updates, else the trained weights
+    (:mod:`scd_msc.ema` says why). Raises ``ValueError`` naming the problem."""
+    check_weights(weights)
     ckpt = read_checkpoint(path, map_location)
     try:
-        model_dict = ckpt["hyper_parameters"]["config"]["model"]
+        config = ckpt["hyper_parameters"]["config"]
+        model_dict = config["model"]
         state = ckpt["state_dict"]
     except (KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
                          f"(missing {err}); expected hyper_parameters.config.model and state_dict") from err
+    has_ema = any(k.startswith("ema_model.") for k in state)
+    choice = choose_weights(weights, has_ema, _ema_updates(ckpt), (config.get("train") or {}).get("ema_decay"),
+                            where=f"checkpoint {path!r}")
     model = model_from_config(model_config_from_dict(model_dict))
-    prefix = "ema_model." if ema and any(k.startswith("ema_model.") for k in state) else "model."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    prefix = "ema_model." if choice.weights == "ema" else "model."
+    loaded = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(loaded, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path!r} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return model.eval()
+    return LoadedCheckpoint(model.eval(), choice)
+
+
+def load_model(path: str, map_location: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
+    """The network of :func:`load_checkpoint` (``weights``: ``auto``, ``ema`` or ``trained``)."""
+    return load_checkpoint(path, map_location, weights).model

@@ -42,7 +42,10 @@ class TrainConfig:
 
     Steps are optimizer steps (``trainer.global_step``). ``*_every_n_steps = 0`` turns
     that job off. ``precision="auto"``: ``bf16-mixed`` when CUDA is used, else ``32-true``.
-    ``ema_decay = 0``: no EMA. ``keep_checkpoints``: step checkpoints kept besides
+    ``ema_decay = 0``: no EMA. ``ema_warmup``: the EMA's decay ramps up as
+    ``min(ema_decay, (1 + n) / (10 + n))`` over its first ``n`` updates, so short runs get a
+    usable average (``scd_msc/ema.py``); ``false``: ``ema_decay`` from the first update.
+    ``keep_checkpoints``: step checkpoints kept besides
     ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
@@ -56,6 +59,7 @@ class TrainConfig:
     accumulate_grad_batches: int = 1
     precision: str = "auto"
     ema_decay: float = 0.0
+    ema_warmup: bool = True
     checkpoint_every_n_steps: int = 500
     keep_checkpoints: int = 3
     val_every_n_steps: int = 500
@@ -174,7 +178,7 @@ def _friendly(err: OmegaConfBaseException, where: str) -> ValueError:
                           f"(known under {parent}: {_known_keys(err.object_type)})")
     if isinstance(err, ValidationError) and full_key:
         tp = _field_type(str(full_key))
-        got = re.match(r"Value '(.*)' of type", str(err.msg or ""), re.S)
+        got = re.match(r"Value '(.*)' (?:of type|is not a valid)", str(err.msg or ""), re.S)
         got_text = f"got '{got.group(1)}'" if got else f"({(err.msg or '').splitlines()[0]})"
         expects = _type_name(tp) if tp is not None else "another type"
         return ValueError(f"config key '{full_key}' in {where} expects {expects}, {got_text}")

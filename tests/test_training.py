@@ -19,13 +19,14 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from scd_msc.checkpoint import load_model
+from scd_msc.checkpoint import load_checkpoint, load_model
 from scd_msc.config import load_config
-from scd_msc.data import make_shards
+from scd_msc.data import ClipDataset, make_shards
 from scd_msc.data.shards import npy_bytes
 from scd_msc.data.synthetic import moving_digits
 from scd_msc.models import SCDModel
@@ -113,7 +114,7 @@ def test_short_run_writes_a_checkpoint_that_load_model_generates_from(short_run)
     assert ckpt["hyper_parameters"]["config"]["model"]["family"] == "scd-msc"
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("model.") for k in keys) and any(k.startswith("ema_model.") for k in keys)
-    ema, raw = load_model(last), load_model(last, ema=False)
+    ema, raw = load_model(last, weights="ema"), load_model(last, weights="trained")
     assert not torch.equal(ema.start, raw.start)  # the average is not the trained weights
     video = ema.generate(2, 3, 2, generator=torch.Generator().manual_seed(0))
     assert video.shape == (2, 3, 1, S, S) and torch.isfinite(video).all()
@@ -148,6 +149,42 @@ def test_short_run_logs_and_prints_skipped_samples(short_run):
     n_bad, n_used = int(bad[-1]), int(used[-1])
     assert line.startswith(f"skipped samples: decode_error={n_bad} (of {n_bad + n_used} read); "
                            "validation: none (of "), line
+
+
+@torch.no_grad()
+def val_loss(model, clips: torch.Tensor) -> float:
+    """Mean loss over 4 fixed noise draws on the same clips."""
+    return sum(model.training_loss(clips, torch.Generator().manual_seed(s))["loss"].item() for s in range(4)) / 4
+
+
+def test_auto_picks_the_weights_with_the_lower_validation_loss(shards, tmp_path):
+    """20 steps at train.ema_decay=0.99 with the warm-up: auto wants 1000 EMA updates, so it
+    takes the trained weights, which have the lower validation loss; the warm-up keeps the
+    EMA close behind (a constant 0.99 gives about 1.6× the trained loss here). The sample
+    strip of the last step is the trained network's."""
+    from PIL import Image
+
+    from scd_msc.training.callbacks import video_strip
+    from scd_msc.training.train import train
+
+    cfg = load_config(None, overrides(shards, tmp_path, **{
+        "train.ema_decay": 0.99, "train.max_steps": 20, "train.lr": 1e-3, "train.checkpoint_every_n_steps": 20,
+        "train.sample_every_n_steps": 20, "train.sample_count": 1, "train.sample_frames": 2,
+        "train.sample_steps": 1}))
+    last = train(cfg)
+    auto = load_checkpoint(last)
+    assert (auto.weights.weights, auto.weights.ema_updates, auto.weights.auto_from) == ("trained", 20, 1000)
+    val = ClipDataset(shards["val"], F, 1, S, resampled=False)
+    clips = torch.stack([c["video"] for c in val])  # (4, F, 1, S, S)
+    loss = {w: val_loss(load_model(last, weights=w), clips) for w in ("trained", "ema")}
+    other = "ema" if auto.weights.weights == "trained" else "trained"
+    assert val_loss(auto.model, clips) == loss[auto.weights.weights] < loss[other], loss
+    assert loss["ema"] < 1.1 * loss["trained"], loss
+    strip = np.asarray(Image.open(tmp_path / "samples" / "step_0000020.png").convert("RGB"))
+    for w in ("trained", "ema"):
+        noise = torch.Generator().manual_seed(cfg.train.seed)  # SampleStrip's
+        video = load_model(last, weights=w).generate(1, 2, 1, generator=noise)  # (1, 2, 1, S, S)
+        assert np.array_equal(strip, video_strip(video, 2)) == (w == auto.weights.weights), w
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_path):
@@ -277,7 +314,8 @@ def wait_for(path, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
     out = tmp_path / "run"
-    args = overrides(shards, out, **{"train.max_steps": 60, "train.checkpoint_every_n_steps": 4})
+    args = overrides(shards, out, **{"train.max_steps": 60, "train.checkpoint_every_n_steps": 4,
+                                      "train.ema_decay": 0.99})
     proc = start_cli(args, tmp_path / "killed.log")
     last = out / "checkpoints" / "last.ckpt"
     try:
@@ -296,6 +334,8 @@ def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
     assert sorted(os.listdir(out)) == ["checkpoints", "config.yaml", "metrics.csv", "tb", "timing.json"]
     steps = train_steps(metrics(out))
     assert steps == list(range(60)), (killed_at, steps)
+    # the EMA went on from the killed run's average: one update per step of both runs
+    assert load_checkpoint(str(last)).weights.ema_updates == 60
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])

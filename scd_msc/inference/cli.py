@@ -31,6 +31,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from scd_msc.ema import WeightChoice
 from scd_msc.inference import inputs
 from scd_msc.inference.generate import stream_to_sinks
 from scd_msc.inference.writers import check_output_dir, check_output_path, open_sinks
@@ -40,6 +41,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="training checkpoint (.ckpt) to load")
     parser.add_argument("--preset", default=None, help="a preset with random weights (smoke tests), "
                         "e.g. scd-msc-tiny; exactly one of --checkpoint/--preset")
+    parser.add_argument("--weights", default="auto", metavar="{auto,ema,trained}",
+                        help="which weights of --checkpoint: trained, ema (the moving average), or auto "
+                        "(default): the EMA once it has seen 10/(1 - train.ema_decay) updates (1000 at "
+                        "0.99), else the trained weights; the choice is printed")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (and init seed of --preset; default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     parser.add_argument("--dtype", default="auto", choices=inputs.DTYPES,
@@ -88,26 +93,29 @@ class _Prepared:
     model: nn.Module
     device: torch.device
     source: inputs.ModelSource
+    weights: Optional[WeightChoice] = None  # None for --preset
 
 
 def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_count: int,
                    shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[Tensor]]:
     """Model source, device, checkpoint and the first clips (checked against the
     model's channels and size); a preset is only built once the clips are known good."""
-    source = inputs.ModelSource(args.checkpoint, args.preset)
+    source = inputs.ModelSource(args.checkpoint, args.preset, args.weights)
     source.check()
     device = inputs.resolve_device(args.device)
     dtype = inputs.resolve_dtype(args.dtype, device)
     if device.type == "cuda":  # the command's process setting: TF32 matmuls, as in training (train.py)
         torch.set_float32_matmul_precision("high")
-    model = inputs.load(source, device, args.seed, dtype) if source.checkpoint else None
+    model, weights = inputs.load(source, device, args.seed, dtype) if source.checkpoint else (None, None)
+    if weights is not None:
+        print(weights.line())  # weights: trained (EMA has 40 updates; auto uses it from 1000)
     cfg = model.cfg if model is not None else inputs.preset_cfg(source)
     clips = None
     if shards is not None and clip_frames is not None:
         clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
     if model is None:
-        model = inputs.load(source, device, args.seed, dtype)
-    return _Prepared(model, device, source), clips
+        model, weights = inputs.load(source, device, args.seed, dtype)
+    return _Prepared(model, device, source, weights), clips
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -158,7 +166,8 @@ def _model_info(prep: _Prepared) -> dict[str, Any]:
     return {"family": cfg.family, "preset": prep.source.preset, "checkpoint": prep.source.checkpoint,
             "parameters": sum(p.numel() for p in prep.model.parameters()), "channels": cfg.channels,
             "image_size": cfg.image_size, "sampler": cfg.sampler, "backend": cfg.backend,
-            "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch.")}
+            "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch."),
+            "weights": None if prep.weights is None else prep.weights.as_dict()}
 
 
 def run_eval(args: argparse.Namespace) -> int:

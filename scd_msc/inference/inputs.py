@@ -18,8 +18,9 @@ import webdataset as wds
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from scd_msc.checkpoint import load_model
+from scd_msc.checkpoint import load_checkpoint
 from scd_msc.data import ClipDataset, collate_clips
+from scd_msc.ema import WeightChoice, WeightsError, check_weights
 from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
 
 
@@ -54,38 +55,52 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class ModelSource:
-    """Where the model comes from: a checkpoint path or a preset name (random init)."""
+    """Where the model comes from: a checkpoint path or a preset name (random init), and
+    which of a checkpoint's weights (``auto``, ``ema``, ``trained``: ``scd_msc/ema.py``)."""
 
     checkpoint: Optional[str]
     preset: Optional[str]
+    weights: str = "auto"
 
     def check(self) -> None:
-        """Exactly one of the two, and a known preset."""
+        """Exactly one of the two, a known preset, and weights a preset can have."""
         if (self.checkpoint is None) == (self.preset is None):
             raise ValueError("--checkpoint/--preset: expected exactly one of them, got "
                              + ("both" if self.checkpoint else "neither"))
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"--preset={self.preset!r}: unknown preset; known presets: {', '.join(PRESETS)}")
+        try:
+            check_weights(self.weights)
+        except WeightsError as err:
+            raise ValueError(f"--{err}") from None  # weights='x': ... -> --weights='x': ...
+        if self.preset is not None and self.weights == "ema":
+            raise ValueError(f"--weights='ema': --preset {self.preset} has random weights and no EMA; "
+                             "expected auto or trained")
 
     def describe(self) -> dict[str, Optional[str]]:
         return {"checkpoint": self.checkpoint, "preset": self.preset}
 
 
 def load(source: ModelSource, device: torch.device, seed: int = 0,
-         dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The model in eval mode on ``device``. A checkpoint is validated by
-    :func:`load_model` (ValueError when missing, unreadable or mismatched); a preset is
-    built with a seeded random init, then cast to ``dtype``."""
+         dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Optional[WeightChoice]]:
+    """The model in eval mode on ``device``, and which weights of the checkpoint it holds
+    (``None`` for a preset). A checkpoint is validated by :func:`load_checkpoint`
+    (ValueError when missing, unreadable, mismatched, or without the EMA ``--weights ema``
+    asks for); a preset is built with a seeded random init, then cast to ``dtype``."""
     source.check()
+    choice = None
     if source.checkpoint is not None:
         try:
-            model = load_model(source.checkpoint, map_location="cpu")
+            loaded = load_checkpoint(source.checkpoint, map_location="cpu", weights=source.weights)
+        except WeightsError as err:
+            raise ValueError(f"--{err}") from None
         except ValueError as err:
             raise ValueError(f"--checkpoint: {err}") from None
+        model, choice = loaded.model, loaded.weights
     else:
         torch.manual_seed(seed)
         model = model_from_config(preset_config(source.preset))
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval(), choice
 
 
 def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:

@@ -45,10 +45,12 @@ def fmt(x: Any, digits: int) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """``eval.md``: the setting, then one table row per horizon step."""
     model = summary["model"]
+    choice = model.get("weights")  # scd_msc.ema.WeightChoice.as_dict() of a checkpoint
+    weights = f", {choice['weights']} weights ({choice['reason']})" if choice else ""
     lines = [f"# Continuation quality: {model.get('preset') or model.get('checkpoint')}", "",
              f"- model family: `{model['family']}`, {model['parameters'] / 1e6:.2f}M parameters, "
              f"frames {model['channels']}×{model['image_size']}²",
-             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`",
+             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`" + weights,
              f"- shards: `{summary['shards']}`, clips: {summary['clips']}, context k={summary['context']}, "
              f"horizon n={summary['horizon']}, steps S={summary['steps']}, seed {summary['seed']}, "
              f"context noise t_c={summary.get('context_noise', 0.0)}, device {summary['device']}",

@@ -8,7 +8,8 @@ Run folder (``train.out_dir``)::
                                 on Ctrl-C / SIGTERM); step_NNNNNNN.ckpt: the newest few
     metrics.csv                 losses, lr, timing, skipped samples; a resume continues it
                                 (training/run_logs.py)
-    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample strips)
+    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample
+                                strips: samples/trained or samples/ema, the weights auto picks)
     timing.json                 step time, loader wait, steps/s (training/timing.py)
     samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif
 
@@ -110,7 +111,7 @@ def check_resume(path: str, cfg: ExperimentConfig, arg: Optional[str] = None) ->
 
 def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     t = cfg.train
-    ema = EMA(t.ema_decay) if t.ema_decay > 0 else None
+    ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     steps = ModelCheckpoint(
         dirpath=checkpoint_dir(cfg), filename="step_{step:07d}", auto_insert_metric_name=False,
         monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest few
