@@ -4,19 +4,22 @@ A training checkpoint is Lightning's ``.ckpt``: ``state_dict`` holds the network
 the prefix ``model.`` (and, when EMA is on, the averaged copy under ``ema_model.``), and
 ``hyper_parameters["config"]["model"]`` holds the :class:`ModelConfig` as a plain dict.
 :func:`load_model` rebuilds the network from that dict alone, so inference needs no
-training code and no data.
+training code and no data. ``hyper_parameters["shards"]`` says what the training shards
+held (:class:`~scd_msc.data.probe.ShardInfo`: pixels or latents, and the encoder of
+latent shards); :func:`load_shard_info` reads it (None in checkpoints older than it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from scd_msc.data.probe import ShardInfo
 from scd_msc.models import ModelConfig, model_from_config
 
 
@@ -52,3 +55,15 @@ def load_model(path: str, map_location: str | torch.device = "cpu", ema: bool = 
         raise ValueError(f"checkpoint {path!r} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def load_shard_info(path: str) -> Optional[ShardInfo]:
+    """What the checkpoint's training shards held, or None when it was not recorded.
+
+    Reads only the hyper-parameters (memory-mapped), however large the checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        stored = ckpt.get("hyper_parameters", {}).get("shards")
+    except Exception as err:  # noqa: BLE001 -- not a (zip) torch file: load_model says more
+        raise ValueError(f"checkpoint {path!r} could not be read: {err}") from err
+    return ShardInfo.from_dict(stored) if isinstance(stored, dict) else None

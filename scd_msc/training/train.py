@@ -27,8 +27,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, to_yaml
+from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, resolve_frame_shape, to_yaml
+from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
+from scd_msc.data.probe import probe_shards
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
 from scd_msc.training.module import SCDLitModule
@@ -150,11 +152,17 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
     elif ckpt is None and os.path.isfile(last):
         rank_zero_only(log.warning)("%s exists: this fresh start will overwrite it "
                                     "(use --resume auto to continue that run)", last)
+    if AUTO in (cfg.data.channels, cfg.data.image_size):  # a config not made by load_config
+        resolve_frame_shape(cfg)
+    try:  # recorded in the checkpoint: pixels or latents (and the encoder that made them)
+        shards = probe_shards(cfg.data.train_shards)
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
     _write_config(cfg)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same init on every rank
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    module = SCDLitModule(cfg)
+    module = SCDLitModule(cfg, shards=shards.to_dict())
     if cfg.train.compile:
         for block in module.model.modules():
             if isinstance(block, Block):
