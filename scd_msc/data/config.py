@@ -61,7 +61,8 @@ class DataConfig:
         size = self.image_size
         if size == AUTO:
             if info.size is None:
-                raise ValueError(f"data.image_size=auto: the shards hold {info.height}×{info.width} frames "
-                                 f"(not square, {info.url}); pass data.image_size=N data.resize=true")
+                fix = "pass data.image_size=N data.resize=true" if info.kind == "pixels" else "encode square latents"
+                raise ValueError(f"data.image_size=auto: the shards hold {info.height}×{info.width} {info.kind} "
+                                 f"(not square, {info.url}); {fix}")
             size = info.size
         return replace(self, channels=info.channels if self.channels == AUTO else self.channels, image_size=size)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional

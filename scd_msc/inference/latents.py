@@ -79,8 +79,9 @@ def resolve_decoder(spec: Optional[str], checkpoint: Optional[str]) -> Optional[
         raise ValueError(f"--checkpoint: {err}") from None
     if info is not None and info.kind == "latents" and spec is None:
         made = f"made with make-shards latents --encoder {info.encoder}" if info.encoder else "encoder not recorded"
-        raise ValueError(f"--decoder: missing; the checkpoint's model makes {info.channels}×{info.height}×{info.width} "
-                         f"latents ({made}): pass --decoder module:function that maps them to pixels")
+        shape = f"{info.channels}×{info.height}×{info.width}"
+        raise ValueError(f"--decoder: missing; the checkpoint's model makes {shape} latents ({made}): "
+                         "pass --decoder module:function that maps them to pixels")
     if info is not None and info.kind == "pixels" and spec is not None:
         raise ValueError(f"--decoder={spec!r}: the checkpoint's model makes {info.describe()}, not latents; "
                          "drop --decoder")
