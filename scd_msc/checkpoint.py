@@ -10,6 +10,9 @@ loads (``weights="auto" | "ema" | "trained"``) is decided by
 :func:`scd_msc.ema.choose_weights`. A checkpoint that cannot be read (e.g. ``last.ckpt`` cut short
 by a full disk) fails with one line that names the newest readable ``step_*.ckpt`` in
 the same folder.
+``hyper_parameters["shards"]`` says what the training shards held
+(:class:`~scd_msc.data.probe.ShardInfo`: pixels or latents, and the encoder of latent
+shards); :func:`load_shard_info` reads it (None in checkpoints older than it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from scd_msc.ema import WeightChoice, check_weights, choose_weights
+from scd_msc.data.probe import ShardInfo
 from scd_msc.models import ModelConfig, model_from_config
 
 
@@ -117,3 +121,15 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
 def load_model(path: str, map_location: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """The network of :func:`load_checkpoint` (``weights``: ``auto``, ``ema`` or ``trained``)."""
     return load_checkpoint(path, map_location, weights).model
+
+
+def load_shard_info(path: str) -> Optional[ShardInfo]:
+    """What the checkpoint's training shards held, or None when it was not recorded.
+
+    Reads only the hyper-parameters (memory-mapped), however large the checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        stored = ckpt.get("hyper_parameters", {}).get("shards")
+    except Exception as err:  # noqa: BLE001 -- not a (zip) torch file: load_model says more
+        raise ValueError(f"checkpoint {path!r} could not be read: {err}") from err
+    return ShardInfo.from_dict(stored) if isinstance(stored, dict) else None

@@ -34,7 +34,9 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     parser.add_argument("--format", dest="fmt", default="npy", help=f"sample format: {', '.join(FORMATS)}")
     parser.add_argument("--channels", type=int, default=None, help="1 (grey) or 3 (RGB); default per source")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate stored for synthetic clips")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate stored for synthetic clips (default 8); videos: resample every file "
+                        "to this rate, dropping or repeating frames by timestamp (default: each file's own)")
     parser.add_argument("--path", default=None, help="folder of video files (source videos)")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between clip starts in a video (default --frames, no overlap)")

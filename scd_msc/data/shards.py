@@ -14,10 +14,12 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import webdataset as wds
@@ -31,6 +33,7 @@ from .sources import (
     SOURCES,
     VIDEO_EXTENSIONS,
     Clip,
+    VideoReport,
     encode_latents,
     find_videos,
     generator_clips,
@@ -51,11 +54,16 @@ class ShardSummary:
     frames: int
     bytes: int
     shards: list[str] = field(default_factory=list)
+    videos: Optional[VideoReport] = None  # source videos: files read, skipped or upscaled
 
     def __str__(self) -> str:
         where = os.path.dirname(self.shards[0]) if self.shards else "-"
-        return (f"wrote {self.clips} clips ({self.frames} frames, {self.bytes / 1e6:.2f} MB) "
-                f"in {len(self.shards)} shards under {where}")
+        lines = [f"wrote {self.clips} clips ({self.frames} frames, {self.bytes / 1e6:.2f} MB) "
+                 f"in {len(self.shards)} shards under {where}"]
+        if self.videos is not None:
+            lines.append(f"read {self.videos.files} videos")
+            lines += self.videos.lines()
+        return "\n".join(lines)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -124,11 +132,15 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
                              f"({', '.join(VIDEO_EXTENSIONS)}), found none")
     known = {"videos": set(inspect.signature(video_folder_clips).parameters)}
     known.update({name: set(inspect.signature(fn).parameters) for name, fn in GENERATORS.items()})
-    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips"}) | {"fps", "pixels", "encoder", "latent_dtype"}
+    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips", "report"}) | {"fps", "pixels", "encoder",
+                                                                                     "latent_dtype"}
     if set(kwargs) - allowed:
         raise ValueError(f"source options {sorted(set(kwargs) - allowed)}: not understood by {pixels!r}, "
                          f"expected some of {sorted(allowed)}")
     _positive("stride", kwargs.get("stride"), allow_none=True)
+    fps = kwargs.get("fps")
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps={fps!r}: expected a positive number")
     if pixels in GENERATORS:  # a one-frame dry run checks the values of the generator options
         GENERATORS[pixels](1, size, 0, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     elif kwargs.get("channels", 3) not in (1, 3):
@@ -139,10 +151,12 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
             raise ValueError(f"latent_dtype={kwargs['latent_dtype']!r}: expected float16 or float32")
 
 
-def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int, **kwargs) -> Iterator[Clip]:
-    """Clips from a pixel source; ``kwargs`` go to the generator or the folder reader."""
+def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int,
+                report: VideoReport | None = None, **kwargs) -> Iterator[Clip]:
+    """Clips from a pixel source; ``kwargs`` go to the generator or the folder reader
+    (which fills ``report``)."""
     if pixels == "videos":
-        return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, **kwargs)
+        return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, report=report, **kwargs)
     return generator_clips(pixels, frames, size, clips, seed=seed, **kwargs)
 
 
@@ -157,8 +171,10 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
         clips: number of clips; for ``videos`` None means every clip of every file.
         shard_size: clips per shard.
         fmt: ``npy`` or ``mp4`` (pixel sources; latents are always ``latent.npy``).
-        source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps``;
-            ``path``, ``stride``, ``channels`` for ``videos``; ``encoder`` ("module:function"),
+        source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps`` (the
+            rate stored for synthetic clips; for ``videos`` the rate every file is resampled
+            to by timestamp, None: each file's own); ``path``, ``stride``, ``channels`` for
+            ``videos``; ``encoder`` ("module:function"),
             ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``.
     """
     validate(source, frames, size, clips, shard_size, fmt, **source_kwargs)
@@ -170,17 +186,17 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
     encoder_spec = kwargs.pop("encoder", None)
     latent_dtype = kwargs.pop("latent_dtype", "float16")
     pixels = kwargs.pop("pixels", "moving-digits") if source == "latents" else source
-    fps = kwargs.pop("fps", None)
-    if fps is not None and pixels != "videos":
-        kwargs["fps"] = fps
+    if kwargs.get("fps") is None:
+        kwargs.pop("fps", None)
     encoder = load_callable(encoder_spec) if source == "latents" else None
+    report = VideoReport(frames, size) if pixels == "videos" else None
 
     written: list[str] = []
     total_clips = total_frames = 0
     bar = tqdm(total=clips, unit="clip", desc=f"make-shards {source}", disable=not progress)
     with wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, mtime=0.0,
                          post=written.append) as sink:
-        for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, **kwargs)):
+        for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, report, **kwargs)):
             key = f"clip{i:06d}"
             if encoder is not None:
                 sink.write(latent_sample(key, clip, encode_latents(encoder, clip.frames, latent_dtype), encoder_spec))
@@ -190,4 +206,4 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
             total_frames += clip.frames.shape[0]
             bar.update(1)
     bar.close()
-    return ShardSummary(total_clips, total_frames, sum(os.path.getsize(p) for p in written), written)
+    return ShardSummary(total_clips, total_frames, sum(os.path.getsize(p) for p in written), written, report)

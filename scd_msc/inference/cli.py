@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.ema import WeightChoice
-from scd_msc.inference import inputs
+from scd_msc.inference import inputs, latents
 from scd_msc.inference.generate import stream_to_sinks
 from scd_msc.inference.writers import check_output_dir, check_output_path, open_sinks
 
@@ -53,6 +53,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
                         "(default 0: clean); for models trained with model.flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
+                        help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
+                        "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
+                        "modules in the working folder are found)")
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -139,7 +143,9 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--fps={args.fps}: expected a positive number")
         out = check_output_path(args.out)
         k = (args.prompt_frames or 1) if args.prompt_shards else None
+        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
         prep, prompt = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
+        latents.check_frames(prep.model.cfg, decoder, prep.device)
         if args.guidance != 1.0 and prep.model.cfg.family == "causal-dit":
             raise ValueError(f"--guidance={args.guidance}: the causal-dit family has no context to "
                              "perturb; expected 1.0")
@@ -149,6 +155,9 @@ def run_generate(args: argparse.Namespace) -> int:
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance,
                                     context_noise=args.context_noise)
+        if decoder is not None:  # frames and prompt are latents: write their pixels
+            session = latents.DecodedSession(session, decoder)
+            prompt = None if device_prompt is None else decoder.clip(device_prompt)  # (B, k, C, H, W)
     except ValueError as err:
         print(f"scd-msc generate: error: {err}", file=sys.stderr)
         return 2
@@ -181,7 +190,9 @@ def run_eval(args: argparse.Namespace) -> int:
             inputs.positive(f"--{name}", getattr(args, name))
         out = check_output_dir(args.out)
         frames = args.context + args.horizon
+        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
         prep, _ = _prepare_model(args, frames, 1, args.shards, "--shards")
+        latents.check_frames(prep.model.cfg, decoder, prep.device)
         batches = inputs.clip_batches(args.shards, frames, prep.model.cfg, min(args.batch, args.clips))
     except ValueError as err:
         print(f"scd-msc eval: error: {err}", file=sys.stderr)
@@ -190,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
-                          context_noise=args.context_noise)
+                          context_noise=args.context_noise, decoder=decoder)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130
@@ -200,7 +211,7 @@ def run_eval(args: argparse.Namespace) -> int:
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
             "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device),
-            "clips_requested": args.clips}
+            "clips_requested": args.clips, "decoder": args.decoder}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")

@@ -6,7 +6,9 @@ at level ``context_noise``, one seeded generator for the whole run), and generat
 frame ``j`` is compared with ground-truth frame ``k + j``: PSNR and SSIM (torchmetrics,
 on [0, 1] after clamping to [-1, 1] and mapping), per clip and horizon step, then
 averaged over clips per step. Ctrl-C (or SIGTERM) ends the run early with the clips
-scored so far (``EvalResult.interrupted``); a batch is counted whole or not at all.
+scored so far (``EvalResult.interrupted``); a batch is counted whole or not at all. For
+a latent model a ``decoder`` maps the generated and the true latents to pixels, frame by
+frame, and the scores are in pixel space.
 
 Shapes: ``B`` batch · ``M`` clips · ``F`` frames · ``k`` context · ``n`` horizon ·
 ``C`` channels · ``H, W`` pixels.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm import tqdm
 
 from scd_msc.inference.generate import InterruptGuard
+
+if TYPE_CHECKING:
+    from scd_msc.inference.latents import FrameDecoder
 
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window, shrunk for frames smaller than it
 
@@ -88,10 +93,12 @@ def finite(x: float) -> Optional[float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int, total: int,
              generator: Optional[torch.Generator] = None, examples: int = 4,
-             progress: bool = True, context_noise: float = 0.0) -> EvalResult:
+             progress: bool = True, context_noise: float = 0.0,
+             decoder: Optional["FrameDecoder"] = None) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
-    (at most ``total`` clips). Raises ValueError when no clip arrives, KeyboardInterrupt
-    when interrupted before the first clip was scored."""
+    (at most ``total`` clips; latents when ``decoder`` is given, and the result holds
+    pixels). Raises ValueError when no clip arrives, KeyboardInterrupt when interrupted
+    before the first clip was scored."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     psnrs, ssims, keys, truth, generated = [], [], [], [], []
@@ -104,7 +111,11 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                 b, horizon = video.shape[0], video.shape[1] - context
                 session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator,
                                        context_noise=context_noise)
-                pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
+                if decoder is None:
+                    pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
+                else:  # latents -> pixels as they stream: the scores and the strip are in pixel space
+                    pred = torch.stack([decoder(session.step()) for _ in range(horizon)], dim=1)
+                    video = decoder.clip(video)  # (B, k + n, C, H, W)
                 psnr, ssim = frame_metrics(pred, video[:, context:])
                 with guard.critical():  # a batch is scored whole or not at all
                     psnrs.append(psnr)

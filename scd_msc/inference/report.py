@@ -50,7 +50,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Continuation quality: {model.get('preset') or model.get('checkpoint')}", "",
              f"- model family: `{model['family']}`, {model['parameters'] / 1e6:.2f}M parameters, "
              f"frames {model['channels']}×{model['image_size']}²",
-             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`" + weights,
+             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`" + weights
+             + (f", latents decoded by `{summary['decoder']}`" if summary.get("decoder") else ""),
              f"- shards: `{summary['shards']}`, clips: {summary['clips']}, context k={summary['context']}, "
              f"horizon n={summary['horizon']}, steps S={summary['steps']}, seed {summary['seed']}, "
              f"context noise t_c={summary.get('context_noise', 0.0)}, device {summary['device']}",

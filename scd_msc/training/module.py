@@ -3,13 +3,14 @@
 The network (``self.model``) and its loss live in ``scd_msc/models``; this file only
 adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
 follow ``scd_msc/checkpoint.py``: weights under ``model.`` (EMA under ``ema_model.``,
-written by :class:`scd_msc.training.callbacks.EMA`) and the whole experiment config as
-a plain dict in ``hyper_parameters["config"]``.
+written by :class:`scd_msc.training.callbacks.EMA`), the whole experiment config as
+a plain dict in ``hyper_parameters["config"]`` and what the training shards hold
+(``ShardInfo.to_dict()``) in ``hyper_parameters["shards"]``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 import numpy as np
@@ -23,10 +24,11 @@ from scd_msc.models import model_from_config
 class SCDLitModule(L.LightningModule):
     """Trains ``model_from_config(config.model)`` with AdamW and a linear warm-up."""
 
-    def __init__(self, config: Union[ExperimentConfig, dict[str, Any]]):
+    def __init__(self, config: Union[ExperimentConfig, dict[str, Any]], shards: Optional[dict[str, Any]] = None):
         super().__init__()
         cfg = config if isinstance(config, ExperimentConfig) else config_from_dict(config)
-        self.save_hyperparameters({"config": config_to_dict(cfg)})
+        # shards: what the training data is (ShardInfo.to_dict(): pixels or latents, encoder), for inference
+        self.save_hyperparameters({"config": config_to_dict(cfg), "shards": shards})
         self.cfg = cfg
         self.model = model_from_config(cfg.model)
 

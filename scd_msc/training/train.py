@@ -37,8 +37,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from scd_msc.checkpoint import read_checkpoint
-from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, to_yaml
+from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, resolve_frame_shape, to_yaml
+from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
+from scd_msc.data.probe import probe_shards
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
 from scd_msc.training.module import SCDLitModule
@@ -202,7 +204,13 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
     checked before training; :class:`TrainingInterrupted` on Ctrl-C / SIGTERM."""
     ckpt = find_resume(resume, cfg)
     start_step = check_resume(ckpt, cfg, resume) if ckpt else 0
+    if AUTO in (cfg.data.channels, cfg.data.image_size):  # a config not made by load_config
+        resolve_frame_shape(cfg)
     preflight(cfg)
+    try:  # recorded in the checkpoint: pixels or latents (and the encoder that made them)
+        shards = probe_shards(cfg.data.train_shards)
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
     last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
     if resume == "auto" and ckpt is None:
         rank_zero_only(log.info)("--resume auto: no %s yet, starting fresh", last)
@@ -216,7 +224,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
         L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same init on every rank
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
-        module = SCDLitModule(cfg)
+        module = SCDLitModule(cfg, shards=shards.to_dict())
         if cfg.train.compile:
             for block in module.model.modules():
                 if isinstance(block, Block):
