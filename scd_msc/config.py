@@ -42,8 +42,11 @@ class TrainConfig:
 
     Steps are optimizer steps (``trainer.global_step``). ``*_every_n_steps = 0`` turns
     that job off. ``precision="auto"``: ``bf16-mixed`` when CUDA is used, else ``32-true``.
-    ``ema_decay = 0``: no EMA. ``keep_checkpoints``: step checkpoints kept besides
-    ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
+    ``ema_decay = 0``: no EMA. ``keep_checkpoints``: how many of the newest
+    ``checkpoints/step_NNNNNNN.ckpt`` (one every ``checkpoint_every_n_steps``) are kept;
+    ``last.ckpt`` is always written and not counted, so ``0`` keeps only it. A ``--resume``
+    run keeps counting (older step files are removed); a fresh start in the same ``out_dir``
+    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block.
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 
