@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -110,6 +111,11 @@ def config_shard_commands(config: Path) -> list[Command]:
     return [Command(-1, 0, line, *split_comment(line)) for line in lines]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Runner:
     """Runs commands in ``cwd`` with this checkout's ``scd-msc`` first on PATH."""
 
@@ -127,10 +133,10 @@ class Runner:
         self.log: list[str] = []
 
     def run(self, text: str, why: str) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _children_cpu()
         proc = subprocess.run(["bash", "-c", text], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=600)
-        self.log.append(f"{time.perf_counter() - start:6.1f} s  {why}: {text}")
+        self.log.append(f"{time.perf_counter() - start:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {why}: {text}")
         assert proc.returncode == 0, (f"{why} failed (exit {proc.returncode}):\n  {text}\n"
                                       f"{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
 
