@@ -54,8 +54,11 @@ class TrainConfig:
     ``ema_decay = 0``: no EMA. ``ema_warmup``: the EMA's decay ramps up as
     ``min(ema_decay, (1 + n) / (10 + n))`` over its first ``n`` updates, so short runs get a
     usable average (``scd_msc/ema.py``); ``false``: ``ema_decay`` from the first update.
-    ``keep_checkpoints``: step checkpoints kept besides
-    ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
+    ``keep_checkpoints``: how many of the newest
+    ``checkpoints/step_NNNNNNN.ckpt`` (one every ``checkpoint_every_n_steps``) are kept;
+    ``last.ckpt`` is always written and not counted, so ``0`` keeps only it. A ``--resume``
+    run keeps counting (older step files are removed); a fresh start in the same ``out_dir``
+    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block.
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 

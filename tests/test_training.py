@@ -282,6 +282,22 @@ def test_preflight_refuses_what_cannot_train(shards, dirty_train, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_keep_checkpoints_counts_step_files_only_and_across_a_resume(shards, tmp_path):
+    """``train.keep_checkpoints=2``: the two newest step_*.ckpt besides last.ckpt; a resume
+    removes the older ones; a fresh start in the same folder leaves them."""
+    from scd_msc.training.train import train
+
+    def run(out, steps, resume=None):
+        train(load_config(None, overrides(shards, out, **{
+            "train.max_steps": steps, "train.checkpoint_every_n_steps": 1, "train.keep_checkpoints": 2})),
+            resume=resume)
+        return sorted(os.listdir(out / "checkpoints"))
+
+    assert run(tmp_path / "a", 3) == ["last.ckpt", "step_0000002.ckpt", "step_0000003.ckpt"]
+    assert run(tmp_path / "a", 4, resume="auto") == ["last.ckpt", "step_0000003.ckpt", "step_0000004.ckpt"]
+    assert run(tmp_path / "a", 1) == ["last.ckpt", "step_0000001.ckpt", "step_0000003.ckpt", "step_0000004.ckpt"]
+
+
 def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
     from scd_msc.training.train import train
 

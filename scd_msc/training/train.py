@@ -5,7 +5,9 @@ Run folder (``train.out_dir``)::
 
     config.yaml                 the resolved config of the latest start
     checkpoints/last.ckpt       newest state (every ``checkpoint_every_n_steps``, at the end,
-                                on Ctrl-C / SIGTERM); step_NNNNNNN.ckpt: the newest few
+                                on Ctrl-C / SIGTERM)
+    checkpoints/step_NNNNNNN.ckpt  every ``checkpoint_every_n_steps``; the newest
+                                ``train.keep_checkpoints`` are kept (last.ckpt not counted)
     metrics.csv                 losses, lr, timing, skipped samples; a resume continues it
                                 (training/run_logs.py)
     tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample
@@ -116,7 +118,7 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     steps = ModelCheckpoint(
         dirpath=checkpoint_dir(cfg), filename="step_{step:07d}", auto_insert_metric_name=False,
-        monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest few
+        monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest N step_*.ckpt; last.ckpt apart
         every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, enable_version_counter=False,
         save_on_train_epoch_end=True)  # never defer a step save to the next validation
     callbacks: list[L.Callback] = [] if ema is None else [ema]  # EMA first: its on_exception runs first
