@@ -6,7 +6,9 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 * ``mp4``: H.264 bytes from PyAV (``fmt="mp4"``),
 * ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
-dots (webdataset splits the key from the field name at the first dot).
+dots (webdataset splits the key from the field name at the first dot). Clips with
+conditions add ``actions.npy`` and json ``label``, ``action_names``,
+``class_names`` (see ``conditions.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from .conditions import clip_conditions
 from .sources import (
     GENERATORS,
     PIXEL_SOURCES,
@@ -68,8 +71,10 @@ def clip_sample(key: str, clip: Clip, fmt: str) -> dict:
     f, h, w, c = clip.frames.shape
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c, "source": clip.source,
             **clip.extra}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
     data = npy_bytes(clip.frames) if fmt == "npy" else encode_mp4(clip.frames, clip.fps)
-    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, "json": json.dumps(meta)}
+    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, **fields,
+            "json": json.dumps({**meta, **conditions})}
 
 
 def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dict:
@@ -78,7 +83,8 @@ def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dic
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c,
             "source": f"latents:{clip.source}", "encoder": encoder, "dtype": str(latent.dtype),
             "pixel_height": clip.frames.shape[1], "pixel_width": clip.frames.shape[2], **clip.extra}
-    return {"__key__": key, "latent.npy": npy_bytes(latent), "json": json.dumps(meta)}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
+    return {"__key__": key, "latent.npy": npy_bytes(latent), **fields, "json": json.dumps({**meta, **conditions})}
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -1,6 +1,7 @@
 """Clip sources for ``make_shards``: synthetic generators, a folder of videos, latents.
 
-Every source is an iterator of ``Clip`` (uint8 frames ``(F, H, W, C)`` plus metadata).
+Every source is an iterator of ``Clip`` (uint8 frames ``(F, H, W, C)`` plus metadata,
+optionally actions and a class label).
 Synthetic clip ``i`` draws from ``numpy.random.default_rng([seed, i])``, so a clip does
 not depend on how many clips came before it or on the shard size.
 """
@@ -31,12 +32,21 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".gif", ".mkv", ".mov", ".m4v")
 
 @dataclass
 class Clip:
-    """One clip: uint8 ``frames`` ``(F, H, W, C)``, its frame rate and provenance."""
+    """One clip: uint8 ``frames`` ``(F, H, W, C)``, its frame rate and provenance.
+
+    Optional conditions (see ``conditions.py``): ``actions`` int ``(F,)`` with
+    ``actions[i]`` the action that leads to ``frames[i]``, ``label`` the clip's class,
+    and the names of the action and class ids.
+    """
 
     frames: np.ndarray
     fps: float
     source: str
     extra: dict = field(default_factory=dict)
+    actions: np.ndarray | None = None
+    label: int | None = None
+    action_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
 
 
 def generator_clips(name: str, num_frames: int, size: int, clips: int, seed: int = 0,
