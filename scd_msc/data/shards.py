@@ -7,7 +7,7 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 * ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
 dots (webdataset splits the key from the field name at the first dot). Clips with
-conditions add ``actions.npy`` and json ``label``, ``action_names``,
+conditions (the game sources) add ``actions.npy`` and json ``label``, ``action_names``,
 ``class_names`` (see ``conditions.py``).
 """
 
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .conditions import clip_conditions
 from .sources import (
+    GAME_SOURCES,
     GENERATORS,
     PIXEL_SOURCES,
     SOURCES,
@@ -34,6 +35,7 @@ from .sources import (
     Clip,
     encode_latents,
     find_videos,
+    game_clips,
     generator_clips,
     load_callable,
     video_folder_clips,
@@ -133,6 +135,10 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
                              f"({', '.join(VIDEO_EXTENSIONS)}), found none")
     known = {"videos": set(inspect.signature(video_folder_clips).parameters)}
     known.update({name: set(inspect.signature(fn).parameters) for name, fn in GENERATORS.items()})
+    if pixels in GAME_SOURCES:
+        from .games import GAMES
+
+        known[pixels] = set(inspect.signature(GAMES[pixels]).parameters) - {"seed"}
     allowed = (known[pixels] - {"num_frames", "size", "rng", "clips"}) | {"fps", "pixels", "encoder", "latent_dtype"}
     if set(kwargs) - allowed:
         raise ValueError(f"source options {sorted(set(kwargs) - allowed)}: not understood by {pixels!r}, "
@@ -140,6 +146,8 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
     _positive("stride", kwargs.get("stride"), allow_none=True)
     if pixels in GENERATORS:  # a one-frame dry run checks the values of the generator options
         GENERATORS[pixels](1, size, 0, **{k: v for k, v in kwargs.items() if k in known[pixels]})
+    elif pixels in GAME_SOURCES:  # checks every option; the engines only start on the first next()
+        game_clips(pixels, frames, size, clips, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     elif kwargs.get("channels", 3) not in (1, 3):
         raise ValueError(f"channels={kwargs['channels']!r}: expected 1 (grey) or 3 (RGB)")
     if source == "latents":
@@ -152,6 +160,8 @@ def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: in
     """Clips from a pixel source; ``kwargs`` go to the generator or the folder reader."""
     if pixels == "videos":
         return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, **kwargs)
+    if pixels in GAME_SOURCES:
+        return game_clips(pixels, frames, size, clips, seed=seed, **kwargs)
     return generator_clips(pixels, frames, size, clips, seed=seed, **kwargs)
 
 
@@ -161,14 +171,16 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
     """Write ``clips`` clips of ``frames`` frames of ``size`` x ``size`` pixels to tar shards.
 
     Args:
-        source: ``moving-digits``, ``bouncing-shapes``, ``videos`` or ``latents``.
+        source: ``moving-digits``, ``bouncing-shapes``, ``videos``, ``atari``, ``doom`` or ``latents``.
         out_dir: folder for ``shard-000000.tar``, ``shard-000001.tar``, ...
         clips: number of clips; for ``videos`` None means every clip of every file.
         shard_size: clips per shard.
         fmt: ``npy`` or ``mp4`` (pixel sources; latents are always ``latent.npy``).
         source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps``;
             ``path``, ``stride``, ``channels`` for ``videos``; ``encoder`` ("module:function"),
-            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``.
+            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``;
+            ``games`` / ``scenarios``, ``workers``, ``clips_per_rollout``, ``channels`` for
+            ``atari`` / ``doom`` (see ``scd_msc.data.games``).
     """
     validate(source, frames, size, clips, shard_size, fmt, **source_kwargs)
     out = check_out_dir(out_dir, overwrite)
