@@ -128,6 +128,7 @@ def test_doom_clips_carry_the_fixed_action_set(doom):
     assert [s["meta"]["label"] for s in doom] == [0, 0, 1, 1]
     assert tuple(doom[0]["meta"]["action_names"]) == ACTION_NAMES and len(ACTION_NAMES) == 10
     assert doom[0]["meta"]["resolution"] == "RES_160X120" and doom[0]["meta"]["fps"] == 8.75
+    assert doom[0]["meta"]["skill"] == 1
     assert all(s["frames"].shape == (F, S, S, 3) for s in doom)
 
 

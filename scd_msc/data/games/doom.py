@@ -80,7 +80,7 @@ def resolution(size: int) -> str:
 class DoomEngine:
     """One ViZDoom game: ``step(id)`` holds the buttons of ``ACTIONS[id]`` for ``frame_skip`` tics."""
 
-    def __init__(self, scenario: str, seed: int, screen: str, frame_skip: int = FRAME_SKIP):
+    def __init__(self, scenario: str, seed: int, screen: str, frame_skip: int = FRAME_SKIP, skill: int = SKILL):
         vzd = _vizdoom()
         root = os.path.dirname(vzd.__file__)
         game = vzd.DoomGame()
@@ -107,7 +107,7 @@ class DoomEngine:
         game.set_available_buttons([getattr(vzd.Button, b) for b in BUTTONS])
         game.set_available_game_variables([])
         game.set_episode_timeout(0)
-        game.set_doom_skill(SKILL)
+        game.set_doom_skill(skill)
         game.set_seed(seed)
         game.init()
         self.game, self.frame_skip = game, frame_skip
@@ -148,7 +148,7 @@ def doom_clips(num_frames: int, size: int, clips: int, seed: int = 0, *,
                      p.key, p.clips, num_frames, size, channels, crop=True, name=scenarios[p.choice]) for p in plan]
 
     def meta(p) -> dict:
-        return {"scenario": scenarios[p.choice], "frame_skip": FRAME_SKIP, "resolution": screen}
+        return {"scenario": scenarios[p.choice], "frame_skip": FRAME_SKIP, "skill": SKILL, "resolution": screen}
 
     return stream_clips("doom", plan, workers, lambda pool: (tasks, ACTION_NAMES), FPS if fps is None else fps,
                         scenarios if len(scenarios) > 1 else (), meta)
@@ -157,4 +157,4 @@ def doom_clips(num_frames: int, size: int, clips: int, seed: int = 0, *,
 def doom_engine(meta: dict):
     """The engine factory and crop flag of a stored Doom clip (its json ``meta``), for replay."""
     return functools.partial(DoomEngine, meta["scenario"], meta["engine_seed"], meta["resolution"],
-                             meta["frame_skip"]), True
+                             meta["frame_skip"], meta["skill"]), True
