@@ -1,4 +1,5 @@
-"""Lightning wrapper around ``ClipDataset``: batches ``{"video": (B, F, C, H, W), "key": list[str]}``.
+"""Lightning wrapper around ``ClipDataset``: batches ``{"video": (B, F, C, H, W), "key": list[str]}``
+(plus ``actions`` ``(B, F)`` and ``label`` ``(B,)`` int64 when the shards carry them).
 
 Pixels are in [-1, 1]; latent shards give latents as stored. Rank and world size come
 from the attached trainer (or are passed in) and are handed to the dataset explicitly.

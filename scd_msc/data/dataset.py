@@ -1,4 +1,5 @@
-"""Shard reader: webdataset tar shards -> ``{"video": (F, C, H, W) float, "key": str}`` samples.
+"""Shard reader: webdataset tar shards -> ``{"video": (F, C, H, W) float, "key": str}`` samples
+(plus ``actions`` ``(F,)`` and ``label`` ``()`` int64 when the shards carry them, DESIGN.md section 7).
 
 Two modes:
 
@@ -162,8 +163,16 @@ class ClipDataset(IterableDataset):
 
 def collate_clips(samples: list[dict]) -> dict:
     """``{"video": (B, F, C, H, W), "key": list[str]}`` from a list of samples, plus
+    ``actions`` ``(B, F)`` and ``label`` ``(B,)`` int64 when the samples carry them, and
     ``skipped`` (the last sample's worker counts) when the samples carry them."""
     batch = {"video": torch.stack([s["video"] for s in samples]), "key": [s["key"] for s in samples]}
+    for name in ("actions", "label"):
+        have = sum(name in s for s in samples)
+        if have == len(samples):
+            batch[name] = torch.stack([s[name] for s in samples])
+        elif have:
+            raise ValueError(f"batch of {len(samples)} clips: {have} carry {name!r} and the others do not; "
+                             "expected shards written with the same conditions")
     if "skipped" in samples[-1]:  # one worker makes a whole batch: its last counts are its newest
         batch["skipped"] = samples[-1]["skipped"]
     return batch

@@ -6,7 +6,9 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 * ``mp4``: H.264 bytes from PyAV (``fmt="mp4"``),
 * ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
-dots (webdataset splits the key from the field name at the first dot).
+dots (webdataset splits the key from the field name at the first dot). Clips with
+conditions (the game sources) add ``actions.npy`` and json ``label``, ``action_names``,
+``class_names`` (see ``conditions.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from tqdm import tqdm
 
 from scd_msc.paths import check_writable_folder
 
+from .conditions import clip_conditions
 from .sources import (
+    GAME_SOURCES,
     GENERATORS,
     PIXEL_SOURCES,
     SOURCES,
@@ -36,6 +40,7 @@ from .sources import (
     VideoReport,
     encode_latents,
     find_videos,
+    game_clips,
     generator_clips,
     load_callable,
     video_folder_clips,
@@ -78,8 +83,10 @@ def clip_sample(key: str, clip: Clip, fmt: str) -> dict:
     f, h, w, c = clip.frames.shape
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c, "source": clip.source,
             **clip.extra}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
     data = npy_bytes(clip.frames) if fmt == "npy" else encode_mp4(clip.frames, clip.fps)
-    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, "json": json.dumps(meta)}
+    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, **fields,
+            "json": json.dumps({**meta, **conditions})}
 
 
 def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dict:
@@ -88,7 +95,8 @@ def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dic
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c,
             "source": f"latents:{clip.source}", "encoder": encoder, "dtype": str(latent.dtype),
             "pixel_height": clip.frames.shape[1], "pixel_width": clip.frames.shape[2], **clip.extra}
-    return {"__key__": key, "latent.npy": npy_bytes(latent), "json": json.dumps(meta)}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
+    return {"__key__": key, "latent.npy": npy_bytes(latent), **fields, "json": json.dumps({**meta, **conditions})}
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -132,6 +140,10 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
                              f"({', '.join(VIDEO_EXTENSIONS)}), found none")
     known = {"videos": set(inspect.signature(video_folder_clips).parameters)}
     known.update({name: set(inspect.signature(fn).parameters) for name, fn in GENERATORS.items()})
+    if pixels in GAME_SOURCES:
+        from .games import GAMES
+
+        known[pixels] = set(inspect.signature(GAMES[pixels]).parameters) - {"seed"}
     allowed = (known[pixels] - {"num_frames", "size", "rng", "clips", "report"}) | {"fps", "pixels", "encoder",
                                                                                      "latent_dtype"}
     if set(kwargs) - allowed:
@@ -143,6 +155,8 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
         raise ValueError(f"fps={fps!r}: expected a positive number")
     if pixels in GENERATORS:  # a one-frame dry run checks the values of the generator options
         GENERATORS[pixels](1, size, 0, **{k: v for k, v in kwargs.items() if k in known[pixels]})
+    elif pixels in GAME_SOURCES:  # checks every option; the engines only start on the first next()
+        game_clips(pixels, frames, size, clips, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     elif kwargs.get("channels", 3) not in (1, 3):
         raise ValueError(f"channels={kwargs['channels']!r}: expected 1 (grey) or 3 (RGB)")
     if source == "latents":
@@ -157,6 +171,8 @@ def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: in
     (which fills ``report``)."""
     if pixels == "videos":
         return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, report=report, **kwargs)
+    if pixels in GAME_SOURCES:
+        return game_clips(pixels, frames, size, clips, seed=seed, **kwargs)
     return generator_clips(pixels, frames, size, clips, seed=seed, **kwargs)
 
 
@@ -166,7 +182,7 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
     """Write ``clips`` clips of ``frames`` frames of ``size`` x ``size`` pixels to tar shards.
 
     Args:
-        source: ``moving-digits``, ``bouncing-shapes``, ``videos`` or ``latents``.
+        source: ``moving-digits``, ``bouncing-shapes``, ``videos``, ``atari``, ``doom`` or ``latents``.
         out_dir: folder for ``shard-000000.tar``, ``shard-000001.tar``, ...
         clips: number of clips; for ``videos`` None means every clip of every file.
         shard_size: clips per shard.
@@ -175,7 +191,9 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
             rate stored for synthetic clips; for ``videos`` the rate every file is resampled
             to by timestamp, None: each file's own); ``path``, ``stride``, ``channels`` for
             ``videos``; ``encoder`` ("module:function"),
-            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``.
+            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``;
+            ``games`` / ``scenarios``, ``workers``, ``clips_per_rollout``, ``channels`` for
+            ``atari`` / ``doom`` (see ``scd_msc.data.games``).
     """
     validate(source, frames, size, clips, shard_size, fmt, **source_kwargs)
     out = check_out_dir(out_dir, overwrite)

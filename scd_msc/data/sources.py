@@ -1,8 +1,10 @@
-"""Clip sources for ``make_shards``: synthetic generators, a folder of videos, latents.
+"""Clip sources for ``make_shards``: synthetic generators, a folder of videos, game engines, latents.
 
-Every source is an iterator of ``Clip`` (uint8 frames ``(F, H, W, C)`` plus metadata).
+Every source is an iterator of ``Clip`` (uint8 frames ``(F, H, W, C)`` plus metadata;
+game clips also carry actions and, with several games, a class label).
 Synthetic clip ``i`` draws from ``numpy.random.default_rng([seed, i])``, so a clip does
-not depend on how many clips came before it or on the shard size.
+not depend on how many clips came before it or on the shard size. The game sources
+(``atari``, ``doom``: ``scd_msc.data.games``, extra ``games``) are imported on first use.
 """
 
 from __future__ import annotations
@@ -27,19 +29,29 @@ GENERATORS: dict[str, Callable[..., np.ndarray]] = {
     "moving-digits": moving_digits,
     "bouncing-shapes": bouncing_shapes,
 }
-PIXEL_SOURCES = (*GENERATORS, "videos")
+GAME_SOURCES = ("atari", "doom")  # scd_msc.data.games.GAMES, imported on first use
+PIXEL_SOURCES = (*GENERATORS, "videos", *GAME_SOURCES)
 SOURCES = (*PIXEL_SOURCES, "latents")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".gif", ".mkv", ".mov", ".m4v")
 
 
 @dataclass
 class Clip:
-    """One clip: uint8 ``frames`` ``(F, H, W, C)``, its frame rate and provenance."""
+    """One clip: uint8 ``frames`` ``(F, H, W, C)``, its frame rate and provenance.
+
+    Optional conditions (see ``conditions.py``): ``actions`` int ``(F,)`` with
+    ``actions[i]`` the action that leads to ``frames[i]``, ``label`` the clip's class,
+    and the names of the action and class ids.
+    """
 
     frames: np.ndarray
     fps: float
     source: str
     extra: dict = field(default_factory=dict)
+    actions: np.ndarray | None = None
+    label: int | None = None
+    action_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
 
 
 def generator_clips(name: str, num_frames: int, size: int, clips: int, seed: int = 0,
@@ -51,6 +63,18 @@ def generator_clips(name: str, num_frames: int, size: int, clips: int, seed: int
     for i in range(clips):
         frames = make(num_frames, size, np.random.default_rng([seed, i]), **kwargs)  # (F, H, W, C)
         yield Clip(frames, fps, name, {"index": i})
+
+
+def game_clips(name: str, num_frames: int, size: int, clips: int, seed: int = 0, **kwargs) -> Iterator[Clip]:
+    """``clips`` clips played by a random policy in a game engine (``atari`` or ``doom``).
+
+    Checks every option at once (a bad one raises here, not on the first ``next``).
+    """
+    from .games import GAMES
+
+    if name not in GAMES:
+        raise ValueError(f"source={name!r}: expected one of {', '.join(GAMES)}")
+    return GAMES[name](num_frames, size, clips, seed, **kwargs)
 
 
 def find_videos(path: str | Path) -> list[Path]:
