@@ -2,7 +2,8 @@
 
 Times both branches and the whole MSC layer, forward and forward+backward, per backend,
 against dense SDPA (no mask) and dense frame-causal attention over the same tokens (the
-project's flex backend on CUDA, its reference backend elsewhere), and writes ``benchmarks/attention_<gpu>_<date>.md`` + ``.json``::
+project's flex backend on CUDA, its reference backend elsewhere), and writes
+``benchmarks/attention_<gpu>_<date>.md`` + ``.json``. From the repository root::
 
     python -m tools.bench_attention --sizes 32x32x32 32x64x64 --out benchmarks/
     python -m tools.bench_attention --quick --out /tmp/bench      # tiny, CPU (tests)
