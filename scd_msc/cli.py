@@ -49,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="continuation PSNR/SSIM per horizon step on held-out shards")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
-    from scd_msc.bench.latency import add_bench_arguments, run_bench
-
-    bench = sub.add_parser("bench", help="per-frame latency and training throughput: SCD-MSC vs SCD-dense vs causal DiT")
-    add_bench_arguments(bench)
-    bench.set_defaults(func=run_bench)
     train = sub.add_parser("train", help="train a model on webdataset shards (Lightning)")
     add_train_arguments(train)
     train.set_defaults(func=run_train)

@@ -92,8 +92,6 @@ def test_user_errors_are_one_line_with_exit_2(data, unwritable):
                            f"{str(unwritable)!r} is not writable ("),
         "python -m scd_msc": (["params", "tiny"], 0, None),
     }
-    if not torch.cuda.is_available():
-        cases["bench on a CPU"] = (["bench"], 2, "scd-msc bench: error: --device: no CUDA GPU here")
     procs = {name: subprocess.Popen(cli(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env=ENV, cwd=data["root"]) for name, (argv, _, _) in cases.items()}
     failures = []
@@ -117,17 +115,24 @@ def test_user_errors_are_one_line_with_exit_2(data, unwritable):
      "scd-msc eval: error: --out='{ro}/eval': expected a writable folder, '{ro}' is not writable ("),
     (["make-shards", "moving-digits", "--frames", "2", "--size", "16", "--clips", "1", "--out", "{ro}/shards"],
      "scd-msc make-shards: error: out='{ro}/shards': expected a writable folder, '{ro}' is not writable ("),
-    (["bench", "--device", "cpu", "--out", "{ro}/bench"],
-     "scd-msc bench: error: --out='{ro}/bench': expected a writable folder, '{ro}' is not writable ("),
     (["train", "--print-config", "model.backend=foo"],
      "scd-msc train: error: model.backend='foo': expected one of reference, flex, natten, auto"),
-], ids=["eval", "make-shards", "bench", "print-config"])
+], ids=["eval", "make-shards", "print-config"])
 def test_unwritable_out_and_unknown_backend_are_one_line(data, unwritable, argv, start, capsys):
     from scd_msc.cli import main
 
     fill = {"good": data["good"], "ro": str(unwritable)}
     assert main([a.format(**fill) for a in argv]) == 2
     assert one_line(capsys.readouterr().err).startswith(start.format(**fill))
+
+
+def test_latency_benchmark_refuses_an_unwritable_out_in_one_line(unwritable, capsys):
+    from tools.bench.latency import main
+
+    assert main(["--device", "cpu", "--out", f"{unwritable}/bench"]) == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        f"python -m tools.bench_latency: error: --out='{unwritable}/bench': expected a writable folder, "
+        f"'{unwritable}' is not writable (")
 
 
 def test_ctrl_c_outside_a_command_handler_exits_130_with_one_line(monkeypatch, capsys):

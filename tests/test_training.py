@@ -457,3 +457,40 @@ def test_step_timer_measures_waits_and_drops_validation_and_checkpoint_gaps(tmp_
     assert summary["loader_wait_ms_mean"] == pytest.approx(10.0)
     assert summary["loader_wait_fraction"] == pytest.approx(0.1)
     assert summary["samples_per_s"] == pytest.approx(10 * 4 * 2)
+
+
+def test_build_optimizer_decays_matrices_only_warms_up_and_is_the_modules():
+    """AdamW with weight decay on >= 2-D parameters only (frozen ones left out), the lr
+    ramping linearly to train.lr over warmup_steps; SCDLitModule uses the same set-up
+    (the latency benchmark times this optimizer without importing Lightning)."""
+    from torch import nn
+
+    from scd_msc.config import TrainConfig
+    from scd_msc.training.module import SCDLitModule
+    from scd_msc.training.optim import build_optimizer
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2))
+    net[2].weight.requires_grad_(False)
+    train = TrainConfig(lr=1e-3, weight_decay=0.1, betas=[0.8, 0.9], warmup_steps=4)
+    opt, schedule = build_optimizer(net, train)
+    decay, no_decay = opt.param_groups
+    assert [id(p) for p in decay["params"]] == [id(net[0].weight)] and decay["weight_decay"] == 0.1
+    assert {id(p) for p in no_decay["params"]} == {id(net[0].bias), id(net[1].weight), id(net[1].bias),
+                                                    id(net[2].bias)}
+    assert no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.8, 0.9)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+    module = SCDLitModule(load_config(None, ["preset=scd-msc-tiny", "train.weight_decay=0.05"]))
+    used = module.configure_optimizers()
+    assert used["lr_scheduler"]["interval"] == "step"
+    expect, _ = build_optimizer(module.model, module.cfg.train)
+    assert len(used["optimizer"].param_groups) == len(expect.param_groups) == 2
+    for got, want in zip(used["optimizer"].param_groups, expect.param_groups):
+        assert [id(p) for p in got["params"]] == [id(p) for p in want["params"]]
+        for key in ("lr", "weight_decay", "betas"):
+            assert got[key] == want[key]

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageSequence
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's scd_msc
+from scd_msc.data.dataset import ClipDataset
+from tools.bench.env import env_info
+from tools.bench.report import command_line, fmt, markdown_table, report_stem, write_report
 
-from scd_msc.bench.common import command_line, env_info, fmt, markdown_table, report_stem, write_report  # noqa: E402
-from scd_msc.data.dataset import ClipDataset  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: reports go to its benchmarks/
 
 PSNR_BAR_DB = 0.5  # SCD-MSC within 0.5 dB of the DiT, horizons 1-8
 MASS_BAR = 0.30  # digit mass within ±30% of the training data's at 4× the clip length
@@ -157,7 +157,7 @@ def plot(curves: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.quality_report", description=__doc__.split("\n\n")[0])
     for key, label in MODELS:
         p.add_argument(f"--{key.replace('_', '-')}", nargs=3, required=True, metavar=("EVAL_DIR", "GIF", "RUN_DIR"),
                        help=f"{label}: scd-msc eval folder, long generation GIF, training run folder")
@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
               "eval_shards": evals["scd_msc"]["shards"], "train_shards": args.train_shards,
               "long_generation_frames": curves["scd_msc"]["frames"],
               "long_generation_videos": curves["scd_msc"]["videos"]}
-    md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small", command_line(),
-                          config, rows, extra_md=extra, data_json=data, env=env_info(device))
+    md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small",
+                          command_line(__spec__.name, argv), config, rows, extra_md=extra, data_json=data,
+                          env=env_info(device))
     print("\n".join(checks))
     print(f"wrote {md}, {js}")
     return 0

@@ -1,10 +1,11 @@
 """``SCDLitModule``: the thin LightningModule around any scd_msc model.
 
-The network (``self.model``) and its loss live in ``scd_msc/models``; this file only
-adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
-follow ``scd_msc/checkpoint.py``: weights under ``model.`` (EMA under ``ema_model.``,
-written by :class:`scd_msc.training.callbacks.EMA`), the whole experiment config as
-a plain dict in ``hyper_parameters["config"]`` and what the training shards hold
+The network (``self.model``) and its loss live in ``scd_msc/models``, the optimizer and
+its warm-up in ``scd_msc/training/optim.py``; this file only adds logging and a
+finite-loss check. Checkpoints follow ``scd_msc/checkpoint.py``: weights under
+``model.`` (EMA under ``ema_model.``, written by
+:class:`scd_msc.training.callbacks.EMA`), the whole experiment config as a plain dict in
+``hyper_parameters["config"]`` and what the training shards hold
 (``ShardInfo.to_dict()``) in ``hyper_parameters["shards"]``.
 """
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
 from scd_msc.models import model_from_config
+from scd_msc.training.optim import build_optimizer
 
 
 class SCDLitModule(L.LightningModule):
@@ -66,13 +68,7 @@ class SCDLitModule(L.LightningModule):
         torch.manual_seed(int(seed.generate_state(1)[0]))
 
     def configure_optimizers(self) -> dict:
-        t = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]))
-        warmup = max(t.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
