@@ -78,8 +78,6 @@ def one_line(err: str) -> str:
 def test_user_errors_are_one_line_with_exit_2(data, unwritable):
     """Run as ``python -m scd_msc`` (the four at once): one stderr line, exit 2, and a
     training run that failed before its first step leaves no folder behind."""
-    import torch
-
     run = Path(data["root"]) / "run"
     cases = {  # name: (argv, exit code, the one stderr line starts with)
         "train, corrupt validation set": (
