@@ -49,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="continuation PSNR/SSIM per horizon step on held-out shards")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
-    from scd_msc.bench.latency import add_bench_arguments, run_bench
-
-    bench = sub.add_parser("bench", help="per-frame latency and training throughput: SCD-MSC vs SCD-dense vs causal DiT")
-    add_bench_arguments(bench)
-    bench.set_defaults(func=run_bench)
     train = sub.add_parser("train", help="train a model on webdataset shards (Lightning)")
     add_train_arguments(train)
     train.set_defaults(func=run_train)
@@ -64,10 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    """Run one subcommand; Ctrl-C that a command does not handle itself (e.g. while
+    torch is imported) exits with 130 and one line, not a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return args.func(args)
+    except KeyboardInterrupt:  # a fresh line: the cursor may be after a progress bar or "^C"
+        print("\nscd-msc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,8 +12,13 @@ change them. Loading (STYLE.md §4)::
 
 ``preset`` (e.g. ``scd-msc-tiny``) names the :class:`ModelConfig` whose values are the
 defaults of ``model``; the yaml's ``model:`` keys then override single fields.
-``data.image_size`` and ``data.channels`` default to ``${model.image_size}`` and
-``${model.channels}`` (the frames the model is built for). An
+
+Frame shape: ``data.channels`` / ``data.image_size`` default to ``auto``, read from the
+first training sample (:func:`scd_msc.data.probe.probe_shards`), and the model follows
+the data unless ``model.channels`` / ``model.image_size`` are set in the yaml or on the
+command line. Before the shards exist (``--print-config`` on a fresh clone) ``auto``
+takes the model's values. Disagreements and sizes the preset cannot patchify fail in one
+line that names the overrides to use (:func:`resolve_frame_shape`). An
 unknown key or a value of the wrong type raises a :class:`ValueError` naming the key,
 what it expects and what it got, before anything is built (Lightning is not imported).
 """
@@ -24,13 +29,16 @@ import copy
 import dataclasses
 import re
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from scd_msc.data.config import DataConfig
+from scd_msc.data.config import AUTO, DataConfig
+from scd_msc.data.dataset import expand_shards
+from scd_msc.data.probe import ShardInfo, probe_shards
 from scd_msc.diffusion import FlowConfig, SamplerConfig
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.presets import PRESETS, preset_config
@@ -40,6 +48,7 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 DEFAULT_PRESET = "scd-msc-tiny"
+FRAME_SHAPE = ("channels", "image_size")  # the fields data and model must agree on
 
 
 @dataclass
@@ -48,8 +57,14 @@ class TrainConfig:
 
     Steps are optimizer steps (``trainer.global_step``). ``*_every_n_steps = 0`` turns
     that job off. ``precision="auto"``: ``bf16-mixed`` when CUDA is used, else ``32-true``.
-    ``ema_decay = 0``: no EMA. ``keep_checkpoints``: step checkpoints kept besides
-    ``last.ckpt`` (the newest ones). ``compile``: ``torch.compile`` every transformer block.
+    ``ema_decay = 0``: no EMA. ``ema_warmup``: the EMA's decay ramps up as
+    ``min(ema_decay, (1 + n) / (10 + n))`` over its first ``n`` updates, so short runs get a
+    usable average (``scd_msc/ema.py``); ``false``: ``ema_decay`` from the first update.
+    ``keep_checkpoints``: how many of the newest
+    ``checkpoints/step_NNNNNNN.ckpt`` (one every ``checkpoint_every_n_steps``) are kept;
+    ``last.ckpt`` is always written and not counted, so ``0`` keeps only it. A ``--resume``
+    run keeps counting (older step files are removed); a fresh start in the same ``out_dir``
+    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block.
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 
@@ -62,6 +77,7 @@ class TrainConfig:
     accumulate_grad_batches: int = 1
     precision: str = "auto"
     ema_decay: float = 0.0
+    ema_warmup: bool = True
     checkpoint_every_n_steps: int = 500
     keep_checkpoints: int = 3
     val_every_n_steps: int = 500
@@ -114,7 +130,7 @@ class RuntimeConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("runtime.backend", self.backend, ("auto",) + BACKENDS)
+        _check_choice("runtime.backend", self.backend, BACKENDS + ("auto",))
 
 
 @dataclass
@@ -131,11 +147,11 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Checks across components (each component checks itself when built)."""
         self.model.validate()
-        for name in ("image_size", "channels"):
+        for name in FRAME_SHAPE:
             d, m = getattr(self.data, name), getattr(self.model, name)
-            if d != m:
+            if d != AUTO and d != m:
                 raise ValueError(f"data.{name}={d} but model.{name}={m}: they must agree "
-                                 f"(leave data.{name} unset to use the model's)")
+                                 f"(leave data.{name}=auto to follow the shards)")
         if self.train.strategy == "fsdp" and self.train.ema_decay > 0:
             raise ValueError("train.ema_decay > 0 with train.strategy=fsdp: Lightning's EMA callback does not "
                              "support sharded models; set train.ema_decay=0")
@@ -194,7 +210,7 @@ def _friendly(err: OmegaConfBaseException, where: str) -> ValueError:
                           f"(known under {parent}: {_known_keys(err.object_type)})")
     if isinstance(err, ValidationError) and full_key:
         tp = _field_type(str(full_key))
-        got = re.match(r"Value '(.*)' of type", str(err.msg or ""), re.S)
+        got = re.match(r"Value '(.*)' (?:of type|is not a valid)", str(err.msg or ""), re.S)
         got_text = f"got '{got.group(1)}'" if got else f"({(err.msg or '').splitlines()[0]})"
         expects = _type_name(tp) if tp is not None else "another type"
         return ValueError(f"config key '{full_key}' in {where} expects {expects}, {got_text}")
@@ -235,8 +251,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     if preset not in PRESETS:
         raise ValueError(f"config key 'preset'={preset!r}: expected one of {', '.join(PRESETS)}")
     cfg = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
-    for name in ("image_size", "channels"):  # the data's frame shape defaults to the model's
-        OmegaConf.update(cfg, f"data.{name}", f"${{model.{name}}}")
     cfg = _merge(cfg, yaml, f"config file {path!r}")
     cfg = _merge(cfg, dots, "the command-line overrides")
     try:
@@ -245,8 +259,93 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
         raise cause or _friendly(err, "the config") from None
     assert isinstance(exp, ExperimentConfig)
+    explicit = {n for n in FRAME_SHAPE for layer in (yaml, dots)
+                if OmegaConf.select(layer, f"model.{n}") is not None}  # set by the user, not by the preset
+    resolve_frame_shape(exp, explicit)
     exp.validate()
     return exp
+
+
+# ---------------------------------------------------------------- frame shape
+
+
+def _probe_train_shards(spec: str) -> Optional[ShardInfo]:
+    """The first training sample's shape; None while the shards do not exist yet."""
+    if not spec:
+        return None
+    try:
+        expand_shards(spec)
+    except ValueError:
+        return None
+    try:
+        return probe_shards(spec)
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
+
+
+def _check_against_shards(data: DataConfig, info: ShardInfo) -> None:
+    """An explicit ``data.channels`` / ``data.image_size`` must match what the shards hold
+    (a pixel size may differ with ``data.resize``: the reader then resizes)."""
+    held = f"{data.train_shards} holds {info.describe()}"
+    if data.channels not in (AUTO, info.channels):
+        raise ValueError(f"data.channels={data.channels} but {held}: drop data.channels={data.channels} "
+                         f"(auto follows the shards) or use {_channel_shards(data.channels)}")
+    resizable = data.resize and info.kind == "pixels"
+    if data.image_size not in (AUTO, info.size) and not resizable:
+        fix = "pass data.resize=true" if info.kind == "pixels" else "use latents of that size"
+        raise ValueError(f"data.image_size={data.image_size} but {held}: drop data.image_size={data.image_size} "
+                         f"(auto follows the shards) or {fix}")
+
+
+def _channel_shards(channels: int) -> str:
+    return {1: "grey shards", 3: "RGB shards"}.get(channels, f"{channels}-channel shards")
+
+
+def _check_fit(exp: ExperimentConfig, origin: str, remedy: str) -> None:
+    """The data's size must patchify into a token grid the preset's windows fit in
+    (``ModelConfig.validate``); otherwise name a ``model.patch`` and a size that work."""
+    m = exp.model
+    need = max(m.decoder_window, m.schedule.base.window)  # tokens per side the attention windows span
+    if m.image_size % m.patch == 0 and m.image_size // m.patch >= need:
+        return
+    patches = [p for p in range(m.patch - 1, 0, -1) if m.image_size % p == 0 and m.image_size // p >= need]
+    size = max(need * m.patch, -(-m.image_size // m.patch) * m.patch)
+    fixes = [f"pass model.patch={patches[0]}"] if patches else []
+    raise ValueError(f"data.image_size={m.image_size}{origin} does not fit {exp.preset}: it must be a multiple "
+                     f"of model.patch={m.patch} and span at least {need} patches (the attention windows); "
+                     + " or ".join(fixes + [remedy.format(size)]))
+
+
+def resolve_frame_shape(exp: ExperimentConfig, explicit_model: Collection[str] = ()) -> Optional[ShardInfo]:
+    """Resolve ``auto`` in ``exp.data`` from the training shards, make the model follow the
+    data (except the fields named in ``explicit_model``), in place. Raises a one-line
+    ``ValueError`` naming the overrides to use when data, shards and model disagree or the
+    size does not fit the preset. Returns the probed sample (None: no shards yet)."""
+    info = _probe_train_shards(exp.data.train_shards)
+    was_auto = {n for n in FRAME_SHAPE if getattr(exp.data, n) == AUTO}
+    if info is not None:
+        _check_against_shards(exp.data, info)
+        exp.data = exp.data.with_shape_of(info)
+    for name in FRAME_SHAPE:
+        d, m = getattr(exp.data, name), getattr(exp.model, name)
+        if d == AUTO:  # no shards yet: the data follows the model (train then reports the missing shards)
+            setattr(exp.data, name, m)
+        elif name not in explicit_model:
+            setattr(exp.model, name, d)
+        elif d != m and info is not None and name in was_auto:
+            need = _channel_shards(m) if name == "channels" else f"shards of size {m}"
+            raise ValueError(f"data.{name}={d} (from {exp.data.train_shards}) but model.{name}={m}: "
+                             f"drop model.{name}={m} or pass data.{name}={m} with {need}")
+        elif d != m:
+            raise ValueError(f"data.{name}={d} but model.{name}={m}: they must agree; drop model.{name}={m} "
+                             f"(the model follows the data) or set data.{name}={m}")
+    if "image_size" not in explicit_model:  # the size came from the data: say how to make it fit
+        if info is None or "image_size" not in was_auto:
+            _check_fit(exp, "", "pass data.image_size={}")
+        else:
+            remedy = "make the shards with --size {}" if info.kind == "pixels" else "use latents of size {}"
+            _check_fit(exp, f" (from {exp.data.train_shards})", remedy)
+    return info
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

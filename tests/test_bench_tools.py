@@ -1,8 +1,10 @@
-"""Benchmark tools: exact mask-pair counts against brute-force counts of the dense masks,
-the shared timing/report helpers, and ``tools/bench_attention.py --quick`` end to end on
-CPU (it must write its .md and .json report)."""
+"""Benchmark tools (run as ``python -m tools.X`` from the repository root; imported here as
+``tools.*`` through pytest's ``pythonpath``): the shared timing/report helpers,
+``python -m tools.bench_attention --quick`` end to end on CPU (it must write its .md and
+.json report), the latency tool's one-line errors, and the quality report."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,38 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from scd_msc.ops.masks import (
-    WindowSpec, dense_window_mask, frame_causal_mask_mod, hires_spec, lowres_spec)
+from tools.attention_report import attn_flops
+from tools.bench.env import gpu_slug, slug_from_name
+from tools.bench.report import command_line, write_report
+from tools.bench.timing import measure, time_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import scd_msc.bench.common as bc  # noqa: E402
-
-
-@pytest.mark.parametrize("spec, fq, fkv, hp, wp", [
-    (hires_spec(5, 3, True), 6, 6, 9, 7),
-    (hires_spec(5, 3, True), 2, 6, 9, 7),  # streaming: the last 2 of 6 frames
-    (hires_spec(3, 4, False), 5, 5, 7, 9),  # clamped windows at every edge
-    (lowres_spec((3, 2), 2, 2, 7, True), 7, 7, 3, 2),
-    (lowres_spec((3, 2), 3, None, 7, True), 3, 7, 3, 2),
-    (lowres_spec((3, 3), 2, 2, 7, False), 7, 7, 3, 3),
-    (WindowSpec((2, 3, 3), (2, 2, 1), (True, False, True)), 5, 5, 7, 5),
-])
-def test_window_pairs_match_dense_mask(spec, fq, fkv, hp, wp):
-    dense = dense_window_mask(spec, fq, fkv, hp, wp)
-    assert bc.window_pairs(spec, fq, fkv, hp, wp) == int(dense.sum())
-
-
-@pytest.mark.parametrize("fq, fkv, n", [(5, 5, 6), (2, 5, 3), (1, 1, 4)])
-def test_frame_causal_pairs_match_dense_mask(fq, fkv, n):
-    mask_mod = frame_causal_mask_mod(fq, fkv, n)
-    zero = torch.zeros((), dtype=torch.long)
-    dense = mask_mod(zero, zero, torch.arange(fq * n)[:, None], torch.arange(fkv * n)[None, :])
-    assert bc.frame_causal_pairs(fq, fkv, n) == int(dense.sum())
 
 
 def test_attn_flops_counts_qk_and_pv():
-    assert bc.attn_flops(pairs=10, heads=2, head_dim=8, batch=3) == 4 * 8 * 10 * 2 * 3
+    assert attn_flops(pairs=10, heads=2, head_dim=8, batch=3) == 4 * 8 * 10 * 2 * 3
 
 
 @pytest.mark.parametrize("name, slug", [
@@ -51,26 +31,26 @@ def test_attn_flops_counts_qk_and_pv():
     ("Tesla V100-SXM2-16GB", "v100"),
 ])
 def test_gpu_slug(name, slug):
-    assert bc.slug_from_name(name) == slug
-    assert bc.gpu_slug("cpu") == "cpu"
+    assert slug_from_name(name) == slug
+    assert gpu_slug("cpu") == "cpu"
 
 
 def test_time_cuda_and_measure_on_cpu():
-    t = bc.time_cuda(lambda: torch.ones(8).sum(), warmup=1, iters=5, device="cpu")
+    t = time_cuda(lambda: torch.ones(8).sum(), warmup=1, iters=5, device="cpu")
     assert t["iters"] == 5 and 0 < t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
-    ok = bc.measure(lambda: (lambda: torch.ones(8).sum()), "cpu", budget_ms=5, max_iters=5)
+    ok = measure(lambda: (lambda: torch.ones(8).sum()), "cpu", budget_ms=5, max_iters=5)
     assert ok["status"] == "ok" and ok["median_ms"] > 0 and ok["first_call_s"] > 0
 
     def broken():
         raise ValueError("no such kernel")
 
-    assert bc.measure(broken, "cpu")["status"] == "error"
-    skipped = bc.measure(broken, "cpu", skip_errors=(ValueError,))
+    assert measure(broken, "cpu")["status"] == "error"
+    skipped = measure(broken, "cpu", skip_errors=(ValueError,))
     assert skipped["status"] == "skipped" and "no such kernel" in skipped["error"]
 
 
 def test_write_report(tmp_path):
-    md, js = bc.write_report(tmp_path / "x_cpu_2000-01-01", "T", "python t.py", {"a": 1},
+    md, js = write_report(tmp_path / "x_cpu_2000-01-01", "T", "python t.py", {"a": 1},
                              [{"case": "c|d", "ms": 1.5}], "## Extra\n", {"more": [1]})
     text = md.read_text()
     assert "python t.py" in text and "## Extra" in text and "c\\|d" in text
@@ -80,7 +60,7 @@ def test_write_report(tmp_path):
 
 
 def test_bench_attention_quick_writes_report(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_attention.py"), "--quick",
+    proc = subprocess.run([sys.executable, "-m", "tools.bench_attention", "--quick",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,8 +76,8 @@ def test_bench_attention_quick_writes_report(tmp_path):
             "x_fcausal", "first_call_s", "status", "error"} <= set(rows[0])
     assert {r["status"] for r in rows} <= {"ok", "skipped"}, [r for r in rows if r["error"]]
     ran = {(r["case"], r["mode"]) for r in rows if r["status"] == "ok"}
-    for case in ("dense/sdpa", "hires/reference", "lowres/reference", "layer/msc-reference",
-                 "layer/dense-sdpa"):
+    for case in ("dense/sdpa", "dense/frame-causal-reference", "hires/reference", "lowres/reference",
+                 "layer/msc-reference", "layer/dense-sdpa", "layer/frame-causal-reference"):
         assert {(case, "fwd"), (case, "fwd+bwd")} <= ran
     assert all(r["median_ms"] > 0 and r["tflops"] > 0 for r in rows if r["status"] == "ok")
     assert all(r["x_dense"] == pytest.approx(1.0) for r in rows if r["case"] == "dense/sdpa")
@@ -108,13 +88,69 @@ def test_bench_attention_quick_writes_report(tmp_path):
                     "complexity estimate", "## Notes", "## Table"):
         assert heading in text
     assert "--quick" in text
+    assert data["command"] == f"python -m tools.bench_attention --quick --out {tmp_path}"
+
+
+def test_command_line_is_the_module_command_to_type_again():
+    assert command_line("tools.bench_latency", ["--batch", "1", "8", "--out", "my dir"]) == (
+        "python -m tools.bench_latency --batch 1 8 --out 'my dir'")
+
+
+def test_bench_latency_without_cuda_names_what_is_missing_in_one_line(tmp_path):
+    """On a CPU-only machine the README command exits 2 with one line, writing nothing."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "tools.bench_latency", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("python -m tools.bench_latency: error: no CUDA GPU") and "--device cpu" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps=0: expected an integer >= 1"),
+    (["--batch", "1", "0"], "--batch=[1, 0]: expected integers >= 1"),
+    (["--size", "huge"], "--size='huge': expected one of tiny, small, base"),
+])
+def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
+    from tools import bench_latency
+
+    assert bench_latency.main([*argv, "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"python -m tools.bench_latency: error: {message}\n"
+
+
+def test_bench_latency_cpu_smoke_run_writes_its_report(tmp_path):
+    """The README's CPU smoke command (in-process): every model timed, the training step
+    timed with the training optimizer, the .md/.json/.png report written."""
+    from tools import bench_latency
+
+    argv = ["--device", "cpu", "--size", "tiny", "--steps", "2", "--context", "2", "--batch", "1",
+            "--frames", "2", "--warmup", "1", "--curve-frames", "3", "--train-batch", "1",
+            "--train-frames", "2", "--train-iters", "1", "--train-warmup", "1", "--out", str(tmp_path)]
+    assert bench_latency.main(argv) == 0
+    (js,) = tmp_path.glob("latency_cpu_*.json")
+    assert js.with_suffix(".md").exists() and js.with_name(js.stem + ".png").exists()
+    data = json.loads(js.read_text())
+    assert data["command"] == "python -m tools.bench_latency " + " ".join(argv)
+    assert [r["model"] for r in data["rows"]] == ["scd-msc-tiny", "scd-dense-tiny", "causal-dit-tiny"]
+    assert all(r["e2e_ms"] >= r["denoise_ms"] > 0 for r in data["rows"])
+    assert [t["model"] for t in data["train"]] == ["scd-msc-tiny", "causal-dit-tiny"]
+    assert all(t["step_ms"] > 0 for t in data["train"]) and "build_optimizer" in data["config"]["train"]
+    assert len(data["curves"][0]["ms"]) == 3 and data["config"]["sampler"] == "euler"
+
+
+def test_bench_latency_does_not_import_lightning():
+    """Its training step reuses scd_msc.training.optim.build_optimizer, not the LightningModule."""
+    code = "import sys, tools.bench_latency; print(sorted(m for m in sys.modules if 'lightning' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-3000:]
 
 
 def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_path):
     """A GIF written by ``generate``'s writers (videos tiled side by side) splits back into
     the exact videos; a video that doubles in brightness after its prompt has mass ratio 2."""
     from scd_msc.inference.writers import GifWriter, to_uint8
-    import quality_report as qr
+    from tools import quality_report as qr
 
     g = torch.Generator().manual_seed(0)
     video = torch.rand(3, 6, 1, 16, 16, generator=g) * 0.4 - 1  # (V, T, C, H, W), dim frames in [-1, -0.6]
@@ -139,7 +175,7 @@ def test_quality_report_end_to_end_mass_bar_is_scd_msc_s_and_variants_are_tabled
     the DiT doubles it (reported, not gating), a variant row carries its eval and run."""
     from scd_msc.data.shards import make_shards
     from scd_msc.inference.writers import GifWriter
-    import quality_report as qr
+    from tools import quality_report as qr
 
     make_shards("moving-digits", tmp_path / "train", 16, 32, clips=8, shard_size=8, seed=0, progress=False)
     shards = str(tmp_path / "train" / "shard-000000.tar")

@@ -192,7 +192,7 @@ def test_cli_writes_shards(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["mnist"], "source='mnist': expected one of moving-digits, bouncing-shapes, videos, latents"),
+    (["mnist"], "source='mnist': expected one of moving-digits, bouncing-shapes, videos, atari, doom, latents"),
     (["moving-digits", "--frames", "0"], "frames=0: expected a positive integer"),
     (["moving-digits", "--format", "gif"], "fmt='gif': expected one of npy, mp4"),
     (["moving-digits", "--out", "FILE/sub"], "is a file"),

@@ -182,12 +182,38 @@ def test_datamodule_batches(digit_shards):
     epochs = [list(train) for _ in range(2)]
     assert [len(e) for e in epochs] == [4, 4]
     batch = epochs[0][0]
-    assert set(batch) == {"video", "key"} and batch["video"].shape == (3, 4, 1, S, S)
+    assert set(batch) == {"video", "key", "skipped"} and batch["video"].shape == (3, 4, 1, S, S)
+    assert batch["skipped"]["worker"] in (0, 1) and batch["skipped"]["used"] >= 3
     assert batch["video"].dtype == torch.float32 and -1 <= batch["video"].min() <= batch["video"].max() <= 1
     assert isinstance(batch["key"], list) and len(batch["key"]) == 3
     assert [b["key"] for b in epochs[0]] != [b["key"] for b in epochs[1]], "each epoch draws anew"
     val = [k for b in dm.val_dataloader() for k in b["key"]]
     assert sorted(val) == [f"clip{i:06d}" for i in range(12)]
+
+
+def test_skip_counts_reach_the_main_process_from_a_worker(dirty_shards):
+    """One ordered pass in a DataLoader worker process (num_workers=1): the counts that
+    the batches carry to the main process equal those of the same pass read in-process."""
+    from scd_msc.training.skips import SkipLog
+
+    shards, _ = dirty_shards
+    local = ClipDataset(shards, F, 1, S, resampled=False)
+    used = len(list(local))
+    dm = ShardDataModule(DataConfig(train_shards="::".join(shards), val_shards="::".join(shards), clip_frames=F,
+                                    image_size=S, channels=1, batch_size=2, num_workers=1, val_batches=None))
+    tally = SkipLog()
+    try:
+        for batch in dm.val_dataloader():
+            tally.update("val", batch)
+    finally:
+        dm.teardown("fit")
+    assert list(tally.latest["val"]) == [0]  # one worker
+    assert tally.totals("val") == {"used": used, **local.skipped.counts}
+    assert tally.totals("val")["decode_error"] == 2 and used == 6
+    summary = tally.summary({"train": tally.totals("val"), "val": tally.totals("val")})
+    read = used + local.skipped.total
+    assert summary.startswith(f"skipped samples: read_error={local.skipped['read_error']}, missing_field=1, "
+                              f"decode_error=2, too_short=1, wrong_channels=1, wrong_size=1 (of {read} read)")
 
 
 def test_datamodule_in_a_trainer(digit_shards):

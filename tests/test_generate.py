@@ -100,13 +100,22 @@ def test_checkpoint(tmp_path):
     assert len(mp4_frames(out)) == 2
 
 
+def test_missing_output_folders_are_created_with_the_first_frame(tmp_path):
+    out = tmp_path / "new" / "deeper" / "v.mp4"
+    assert main(BASE + ["--frames", "2", "--out", str(out), "--gif"]) == 0
+    assert len(mp4_frames(out)) == 2 and len(gif_frames(out.with_suffix(".gif"))) == 2
+    gif_only = tmp_path / "other" / "v.gif"
+    assert main(BASE + ["--frames", "2", "--out", str(gif_only)]) == 0
+    assert len(gif_frames(gif_only)) == 2
+
+
 ERRORS = [
     (["--preset", "nope"], "--preset='nope': unknown preset; known presets: scd-msc-tiny"),
     (["--checkpoint", "CKPT"], "exactly one of them, got both"),
     (["--frames", "0"], "--frames=0: expected an integer >= 1"),
     (["--steps", "0"], "--steps=0: expected an integer >= 1"),
     (["--prompt-frames", "0", "--prompt-shards", "S32"], "--prompt-frames=0"),
-    (["--out", "OUT/missing/v.mp4"], "expected an existing folder"),
+    (["--out", "FILE/sub/v.mp4"], "expected a folder, but"),
     (["--out", "OUT/v.avi"], "expected a file name ending in .mp4 or .gif"),
     (["--prompt-shards", "S16", "--prompt-frames", "2"], "skipped: wrong_size=3"),
     (["--prompt-shards", "OUT/none-*.tar"], "the pattern matched none"),
@@ -118,8 +127,10 @@ ERRORS = [
 
 @pytest.mark.parametrize("extra, message", ERRORS, ids=[m[:24] for _, m in ERRORS])
 def test_argument_errors_exit_2_before_any_work(tmp_path, capsys, shards, extra, message):
-    subs = {"OUT": str(tmp_path), "S32": shards[32], "S16": shards[16], "CKPT": str(tmp_path / "x.ckpt")}
-    extra = [re.sub("OUT|S32|S16|CKPT", lambda m: subs[m.group()], a) for a in extra]
+    (tmp_path / "file").write_text("")
+    subs = {"OUT": str(tmp_path), "S32": shards[32], "S16": shards[16], "CKPT": str(tmp_path / "x.ckpt"),
+            "FILE": str(tmp_path / "file")}
+    extra = [re.sub("OUT|S32|S16|CKPT|FILE", lambda m: subs[m.group()], a) for a in extra]
     argv = BASE + ["--frames", "2", "--out", str(tmp_path / "v.mp4")] + extra
     build_parser()  # imports of every subcommand, outside the timing
     start = time.perf_counter()

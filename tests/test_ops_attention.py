@@ -1,5 +1,6 @@
-"""MSC branches: the reference against a loop-by-loop reading of DESIGN.md §1, every
-backend against the reference, causality, and argument errors."""
+"""MSC branches: the reference against a loop-by-loop reading of DESIGN.md §1, exact
+mask pair counts against the dense masks, every backend against the reference,
+causality, and argument errors."""
 
 import itertools
 import math
@@ -17,6 +18,7 @@ from scd_msc.ops import (
     lowres_spec,
     resolve_backend,
 )
+from scd_msc.ops.masks import WindowSpec, dense_spec, frame_causal_mask_mod, frame_causal_pairs, window_pairs
 
 # ----------------------------------------------------------------- independent rules
 
@@ -90,6 +92,34 @@ def test_lowres_mask_matches_rules(stride, frames, causal):
     pos = list(itertools.product(range(F), range(H), range(W)))
     expect = torch.tensor([[lowres_allowed(a[0], b[0], F, stride, frames, causal) for b in pos] for a in pos])
     assert torch.equal(mask, expect)
+
+
+# ----------------------------------------------------------------- exact pair counts (FLOPs)
+
+@pytest.mark.parametrize("spec, fq, fkv, hp, wp", [
+    (hires_spec(5, 3, True), 6, 6, 9, 7),
+    (hires_spec(5, 3, True), 2, 6, 9, 7),  # streaming: the last 2 of 6 frames
+    (hires_spec(3, 4, False), 5, 5, 7, 9),  # clamped windows at every edge
+    (lowres_spec((3, 2), 2, 2, 7, True), 7, 7, 3, 2),
+    (lowres_spec((3, 2), 3, None, 7, True), 3, 7, 3, 2),
+    (lowres_spec((3, 3), 2, 2, 7, False), 7, 7, 3, 3),
+    (WindowSpec((2, 3, 3), (2, 2, 1), (True, False, True)), 5, 5, 7, 5),
+])
+def test_window_pairs_match_dense_mask(spec, fq, fkv, hp, wp):
+    dense = dense_window_mask(spec, fq, fkv, hp, wp)
+    assert window_pairs(spec, fq, fkv, hp, wp) == int(dense.sum())
+
+
+@pytest.mark.parametrize("fq, fkv, hp, wp", [(5, 5, 2, 3), (2, 5, 3, 1), (1, 1, 2, 2)])
+def test_frame_causal_pairs_match_dense_mask_and_dense_spec(fq, fkv, hp, wp):
+    """The count of the frame-causal mask, and the causal ``dense_spec`` over all frames
+    (what DenseAttention and the attention benchmark run) is that same mask."""
+    n = hp * wp
+    zero = torch.zeros((), dtype=torch.long)
+    dense = frame_causal_mask_mod(fq, fkv, n)(zero, zero, torch.arange(fq * n)[:, None],
+                                              torch.arange(fkv * n)[None, :])
+    assert frame_causal_pairs(fq, fkv, n) == int(dense.sum())
+    assert torch.equal(dense_window_mask(dense_spec(None, fkv, (hp, wp), True), fq, fkv, hp, wp), dense)
 
 
 def test_reference_matches_loop_attention():

@@ -1,25 +1,34 @@
-"""Training layer: a short run writes a loadable checkpoint, NaN stops the run naming the
-step, SIGKILL/SIGTERM leave a checkpoint that ``--resume auto`` continues from, and
+"""Training layer: a short run writes a loadable checkpoint and logs skipped samples, NaN
+stops the run naming the step, SIGKILL/SIGTERM/Ctrl-C leave a checkpoint that
+``--resume auto`` continues from (in the same metrics.csv), a truncated last.ckpt names
+the step checkpoint to use, a run that fails before its first step leaves no folder, and
 two DDP ranks read different clips. Tiny model, 8-frame 32×32 clips, CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
+import io
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
-from scd_msc.checkpoint import load_model
+from scd_msc.checkpoint import load_checkpoint, load_model
 from scd_msc.config import load_config
-from scd_msc.data import make_shards
+from scd_msc.data import ClipDataset, make_shards
+from scd_msc.data.shards import npy_bytes
+from scd_msc.data.synthetic import moving_digits
 from scd_msc.models import SCDModel
 
 F, S = 8, 32
@@ -50,8 +59,8 @@ def overrides(shards: dict[str, str], out_dir, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def metrics(out_dir, version: int = 0) -> list[dict]:
-    with open(os.path.join(out_dir, "csv", f"version_{version}", "metrics.csv")) as f:
+def metrics(out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.csv")) as f:
         return list(csv.DictReader(f))
 
 
@@ -64,16 +73,32 @@ def ckpt_step(path) -> int:
 
 
 @pytest.fixture(scope="module")
-def short_run(shards, tmp_path_factory):
-    """6 steps with EMA, validation every 3 steps and a sample strip every 3 steps."""
+def dirty_train(tmp_path_factory) -> str:
+    """2 shards of 3 good clips and 1 undecodable one each: every pass meets a bad one."""
+    out = tmp_path_factory.mktemp("dirty")
+    for s in range(2):
+        with wds.TarWriter(str(out / f"shard-{s:06d}.tar")) as sink:
+            for i in range(3):
+                sink.write({"__key__": f"good{s}{i}", "frames.npy": npy_bytes(moving_digits(F, S, 10 * s + i))})
+            sink.write({"__key__": f"bad{s}", "frames.npy": b"\x93NUMPY broken"})
+    return str(out / "shard-{000000..000001}.tar")
+
+
+@pytest.fixture(scope="module")
+def short_run(shards, dirty_train, tmp_path_factory):
+    """6 steps with EMA, validation every 3 steps and a sample strip every 3 steps, on
+    training shards with an undecodable sample in each (read by one loader worker)."""
     from scd_msc.training.train import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, overrides(shards, out, **{
         "train.ema_decay": 0.9, "train.val_every_n_steps": 3, "train.sample_every_n_steps": 3,
-        "train.sample_count": 2, "train.sample_frames": 3, "train.sample_steps": 2, "data.num_workers": 1}))
-    last = train(cfg)
-    return out, last, multiprocessing.active_children()
+        "train.sample_count": 2, "train.sample_frames": 3, "train.sample_steps": 2, "data.num_workers": 1,
+        "data.train_shards": dirty_train}))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        last = train(cfg)
+    return out, last, multiprocessing.active_children(), printed.getvalue()
 
 
 def test_short_run_leaves_no_loader_worker_running(short_run):
@@ -82,21 +107,21 @@ def test_short_run_leaves_no_loader_worker_running(short_run):
 
 
 def test_short_run_writes_a_checkpoint_that_load_model_generates_from(short_run):
-    out, last, _ = short_run
+    out, last, _, _ = short_run
     assert last == os.path.join(out, "checkpoints", "last.ckpt") and os.path.isfile(last)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert ckpt["hyper_parameters"]["config"]["model"]["family"] == "scd-msc"
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("model.") for k in keys) and any(k.startswith("ema_model.") for k in keys)
-    ema, raw = load_model(last), load_model(last, ema=False)
+    ema, raw = load_model(last, weights="ema"), load_model(last, weights="trained")
     assert not torch.equal(ema.start, raw.start)  # the average is not the trained weights
     video = ema.generate(2, 3, 2, generator=torch.Generator().manual_seed(0))
     assert video.shape == (2, 3, 1, S, S) and torch.isfinite(video).all()
 
 
 def test_short_run_logs_losses_samples_and_config(short_run):
-    out, _, _ = short_run
+    out, _, _, _ = short_run
     rows = metrics(out)
     assert train_steps(rows) and all(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
     assert [r for r in rows if r.get("val/loss")], "validation every 3 steps logged val/loss"
@@ -108,17 +133,169 @@ def test_short_run_logs_losses_samples_and_config(short_run):
     assert load_config(os.path.join(out, "config.yaml"), []).train.max_steps == 6
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["last.ckpt", "step_0000003.ckpt",
                                                                    "step_0000006.ckpt"]
+    assert not os.path.exists(os.path.join(out, "csv")), "one metrics.csv at the top of the run folder"
+
+
+def test_short_run_logs_and_prints_skipped_samples(short_run):
+    """The worker's skip counts reach metrics.csv each step and one summary line at the end."""
+    out, _, _, printed = short_run
+    rows = [r for r in metrics(out) if r.get("data/train_used")]
+    used = [float(r["data/train_used"]) for r in rows]
+    bad = [float(r["data/train_skipped_decode_error"] or 0) for r in rows]
+    assert used == sorted(used) and used[-1] >= 12  # cumulative: 6 steps of 2 clips (+ the shuffle buffer)
+    assert bad == sorted(bad) and bad[-1] >= 3  # one bad sample per 3 good ones
+    assert [float(r["data/train_skipped"]) for r in rows] == bad
+    line = next(x for x in printed.splitlines() if x.startswith("skipped samples:"))
+    n_bad, n_used = int(bad[-1]), int(used[-1])
+    assert line.startswith(f"skipped samples: decode_error={n_bad} (of {n_bad + n_used} read); "
+                           "validation: none (of "), line
+
+
+@torch.no_grad()
+def val_loss(model, clips: torch.Tensor) -> float:
+    """Mean loss over 4 fixed noise draws on the same clips."""
+    return sum(model.training_loss(clips, torch.Generator().manual_seed(s))["loss"].item() for s in range(4)) / 4
+
+
+def test_auto_picks_the_weights_with_the_lower_validation_loss(shards, tmp_path):
+    """20 steps at train.ema_decay=0.99 with the warm-up: auto wants 1000 EMA updates, so it
+    takes the trained weights, which have the lower validation loss; the warm-up keeps the
+    EMA close behind (a constant 0.99 gives about 1.6× the trained loss here). The sample
+    strip of the last step is the trained network's."""
+    from PIL import Image
+
+    from scd_msc.training.callbacks import video_strip
+    from scd_msc.training.train import train
+
+    cfg = load_config(None, overrides(shards, tmp_path, **{
+        "train.ema_decay": 0.99, "train.max_steps": 20, "train.lr": 1e-3, "train.checkpoint_every_n_steps": 20,
+        "train.sample_every_n_steps": 20, "train.sample_count": 1, "train.sample_frames": 2,
+        "train.sample_steps": 1}))
+    last = train(cfg)
+    auto = load_checkpoint(last)
+    assert (auto.weights.weights, auto.weights.ema_updates, auto.weights.auto_from) == ("trained", 20, 1000)
+    val = ClipDataset(shards["val"], F, 1, S, resampled=False)
+    clips = torch.stack([c["video"] for c in val])  # (4, F, 1, S, S)
+    loss = {w: val_loss(load_model(last, weights=w), clips) for w in ("trained", "ema")}
+    other = "ema" if auto.weights.weights == "trained" else "trained"
+    assert val_loss(auto.model, clips) == loss[auto.weights.weights] < loss[other], loss
+    assert loss["ema"] < 1.1 * loss["trained"], loss
+    strip = np.asarray(Image.open(tmp_path / "samples" / "step_0000020.png").convert("RGB"))
+    for w in ("trained", "ema"):
+        noise = torch.Generator().manual_seed(cfg.train.seed)  # SampleStrip's
+        video = load_model(last, weights=w).generate(1, 2, 1, generator=noise)  # (1, 2, 1, S, S)
+        assert np.array_equal(strip, video_strip(video, 2)) == (w == auto.weights.weights), w
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_path):
     from scd_msc.training.train import check_resume
 
-    _, last, _ = short_run
+    _, last, _, _ = short_run
     cfg = load_config(None, overrides(shards, tmp_path, **{"model.dim": 128}))
     with pytest.raises(ValueError, match=r"model.dim \(64 in the checkpoint, 128 now\)"):
         check_resume(last, cfg)
     same = load_config(None, overrides(shards, tmp_path, **{"runtime.backend": "auto"}))
     assert check_resume(last, same) == 6  # the backend does not change the weights
+
+
+def test_truncated_last_ckpt_names_the_newest_readable_step_checkpoint(short_run, shards, tmp_path, capsys):
+    """A last.ckpt cut short (full disk) fails --resume auto and generate --checkpoint with
+    one line naming the newest step_*.ckpt that still loads (step_6 is cut short too)."""
+    from scd_msc.cli import main
+    from scd_msc.training.train import check_resume, find_resume
+
+    src, _, _, _ = short_run
+    run = tmp_path / "run"
+    shutil.copytree(src / "checkpoints", run / "checkpoints")
+    for name in ("last.ckpt", "step_0000006.ckpt"):
+        path = run / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cfg = load_config(None, overrides(shards, run))
+    last = find_resume("auto", cfg)
+    good = str(run / "checkpoints" / "step_0000003.ckpt")
+    with pytest.raises(ValueError) as err:
+        check_resume(last, cfg, "auto")
+    msg = str(err.value)
+    assert msg.startswith(f"--resume auto: checkpoint {last!r} could not be read (") and "\n" not in msg
+    assert msg.endswith(f"the newest readable checkpoint next to it is {good!r}")
+    assert check_resume(good, cfg) == 3
+    assert main(["generate", "--checkpoint", last, "--frames", "1", "--steps", "1",
+                 "--out", str(tmp_path / "v.mp4"), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scd-msc generate: error: --checkpoint: checkpoint ")
+    assert lines[0].endswith(f"the newest readable checkpoint next to it is {good!r}")
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(shards, tmp_path):
+    """Past the pre-flight checks (here: a failure when training starts), the folder that
+    train() created (config.yaml, logs) is removed again; an existing folder is kept."""
+    import lightning as L
+
+    from scd_msc.training.train import train
+
+    class FailAtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise ValueError("broken at start")
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="broken at start"):
+        train(load_config(None, overrides(shards, out)), callbacks=[FailAtStart()])
+    assert not out.exists() and (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError, match="broken at start"):
+        train(load_config(None, overrides(shards, tmp_path / "kept")), callbacks=[FailAtStart()])
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_preflight_refuses_what_cannot_train(shards, dirty_train, tmp_path):
+    """One line each, naming the key, the value and what was expected; nothing written."""
+    from scd_msc.ops.backends import natten_has_library
+    from scd_msc.training.preflight import preflight
+
+    def error(**extra) -> str:
+        with pytest.raises(ValueError) as err:
+            preflight(load_config(None, overrides(shards, tmp_path / "run", **extra)))
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad)) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"bad{i}", "frames.npy": b"\x93NUMPY broken"})
+    assert error(**{"data.val_shards": str(bad), "train.val_every_n_steps": 2}).startswith(
+        f"data.val_shards={str(bad)!r}: no usable clip in the first 3 samples (decode_error=3; the first: bad0@")
+    assert error(**{"data.train_shards": str(tmp_path / "none-*.tar")}).startswith(
+        f"data.train_shards: shards={str(tmp_path / 'none-*.tar')!r}: expected at least one shard")
+    assert error(**{"data.clip_frames": 9}).startswith(f"data.train_shards={shards['train']!r}: no usable clip")
+    if not natten_has_library():  # NATTEN's CPU fallback has no backward
+        assert error(**{"runtime.backend": "natten"}).startswith("runtime.backend='natten': cannot train on cpu here (")
+    assert error(**{"runtime.backend": "flex"}).startswith("runtime.backend='flex': cannot train on cpu here (")
+    if not torch.cuda.is_available():
+        assert error(**{"train.accelerator": "gpu"}) == (
+            "train.accelerator='gpu': no CUDA GPU is visible here; expected cpu or auto")
+    afile = tmp_path / "file"
+    afile.write_text("")
+    assert error(**{"train.out_dir": str(afile / "run")}) == (
+        f"train.out_dir={str(afile / 'run')!r}: expected a folder, but {str(afile)!r} is a file")
+    preflight(load_config(None, overrides(shards, tmp_path / "run", **{"train.val_every_n_steps": 2})))
+    preflight(load_config(None, overrides(shards, tmp_path / "run", **{"data.train_shards": dirty_train})))
+    assert not (tmp_path / "run").exists()
+
+
+def test_keep_checkpoints_counts_step_files_only_and_across_a_resume(shards, tmp_path):
+    """``train.keep_checkpoints=2``: the two newest step_*.ckpt besides last.ckpt; a resume
+    removes the older ones; a fresh start in the same folder leaves them."""
+    from scd_msc.training.train import train
+
+    def run(out, steps, resume=None):
+        train(load_config(None, overrides(shards, out, **{
+            "train.max_steps": steps, "train.checkpoint_every_n_steps": 1, "train.keep_checkpoints": 2})),
+            resume=resume)
+        return sorted(os.listdir(out / "checkpoints"))
+
+    assert run(tmp_path / "a", 3) == ["last.ckpt", "step_0000002.ckpt", "step_0000003.ckpt"]
+    assert run(tmp_path / "a", 4, resume="auto") == ["last.ckpt", "step_0000003.ckpt", "step_0000004.ckpt"]
+    assert run(tmp_path / "a", 1) == ["last.ckpt", "step_0000001.ckpt", "step_0000003.ckpt", "step_0000004.ckpt"]
 
 
 def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
@@ -153,7 +330,8 @@ def wait_for(path, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
     out = tmp_path / "run"
-    args = overrides(shards, out, **{"train.max_steps": 60, "train.checkpoint_every_n_steps": 4})
+    args = overrides(shards, out, **{"train.max_steps": 60, "train.checkpoint_every_n_steps": 4,
+                                      "train.ema_decay": 0.99})
     proc = start_cli(args, tmp_path / "killed.log")
     last = out / "checkpoints" / "last.ckpt"
     try:
@@ -168,27 +346,38 @@ def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"checkpoint: {last}" in proc.stdout
     assert ckpt_step(last) == 60
-    resumed = train_steps(metrics(out, version=1))
-    assert min(resumed) >= killed_at and len(resumed) == 60 - killed_at, (killed_at, resumed[:5])
+    # one metrics.csv: the first start's rows before the resumed step, then the second start's
+    assert sorted(os.listdir(out)) == ["checkpoints", "config.yaml", "metrics.csv", "tb", "timing.json"]
+    steps = train_steps(metrics(out))
+    assert steps == list(range(60)), (killed_at, steps)
+    # the EMA went on from the killed run's average: one update per step of both runs
+    assert load_checkpoint(str(last)).weights.ema_updates == 60
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + 15), (signal.SIGINT, 1)], ids=["SIGTERM", "Ctrl-C"])
-def test_interrupt_writes_last_ckpt_at_the_current_step(shards, tmp_path, sig, code):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_interrupt_writes_last_ckpt_at_the_current_step(shards, tmp_path, sig):
+    """Exit 128 + signal; the message stands on a line of its own after the progress bar."""
     out = tmp_path / "run"
     args = overrides(shards, out, **{"train.max_steps": 500, "train.checkpoint_every_n_steps": 1000,
                                       "train.sample_every_n_steps": 2, "train.sample_count": 1,
-                                      "train.sample_frames": 1, "train.sample_steps": 1})
+                                      "train.sample_frames": 1, "train.sample_steps": 1,
+                                      "train.progress_bar": sig == signal.SIGINT})
     proc = start_cli(args, tmp_path / "term.log")
     try:
         wait_for(out / "samples" / "step_0000002.png", proc)  # training is under way
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) == code
+        assert proc.wait(timeout=60) == 128 + sig
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "interrupted at step" in open(tmp_path / "term.log").read()
     step = ckpt_step(out / "checkpoints" / "last.ckpt")
     assert 2 <= step < 500, step
+    log = open(tmp_path / "term.log").read()
+    line = f"scd-msc train: interrupted at step {step}; checkpoint: {out / 'checkpoints' / 'last.ckpt'} " \
+           "(continue with --resume auto)"
+    assert line in log.split("\n"), log[-2000:]
+    if sig == signal.SIGINT:
+        assert "Epoch 0:" in log and "Detected KeyboardInterrupt" not in log
     assert load_model(str(out / "checkpoints" / "last.ckpt")).cfg.family == "scd-msc"
 
 
@@ -268,3 +457,40 @@ def test_step_timer_measures_waits_and_drops_validation_and_checkpoint_gaps(tmp_
     assert summary["loader_wait_ms_mean"] == pytest.approx(10.0)
     assert summary["loader_wait_fraction"] == pytest.approx(0.1)
     assert summary["samples_per_s"] == pytest.approx(10 * 4 * 2)
+
+
+def test_build_optimizer_decays_matrices_only_warms_up_and_is_the_modules():
+    """AdamW with weight decay on >= 2-D parameters only (frozen ones left out), the lr
+    ramping linearly to train.lr over warmup_steps; SCDLitModule uses the same set-up
+    (the latency benchmark times this optimizer without importing Lightning)."""
+    from torch import nn
+
+    from scd_msc.config import TrainConfig
+    from scd_msc.training.module import SCDLitModule
+    from scd_msc.training.optim import build_optimizer
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2))
+    net[2].weight.requires_grad_(False)
+    train = TrainConfig(lr=1e-3, weight_decay=0.1, betas=[0.8, 0.9], warmup_steps=4)
+    opt, schedule = build_optimizer(net, train)
+    decay, no_decay = opt.param_groups
+    assert [id(p) for p in decay["params"]] == [id(net[0].weight)] and decay["weight_decay"] == 0.1
+    assert {id(p) for p in no_decay["params"]} == {id(net[0].bias), id(net[1].weight), id(net[1].bias),
+                                                    id(net[2].bias)}
+    assert no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.8, 0.9)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+    module = SCDLitModule(load_config(None, ["preset=scd-msc-tiny", "train.weight_decay=0.05"]))
+    used = module.configure_optimizers()
+    assert used["lr_scheduler"]["interval"] == "step"
+    expect, _ = build_optimizer(module.model, module.cfg.train)
+    assert len(used["optimizer"].param_groups) == len(expect.param_groups) == 2
+    for got, want in zip(used["optimizer"].param_groups, expect.param_groups):
+        assert [id(p) for p in got["params"]] == [id(p) for p in want["params"]]
+        for key in ("lr", "weight_decay", "betas"):
+            assert got[key] == want[key]

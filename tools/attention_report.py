@@ -1,4 +1,4 @@
-"""Config and report half of ``tools/bench_attention.py``: what is measured (sizes,
+"""Config and report half of ``python -m tools.bench_attention``: what is measured (sizes,
 heads, MSC hyper-parameters, the bars), the exact and the paper's FLOP counts, and the
 ``.md`` / ``.json`` report (speed-ups, bar checks, ratio and FLOP tables).
 
@@ -8,18 +8,15 @@ Shapes: ``F`` frames · ``Hp, Wp`` grid · ``D`` width · ``h`` heads · ``d`` h
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-_TOOLS = Path(__file__).resolve().parent
-sys.path[:0] = [str(_TOOLS.parent)]  # this checkout's scd_msc
-import scd_msc.bench.common as bc  # noqa: E402
-from scd_msc.bench.common import attn_flops, dims, fastest, frame_causal_pairs, window_pairs  # noqa: E402
-from scd_msc.ops import BACKENDS  # noqa: E402
-from scd_msc.ops.masks import hires_spec, lowres_spec  # noqa: E402
-from scd_msc.ops.schedule import MSCLayerSpec  # noqa: E402
+from scd_msc.ops import BACKENDS
+from scd_msc.ops.masks import frame_causal_pairs, hires_spec, lowres_spec, window_pairs
+from scd_msc.ops.schedule import MSCLayerSpec
+from tools.bench.env import gpu_slug
+from tools.bench.report import check, dims, fastest, fmt, markdown_table, report_stem, write_report
 
 Size = tuple[int, int, int]  # (F, Hp, Wp)
 
@@ -61,6 +58,12 @@ QUICK = dict(sizes=[(8, 8, 8)], heads=4, head_dim=16, dtype="float32", device="c
 
 
 # --------------------------------------------------------------------------- FLOPs
+
+def attn_flops(pairs: int, heads: int, head_dim: int, batch: int = 1) -> float:
+    """Forward FLOPs of attention over ``pairs`` allowed pairs per head: QKᵀ and PV, 2
+    flops per multiply-add (backward ≈ 2.5× this)."""
+    return 4.0 * head_dim * pairs * heads * batch
+
 
 def paper_estimate(cfg: BenchConfig, size: Size) -> dict[str, float]:
     """The MSC paper's complexity estimate, formulas verbatim: b batch, s tokens, h width,
@@ -110,8 +113,8 @@ def bar_checks(rows: list[dict], cfg: BenchConfig) -> list[dict[str, Any]]:
         (a, a_name), (b, b_name) = (fastest(rows, size, p, mode) for p in (num, den))
         value = a / b if a and b else None
         bars.append({"check": what, "size": size, "mode": mode, "value": value,
-                     "bar": f"{op} {threshold:g}", "result": bc.check(value, op, threshold),
-                     "detail": f"{a_name or num} {bc.fmt(a)} ms / {b_name or den} {bc.fmt(b)} ms"})
+                     "bar": f"{op} {threshold:g}", "result": check(value, op, threshold),
+                     "detail": f"{a_name or num} {fmt(a)} ms / {b_name or den} {fmt(b)} ms"})
     for mode in cfg.modes:
         bar("hi-res branch on its best backend: speed-up over dense SDPA", large, mode,
             "dense/sdpa", "hires/", ">=", 25)
@@ -190,11 +193,14 @@ NOTES = """\
   excluded; the first call is reported apart (`first_call_s`). `fwd` runs under
   `torch.no_grad()`; `fwd+bwd` adds `torch.autograd.grad` w.r.t. q, k, v (branches) or
   the input and every parameter (layers).
-* SDPA baselines get `(B, h, L, d)` tensors laid out beforehand; MSC backends pay for their
-  own layout changes (conservative for MSC). `reference` builds its dense mask on every
-  call; it is skipped where that mask would exceed {max_mask_gib:g} GiB. Dense frame-causal
-  attention: FlexAttention with a block mask on CUDA (SDPA + dense mask on CPU). The dense
-  layers share the MSC layer's qkv / q,k-RMSNorm / 3-D RoPE / proj (no gates).
+* SDPA baselines (`dense/sdpa`, `lowres/sdpa-pooled`) get `(B, h, L, d)` tensors laid out
+  beforehand; the MSC backends and the dense frame-causal baseline pay for their own
+  layout changes. `reference` builds its dense mask on every call; it is skipped where that
+  mask would exceed {max_mask_gib:g} GiB. Dense frame-causal attention runs through the
+  project's backends (`scd_msc.ops.window_attention`, every token of frames <= f):
+  FlexAttention with a block mask on CUDA, SDPA + dense mask on CPU. The dense layers are
+  `scd_msc.ops.dense.DenseAttention`, with the MSC layer's qkv / q,k-RMSNorm / 3-D RoPE /
+  proj (no gates).
 * FLOPs: allowed (query, key) pairs counted exactly from the masks × 4·d (QKᵀ and PV, 2
   flops per multiply-add); `fwd+bwd` = 3.5× that (backward ≈ 2.5×) plus 3× the qkv + proj
   FLOPs (8·L·D², layers only). Pooling, RoPE, norms and gates are not counted.
@@ -205,7 +211,8 @@ NOTES = """\
   r = down, d = temporal stride. Its attention term 2bs²h is half the exact 4·s²·D, and it
   assumes projecting after pooling; this implementation projects at full resolution
   (8·s·D² in every layer). Compare ratios, not absolute numbers.
-* torch.compile's recompile limit is raised so FlexAttention never falls back to eager.
+* The flex backend raises torch.compile's recompile limit, so FlexAttention never falls
+  back to eager.
 """
 
 
@@ -238,18 +245,18 @@ def write(cfg: BenchConfig, rows: list[dict], out_dir: str, command: str,
         f"s={cfg.stride}, strided_frames k={cfg.strided_frames}. Branch cases: {cfg.heads} "
         f"heads of {cfg.head_dim}; layer: D={cfg.dim}, {cfg.heads // 2} hi-res + "
         f"{cfg.heads - cfg.heads // 2} low-res heads; batch {cfg.batch}, {cfg.dtype}.", "",
-        "## Bar checks", "", bc.markdown_table(bars),
+        "## Bar checks", "", markdown_table(bars),
         "## Speed-ups (best backend of each piece) and flex / natten", "",
-        bc.markdown_table(ratios),
+        markdown_table(ratios),
         "## FLOPs the masks need (forward, attention only, exact pair counts)", "",
-        bc.markdown_table(flops),
+        markdown_table(flops),
         "## The MSC paper's complexity estimate vs exact (forward GFLOP, whole layer)", "",
         "Paper: dense `8bsh² + 2bs²h`; hi-res `2bsh² + bs²h/(2w²v)`; low-res "
-        "`2bsh²/r² + bs²h/(2r²d)`.", "", bc.markdown_table(paper),
+        "`2bsh²/r² + bs²h/(2r²d)`.", "", markdown_table(paper),
         "## Notes", "", NOTES.format(max_mask_gib=cfg.max_mask_gib)])
-    stem = bc.report_stem(out_dir, "attention", cfg.device)
-    return bc.write_report(
-        stem, f"MSC attention benchmark ({bc.gpu_slug(cfg.device)})", command, config_dict(cfg),
+    stem = report_stem(out_dir, "attention", cfg.device)
+    return write_report(
+        stem, f"MSC attention benchmark ({gpu_slug(cfg.device)})", command, config_dict(cfg),
         rows, extra, {"cases_run": len(rows), "cases_total": total, "bars": bars,
                       "ratios": ratios, "flops": flops, "paper_estimate": paper},
         columns=COLUMNS, env=env)

@@ -1,17 +1,20 @@
 """GPU benchmark of the MSC attention op (Xu & Cao, arXiv 2412.09828; DESIGN.md §1).
 
 Times both branches and the whole MSC layer, forward and forward+backward, per backend,
-against dense SDPA (no mask) and dense frame-causal attention over the same tokens, and
-writes ``benchmarks/attention_<gpu>_<date>.md`` + ``.json``::
+against dense SDPA (no mask) and dense frame-causal attention over the same tokens (the
+project's flex backend on CUDA, its reference backend elsewhere), and writes
+``benchmarks/attention_<gpu>_<date>.md`` + ``.json``. From the repository root::
 
-    python tools/bench_attention.py --sizes 32x32x32 32x64x64 --out benchmarks/
-    python tools/bench_attention.py --quick --out /tmp/bench      # tiny, CPU (tests)
+    python -m tools.bench_attention --sizes 32x32x32 32x64x64 --out benchmarks/
+    python -m tools.bench_attention --quick --out /tmp/bench      # tiny, CPU (tests)
 
 Sizes are ``FxHpxWp`` (frames × token grid). Branch cases use ``h`` heads of ``d``
 (default 16 of 64) on ``(B, F, Hp, Wp, h, d)`` tensors; the layer has width ``D = h·d``
-split into ``h/2`` hi-res and ``h/2`` low-res heads. FLOPs are those the masks really
-need: allowed (query, key) pairs counted exactly, times ``4·d`` (QKᵀ and PV, 2 flops per
-multiply-add); backward is taken as 2.5× forward.
+split into ``h/2`` hi-res and ``h/2`` low-res heads; the dense layers are
+:class:`scd_msc.ops.dense.DenseAttention` (SCD-dense's and the causal DiT's layer). FLOPs
+are those the masks really need: allowed (query, key) pairs counted exactly
+(``scd_msc.ops.masks``), times ``4·d`` (QKᵀ and PV, 2 flops per multiply-add); backward
+is taken as 2.5× forward.
 
 Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` grid · ``N = Hp·Wp`` · ``L = F·N`` ·
 ``D`` width · ``h`` heads · ``d`` head dim · ``r`` low-res down factor.
@@ -21,87 +24,24 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-_TOOLS = Path(__file__).resolve().parent
-sys.path[:0] = [str(_TOOLS), str(_TOOLS.parent)]  # run as a script: this checkout's scd_msc
-import scd_msc.bench.common as bc  # noqa: E402
-from scd_msc.bench.common import attn_flops, dims, frame_causal_pairs, parse_dims  # noqa: E402
-
-from scd_msc.ops import (  # noqa: E402
-    BACKENDS, BackendUnavailableError, hires_attention, lowres_attention)
-from scd_msc.ops.embed import rope3d  # noqa: E402
-from scd_msc.ops.masks import frame_causal_mask_mod  # noqa: E402
-from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig  # noqa: E402
-from attention_report import (  # noqa: E402  (the config and report half)
-    COMPACT, QUICK, BenchConfig, Size, bar_checks, branch_pairs, write)
+from scd_msc.ops import BACKENDS, BackendUnavailableError, hires_attention, lowres_attention, window_attention
+from scd_msc.ops.dense import DenseAttention
+from scd_msc.ops.masks import dense_spec, frame_causal_pairs
+from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig
+from tools.attention_report import (  # the config and report half
+    COMPACT, QUICK, BenchConfig, Size, attn_flops, bar_checks, branch_pairs, write)
+from tools.bench.env import env_info
+from tools.bench.report import command_line, dims, fmt, markdown_table, parse_dims
+from tools.bench.timing import measure
 
 BWD_OVER_FWD = 2.5  # backward FLOPs ≈ 2.5× forward (attention); linear layers: 2×
-
-
-# --------------------------------------------------------------------------- baselines
-
-def frame_causal_attention(frames: int, n: int, device: str) -> Callable[..., Tensor]:
-    """Dense frame-causal attention on ``(B, h, L, d)``: FlexAttention with a block mask
-    on CUDA (the mask is block-sparse: whole frames), SDPA with a dense mask elsewhere."""
-    if torch.device(device).type == "cuda":
-        block_mask, flex = _frame_causal_block_mask(frames, n, device), _compiled_flex()
-        return lambda q, k, v: flex(q, k, v, block_mask=block_mask)
-    mask_mod, length = frame_causal_mask_mod(frames, frames, n), frames * n
-    idx, zero = torch.arange(length, device=device), torch.zeros((), dtype=torch.long)
-    mask = mask_mod(zero, zero, idx[:, None], idx[None, :])  # (L, L) bool
-    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-@functools.lru_cache(maxsize=8)
-def _frame_causal_block_mask(frames: int, n: int, device: str):
-    """One BlockMask per size, shared by every case (fewer compiles); never L×L dense."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    length = frames * n
-    return create_block_mask(frame_causal_mask_mod(frames, frames, n), None, None, length,
-                             length, device=device, _compile=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled_flex() -> Callable[..., Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
-class DenseAttentionLayer(nn.Module):
-    """The MSC layer's qkv / q,k-norm / 3-D RoPE / proj around dense attention:
-    ``causal=True`` frame-causal (the causal-DiT layer), else plain SDPA."""
-
-    def __init__(self, dim: int, heads: int, frames: int, n: int, causal: bool, device: str):
-        super().__init__()
-        self.heads, head_dim = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm, self.k_norm = nn.RMSNorm(head_dim), nn.RMSNorm(head_dim)
-        self.proj = nn.Linear(dim, dim)
-        self.attn = (frame_causal_attention(frames, n, device) if causal
-                     else F.scaled_dot_product_attention)
-
-    def forward(self, x: Tensor, t: Tensor, frame_index: Tensor) -> Tensor:
-        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` (unused), frame_index ``(F,)`` -> like x."""
-        b, f, hp, wp, _ = x.shape
-        q, k, v = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
-        ys = torch.arange(hp, device=x.device, dtype=torch.float32)
-        xs = torch.arange(wp, device=x.device, dtype=torch.float32)
-        q = rope3d(self.q_norm(q), frame_index, ys, xs)  # (B, F, Hp, Wp, h, d)
-        k = rope3d(self.k_norm(k), frame_index, ys, xs)
-        qs, ks, vs = (rearrange(z, "b f y x h d -> b h (f y x) d") for z in (q, k, v))
-        o = self.attn(qs, ks, vs)  # (B, h, L, d)
-        return self.proj(rearrange(o, "b h (f y x) d -> b f y x (h d)", f=f, y=hp, x=wp))
 
 
 # --------------------------------------------------------------------------- cases
@@ -186,14 +126,19 @@ def size_cases(cfg: BenchConfig, size: Size) -> list[Case]:
         mcfg = MSCAttentionConfig(dim, h, hires_heads=h // 2, backend=be)
         return lambda: MSCAttention(mcfg, cfg.layer_spec()).to(dev, dt)
 
-    def dense_layer(causal):
-        return lambda: DenseAttentionLayer(dim, h, f, n, causal, dev).to(dev, dt)
+    def dense_layer(causal):  # non-causal: every key, which the reference runs as plain SDPA
+        mcfg = MSCAttentionConfig(dim, h, causal=causal, backend=fc_impl if causal else "reference")
+        return lambda: DenseAttention(mcfg).to(dev, dt)
+
+    def frame_causal_op():  # every token of frames <= f: the causal DiT's mask
+        spec = dense_spec(None, f, (hp, wp), causal=True)
+        return functools.partial(window_attention, spec=spec, backend=fc_impl)
 
     sdpa = lambda: F.scaled_dot_product_attention  # noqa: E731
     # attention alone: h heads of d
     add("dense/sdpa", length, attn_flops(length**2, h, d, b), sdpa, qkv(b, h, length, d))
     add(f"dense/frame-causal-{fc_impl}", length, attn_flops(frame_causal_pairs(f, f, n), h, d, b),
-        lambda: frame_causal_attention(f, n, dev), qkv(b, h, length, d),
+        frame_causal_op, qkv(b, f, hp, wp, h, d),
         skip=None if on_cuda else too_big)
     for be in cfg.backends:
         add(f"hires/{be}", length, attn_flops(hi_pairs, h, d, b), hires_op(be),
@@ -226,7 +171,7 @@ def run_case(case: Case, cfg: BenchConfig) -> dict[str, Any]:
         "first_call_s": None, "peak_gib": None, "status": "skipped", "error": case.skip}
     if case.skip:
         return row
-    row.update(bc.measure(case.build, cfg.device, budget_ms=cfg.budget_ms, warmup=cfg.warmup,
+    row.update(measure(case.build, cfg.device, budget_ms=cfg.budget_ms, warmup=cfg.warmup,
                           min_iters=cfg.min_iters, max_iters=cfg.max_iters,
                           skip_errors=(BackendUnavailableError,)))
     if row["median_ms"]:
@@ -251,7 +196,7 @@ def make_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_attention", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", help="FxHpxWp, e.g. 32x32x32 32x64x64")
     p.add_argument("--out", default="benchmarks", help="folder of the .md / .json report")
     p.add_argument("--device", help="cuda (default when available) or cpu")
@@ -263,26 +208,23 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--only", nargs="+", help="run only cases whose name contains one of these")
     args = p.parse_args(argv)
     cfg = make_config(args)
-    if torch.device(cfg.device).type == "cuda":
-        bc.allow_recompiles()
     cases = [c for s in cfg.sizes for c in size_cases(cfg, s)
              if not args.only or any(o in c.name for o in args.only)]
     if not cases:
         raise SystemExit(f"no case matches --only {args.only}")
-    command = bc.command_line(["tools/bench_attention.py",
-                               *(sys.argv[1:] if argv is None else argv)])
-    env, rows = bc.env_info(cfg.device), []
+    command = command_line(__spec__.name, argv)
+    env, rows = env_info(cfg.device), []
     for i, case in enumerate(cases, 1):
         row = run_case(case, cfg)
         rows.append(row)
         print(f"[{i}/{len(cases)}] {row['size']} {case.name} {case.mode}: {row['status']} "
-              f"{bc.fmt(row['median_ms'])} ms (first call {bc.fmt(row['first_call_s'])} s)"
+              f"{fmt(row['median_ms'])} ms (first call {fmt(row['first_call_s'])} s)"
               + (f" — {row['error'][:120]}" if row["error"] else ""), flush=True)
         md, js = write(cfg, rows, args.out, command, env, len(cases))  # a killed run keeps it
     bars = bar_checks(rows, cfg)
     print(f"\nwrote {md} and {js}\n")
-    print(bc.markdown_table(bars, ["check", "size", "mode", "value", "bar", "result"]))
-    print(bc.markdown_table(rows, COMPACT))
+    print(markdown_table(bars, ["check", "size", "mode", "value", "bar", "result"]))
+    print(markdown_table(rows, COMPACT))
     return rows
 
 

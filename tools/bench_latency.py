@@ -1,11 +1,10 @@
-"""Per-frame latency benchmark (same as ``scd-msc bench``); see scd_msc/bench/latency.py."""
+"""Per-frame latency of SCD-MSC vs SCD-dense vs the causal DiT, and training throughput:
+``python -m tools.bench_latency --help`` from the repository root (the code and its
+options: ``tools/bench/latency.py``)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's scd_msc
-
-from scd_msc.bench.latency import main  # noqa: E402
+from tools.bench.latency import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,9 +10,9 @@ samples/s and the share of each step spent waiting for the data loader. Warm-up
 Writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``. Example (H100, loader wait of
 both small presets; then DDP scaling on a 2-GPU machine)::
 
-    python tools/bench_training.py --configs configs/moving_digits_small.yaml configs/causal_dit_small.yaml \\
+    python -m tools.bench_training --configs configs/moving_digits_small.yaml configs/causal_dit_small.yaml \\
         --devices 1 --steps 150 --what training_loader
-    python tools/bench_training.py --configs configs/moving_digits_small.yaml --devices 1 2 --what training_ddp
+    python -m tools.bench_training --configs configs/moving_digits_small.yaml --devices 1 2 --what training_ddp
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's scd_msc
+from scd_msc.config import load_config
+from tools.bench.env import env_info
+from tools.bench.report import command_line, fmt, report_stem, write_report
 
-from scd_msc.bench.common import command_line, env_info, fmt, report_stem, write_report  # noqa: E402
-from scd_msc.config import load_config  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: runs start here
 
 WAIT_BAR = 0.05  # issue #4: loader wait < 5% of the step
 
@@ -61,7 +61,7 @@ def run_one(config: str, devices: int, args: argparse.Namespace, work: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_training", description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", required=True, help="experiment yaml files (configs/*.yaml)")
     p.add_argument("--devices", nargs="+", type=int, default=[1], help="GPU counts to run (default 1)")
     p.add_argument("--steps", type=int, default=150, help="timed optimizer steps per run (default 150)")
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="folder for the runs and their logs (default: a temp folder)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args(argv)
+    command = command_line(__spec__.name, argv)
     for name in ("steps", "warmup"):
         if getattr(args, name) < 1:
             p.error(f"--{name}={getattr(args, name)}: expected an integer >= 1")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"configs": args.configs, "devices": args.devices, "steps": args.steps, "warmup": args.warmup,
               "overrides": args.overrides}
     md, js = write_report(report_stem(args.out, args.what), f"Training throughput and loader wait ({args.what})",
-                          command_line(), config, rows, extra_md="## Checks\n\n" + "\n".join(checks) + "\n\n" + notes,
+                          command, config, rows, extra_md="## Checks\n\n" + "\n".join(checks) + "\n\n" + notes,
                           data_json={"loader_wait_fraction_max": worst, "checks": checks}, columns=columns,
                           env=env_info("cuda"))
     print("\n".join(checks))

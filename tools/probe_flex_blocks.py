@@ -1,29 +1,29 @@
 """Probe: FlexAttention block sizes for the hi-res mask against NATTEN (one size).
 
-Run on a GPU: ``python tools/probe_flex_blocks.py --out DIR``. Writes
-``flex_blocks_<gpu>_<date>.md/.json``. Steady-state medians, compile excluded.
+Run on a GPU, from the repository root: ``python -m tools.probe_flex_blocks --out DIR``.
+Writes ``flex_blocks_<gpu>_<date>.md/.json``. Steady-state medians, compile excluded.
 """
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from einops import rearrange
 
-import torch  # noqa: E402
-from einops import rearrange  # noqa: E402
-
-from scd_msc.bench.common import command_line, measure, report_stem, write_report  # noqa: E402
-from scd_msc.ops import hires_attention  # noqa: E402
-from scd_msc.ops.backends import _compiled_flex  # noqa: E402
-from scd_msc.ops.masks import hires_spec, window_mask_mod  # noqa: E402
+from scd_msc.ops import hires_attention
+from scd_msc.ops.backends import _compiled_flex
+from scd_msc.ops.masks import hires_spec, window_mask_mod
+from tools.bench.report import command_line, report_stem, write_report
+from tools.bench.timing import measure
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="python -m tools.probe_flex_blocks", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="32,32,32")
     p.add_argument("--out", default="benchmarks")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("no CUDA GPU: this probe times FlexAttention and NATTEN kernels on CUDA")
     f, hp, wp = (int(v) for v in args.size.split(","))
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -55,7 +55,7 @@ def main() -> int:
             r["x_natten"] = r["median_ms"] / nat if r["median_ms"] and nat else None
         print(rows[-5:], flush=True)
     stem = report_stem(args.out, "flex_blocks", "cuda")
-    write_report(stem, "FlexAttention block sizes, hi-res w=7 v=4", command_line(),
+    write_report(stem, "FlexAttention block sizes, hi-res w=7 v=4", command_line(__spec__.name),
                  {"size": args.size, "heads": 16, "head_dim": 64, "dtype": "bf16"}, rows,
                  columns=["case", "mode", "median_ms", "x_natten", "first_call_s", "status", "error"])
     for r in rows:

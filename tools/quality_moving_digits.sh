@@ -9,7 +9,7 @@
 #      --context-noise $CTX (the clean-context ablation at 0);
 #   4. scd-msc generate 4x the clip length (4 prompt frames + 60) as GIFs, also at the other
 #      --context-noise levels in $SWEEP (SCD-MSC) and $DIT_SWEEP (DiT);
-#   5. tools/quality_report.py -> benchmarks/quality_moving_digits_<gpu>_<date>.{md,json}, _mass.png
+#   5. python -m tools.quality_report -> benchmarks/quality_moving_digits_<gpu>_<date>.{md,json}, _mass.png
 #      (digit mass per frame) and _long.gif (SCD-MSC's long videos above the DiT's).
 # Time on 2 H200s, 1500 steps: 17 min of training (660 ms per step for each SCD-MSC run sharing
 # GPU 0, 626 ms for the DiT on GPU 1), then about 5 min of scoring.
@@ -119,7 +119,7 @@ if [ "$ablate" = 1 ]; then
   variants+=(--variant "SCD-MSC, clean-context training" "$out/long_scd_msc_clean.gif" "$out/eval_scd_msc_clean"
              "$runs/scd_msc_clean")
 fi
-"$py" tools/quality_report.py --scd-msc "$out/eval_scd_msc" "$out/long_scd_msc.gif" "$runs/scd_msc" \
+"$py" -m tools.quality_report --scd-msc "$out/eval_scd_msc" "$out/long_scd_msc.gif" "$runs/scd_msc" \
   --causal-dit "$out/eval_causal_dit" "$out/long_causal_dit.gif" "$runs/causal_dit" "${variants[@]}" \
   --train-shards "$train_shards" "${report[@]}" \
   --notes "Run: \`${settings}bash tools/quality_moving_digits.sh $steps $*\` on $ngpu GPU(s)."

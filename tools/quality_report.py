@@ -3,7 +3,7 @@
 
 Reads, for each model, the ``scd-msc eval`` folder (``eval.json``), the long
 ``scd-msc generate`` GIF (prompt frames first, videos tiled side by side) and the
-training run folder (``timing.json``, ``csv/*/metrics.csv``, ``config.yaml``), plus the
+training run folder (``timing.json``, ``metrics.csv``, ``config.yaml``), plus the
 training shards and any ``--variant`` (another long GIF, optionally with its eval and
 run: an ablation or another inference setting), and writes ``benchmarks/<what>_<gpu>_<date>.md`` + ``.json``, a
 digit-mass plot ``..._mass.png`` and ``..._long.gif`` (the first four long videos of
@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageSequence
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's scd_msc
+from scd_msc.data.dataset import ClipDataset
+from tools.bench.env import env_info
+from tools.bench.report import command_line, fmt, markdown_table, report_stem, write_report
 
-from scd_msc.bench.common import command_line, env_info, fmt, markdown_table, report_stem, write_report  # noqa: E402
-from scd_msc.data.dataset import ClipDataset  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: reports go to its benchmarks/
 
 PSNR_BAR_DB = 0.5  # SCD-MSC within 0.5 dB of the DiT, horizons 1-8
 MASS_BAR = 0.30  # digit mass within ±30% of the training data's at 4× the clip length
@@ -92,7 +92,9 @@ def mass_curves(video: np.ndarray, prompt: int) -> dict[str, Any]:
 def run_info(run: Path) -> dict[str, Any]:
     """Steps, final losses and throughput of a training run folder."""
     rows: list[dict[str, str]] = []
-    for path in sorted(glob.glob(str(run / "csv" / "version_*" / "metrics.csv"))):
+    # <run>/metrics.csv; runs made before it was one file per run: csv/version_N/metrics.csv
+    legacy = sorted(glob.glob(str(run / "csv" / "version_*" / "metrics.csv")))
+    for path in glob.glob(str(run / "metrics.csv")) + legacy:
         with open(path) as f:
             rows += list(csv.DictReader(f))
     last = lambda key: next((float(r[key]) for r in reversed(rows) if r.get(key)), None)
@@ -156,7 +158,7 @@ def plot(curves: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.quality_report", description=__doc__.split("\n\n")[0])
     for key, label in MODELS:
         p.add_argument(f"--{key.replace('_', '-')}", nargs=3, required=True, metavar=("EVAL_DIR", "GIF", "RUN_DIR"),
                        help=f"{label}: scd-msc eval folder, long generation GIF, training run folder")
@@ -261,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
               "eval_shards": evals["scd_msc"]["shards"], "train_shards": args.train_shards,
               "long_generation_frames": curves["scd_msc"]["frames"],
               "long_generation_videos": curves["scd_msc"]["videos"]}
-    md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small", command_line(),
-                          config, rows, extra_md=extra, data_json=data, env=env_info(device))
+    md, js = write_report(stem, "Moving digits: SCD-MSC small against the causal DiT small",
+                          command_line(__spec__.name, argv), config, rows, extra_md=extra, data_json=data,
+                          env=env_info(device))
     print("\n".join(checks))
     print(f"wrote {md}, {js}")
     return 0

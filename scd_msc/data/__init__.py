@@ -1,28 +1,32 @@
-"""Data: synthetic clip generators, webdataset shard writing and reading, Lightning data module.
+"""Data: synthetic clip generators, game video, webdataset shard writing and reading, Lightning data module.
 
-See DESIGN.md section 5. ``ShardDataModule`` is imported lazily so that writing shards
-(``scd-msc make-shards``) does not pay for importing Lightning.
+See DESIGN.md sections 5 and 7. Every name below is imported on first use (PEP 562):
+``dataset``/``decode``/``shards`` import torch and webdataset, ``ShardDataModule`` imports
+Lightning, and the spawned game workers (``scd_msc.data.games``) must not import torch.
 """
 
-from .config import DataConfig
-from .dataset import ClipDataset, collate_clips, expand_shards, node_shards, worker_shards
-from .decode import REASONS, ClipSpec, SkipCounter, SkipSample, decode_sample
-from .shards import ShardSummary, make_shards
-from .sources import SOURCES, encode_latents, load_callable
-from .synthetic import bouncing_shapes, moving_digits
-from .video import decode_video, encode_mp4, iter_video_frames, resize_frames, to_channels
+import importlib
 
-__all__ = [
-    "REASONS", "SOURCES", "ClipDataset", "ClipSpec", "DataConfig", "ShardDataModule", "ShardSummary",
-    "SkipCounter", "SkipSample", "bouncing_shapes", "collate_clips", "decode_sample", "decode_video",
-    "encode_latents", "encode_mp4", "expand_shards", "iter_video_frames", "load_callable", "make_shards",
-    "moving_digits", "node_shards", "resize_frames", "to_channels", "worker_shards",
-]
+_EXPORTS = {
+    "DataConfig": "config",
+    "ClipDataset": "dataset", "collate_clips": "dataset", "expand_shards": "dataset",
+    "node_shards": "dataset", "worker_shards": "dataset",
+    "REASONS": "decode", "ClipSpec": "decode", "SkipCounter": "decode", "SkipSample": "decode",
+    "decode_sample": "decode",
+    "Conditions": "conditions", "shard_conditions": "conditions",
+    "ProbeError": "probe", "ShardInfo": "probe", "probe_shards": "probe",
+    "ShardSummary": "shards", "make_shards": "shards",
+    "SOURCES": "sources", "encode_latents": "sources", "load_callable": "sources",
+    "bouncing_shapes": "synthetic", "moving_digits": "synthetic",
+    "decode_video": "video", "encode_mp4": "video", "iter_video_frames": "video",
+    "resize_frames": "video", "to_channels": "video",
+    "ShardDataModule": "datamodule",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "ShardDataModule":
-        from .datamodule import ShardDataModule
-
-        return ShardDataModule
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,8 @@ Examples::
     scd-msc make-shards moving-digits --out shards/digits --frames 16 --size 64 --clips 10000
     scd-msc make-shards videos --path my_videos/ --out shards/vids --frames 16 --size 128 --format mp4
     scd-msc make-shards latents --encoder my_pkg.vae:encode --out shards/lat --frames 16 --size 256
+    scd-msc make-shards atari --games breakout,pong --out shards/atari --frames 32 --size 64 --clips 1000
+    scd-msc make-shards doom --scenario basic,my_way_home --out shards/doom --frames 32 --size 64 --clips 1000
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import argparse
 import sys
 
 from .shards import FORMATS, check_out_dir, make_shards, validate
-from .sources import PIXEL_SOURCES, SOURCES
+from .sources import GAME_SOURCES, PIXEL_SOURCES, SOURCES
 
 
 def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,7 +36,9 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     parser.add_argument("--format", dest="fmt", default="npy", help=f"sample format: {', '.join(FORMATS)}")
     parser.add_argument("--channels", type=int, default=None, help="1 (grey) or 3 (RGB); default per source")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate stored for synthetic clips")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate stored for synthetic clips (default 8); videos: resample every file "
+                        "to this rate, dropping or repeating frames by timestamp (default: each file's own)")
     parser.add_argument("--path", default=None, help="folder of video files (source videos)")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between clip starts in a video (default --frames, no overlap)")
@@ -42,6 +46,15 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--pixels", default="moving-digits",
                         help=f"pixel source fed to the encoder (latents): {', '.join(PIXEL_SOURCES)}")
     parser.add_argument("--latent-dtype", default="float16", help="float16 or float32 (latents)")
+    parser.add_argument("--games", default=None,
+                        help="comma-separated ALE ROM ids (atari; default breakout,pong,space_invaders)")
+    parser.add_argument("--scenario", "--scenarios", dest="scenarios", default=None,
+                        help="comma-separated ViZDoom scenarios or freedoom2_mapNN levels (doom; default "
+                             "basic,defend_the_center,health_gathering,my_way_home,deadly_corridor)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes playing the games (atari, doom; default: CPU count)")
+    parser.add_argument("--clips-per-rollout", type=int, default=None,
+                        help="clips recorded from one engine run (atari, doom; default 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -55,6 +68,9 @@ def _source_kwargs(args: argparse.Namespace) -> dict:
         kwargs.update(encoder=args.encoder, pixels=args.pixels, latent_dtype=args.latent_dtype)
     if pixels == "videos":
         kwargs.update(path=args.path, stride=args.stride)
+    game_options = {"games": args.games, "scenarios": args.scenarios, "workers": args.workers,
+                    "clips_per_rollout": args.clips_per_rollout}
+    kwargs.update({k: v for k, v in game_options.items() if v is not None})
     if args.channels is not None:
         kwargs["channels"] = args.channels
     if args.fps is not None:
@@ -68,6 +84,12 @@ def _check_unused(args: argparse.Namespace) -> None:
         raise ValueError(f"--path/--stride: only used by the videos source, not {pixels!r}")
     if args.source != "latents" and args.encoder is not None:
         raise ValueError(f"--encoder: only used by the latents source, not {args.source!r}")
+    for flag, value, users in (("--games", args.games, ("atari",)), ("--scenario", args.scenarios, ("doom",)),
+                               ("--workers", args.workers, GAME_SOURCES),
+                               ("--clips-per-rollout", args.clips_per_rollout, GAME_SOURCES)):
+        if value is not None and pixels not in users:
+            raise ValueError(f"{flag}: only used by the {' and '.join(users)} source{'s' * (len(users) > 1)}, "
+                             f"not {pixels!r}")
 
 
 def run_make_shards(args: argparse.Namespace) -> int:
@@ -84,10 +106,14 @@ def run_make_shards(args: argparse.Namespace) -> int:
         summary = make_shards(args.source, args.out, args.frames, args.size, clips=clips,
                               shard_size=args.shard_size, seed=args.seed, fmt=args.fmt,
                               overwrite=args.overwrite, progress=not args.no_progress, **kwargs)
-    except ValueError as exn:
+    except (ValueError, ImportError) as exn:  # ImportError: an optional package, with its install hint
         print(f"scd-msc make-shards: error: {exn}", file=sys.stderr)
         return 2
     print(summary)
+    if summary.clips and (args.source in GAME_SOURCES or args.pixels in GAME_SOURCES):
+        from .conditions import shard_conditions
+
+        print(f"conditions: {shard_conditions(summary.shards)}")
     if summary.clips == 0:
         print("scd-msc make-shards: error: no clip was written (videos too short or undecodable?)",
               file=sys.stderr)

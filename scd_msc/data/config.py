@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from .probe import ShardInfo
+
+AUTO = "auto"
 
 
 @dataclass
@@ -12,7 +17,8 @@ class DataConfig:
 
     ``train_shards`` / ``val_shards``: brace patterns (``shards/shard-{000000..000099}.tar``),
     globs (``shards/*.tar``) or ``::``-joined lists of those. ``channels`` / ``image_size``
-    describe pixel frames, or latents (C, h == w) for ``latent.npy`` shards. Samples of
+    describe pixel frames, or latents (C, h == w) for ``latent.npy`` shards; ``auto`` (the
+    default) reads them from the first training sample (``data/probe.py``). Samples of
     another shape or shorter than ``clip_frames`` are skipped and counted.
     ``epoch_batches``: training batches per epoch *per rank* (the stream is endless).
     ``val_batches``: validation batches per rank (the val pass is cut, or repeated, to
@@ -22,8 +28,8 @@ class DataConfig:
     train_shards: str = ""
     val_shards: Optional[str] = None
     clip_frames: int = 16
-    image_size: int = 64
-    channels: int = 1  # the embedded default data set (moving digits) is grey
+    image_size: Union[int, str] = AUTO  # an int, or auto: the shards' frame side
+    channels: Union[int, str] = AUTO  # an int, or auto: the shards' channels
     batch_size: int = 8
     num_workers: int = 2
     epoch_batches: int = 1000
@@ -35,7 +41,11 @@ class DataConfig:
     max_consecutive_skips: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("clip_frames", "image_size", "channels", "batch_size", "epoch_batches"):
+        for name in ("image_size", "channels"):
+            value = getattr(self, name)
+            if value != AUTO and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name}={value!r}: expected a positive integer or {AUTO}")
+        for name in ("clip_frames", "batch_size", "epoch_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{name}={value!r}: expected a positive integer")
@@ -45,3 +55,14 @@ class DataConfig:
                 raise ValueError(f"data.{name}={value!r}: expected a non-negative integer")
         if self.val_batches is not None and (not isinstance(self.val_batches, int) or self.val_batches < 1):
             raise ValueError(f"data.val_batches={self.val_batches!r}: expected a positive integer or None")
+
+    def with_shape_of(self, info: "ShardInfo") -> "DataConfig":
+        """This config with every ``auto`` of ``channels`` / ``image_size`` taken from ``info``."""
+        size = self.image_size
+        if size == AUTO:
+            if info.size is None:
+                fix = "pass data.image_size=N data.resize=true" if info.kind == "pixels" else "encode square latents"
+                raise ValueError(f"data.image_size=auto: the shards hold {info.height}×{info.width} {info.kind} "
+                                 f"(not square, {info.url}); {fix}")
+            size = info.size
+        return replace(self, channels=info.channels if self.channels == AUTO else self.channels, image_size=size)

@@ -1,4 +1,5 @@
-"""Lightning wrapper around ``ClipDataset``: batches ``{"video": (B, F, C, H, W), "key": list[str]}``.
+"""Lightning wrapper around ``ClipDataset``: batches ``{"video": (B, F, C, H, W), "key": list[str]}``
+(plus ``actions`` ``(B, F)`` and ``label`` ``(B,)`` int64 when the shards carry them).
 
 Pixels are in [-1, 1]; latent shards give latents as stored. Rank and world size come
 from the attached trainer (or are passed in) and are handed to the dataset explicitly.
@@ -10,15 +11,17 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from .config import DataConfig
+from .config import AUTO, DataConfig
 from .dataset import ClipDataset, collate_clips
+from .probe import probe_shards
 
 
 class ShardDataModule(L.LightningDataModule):
     """Train on an endless resampled shard stream, validate on one ordered pass.
 
     Args:
-        config: the ``DataConfig``.
+        config: the ``DataConfig``; ``auto`` channels / image_size are read from the
+            first training sample (``probe_shards``).
         rank, world_size: override the trainer's ``global_rank`` / ``world_size``
             (for use without a trainer, e.g. in tests or custom loops).
     """
@@ -27,6 +30,8 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if not config.train_shards:
             raise ValueError("data.train_shards='': expected a shard pattern, e.g. 'shards/*.tar'")
+        if AUTO in (config.channels, config.image_size):
+            config = config.with_shape_of(probe_shards(config.train_shards))
         self.config = config
         self._rank, self._world_size = rank, world_size
         self._loaders: list[DataLoader] = []  # every torch DataLoader made, for teardown

@@ -1,4 +1,5 @@
-"""Shard reader: webdataset tar shards -> ``{"video": (F, C, H, W) float, "key": str}`` samples.
+"""Shard reader: webdataset tar shards -> ``{"video": (F, C, H, W) float, "key": str}`` samples
+(plus ``actions`` ``(F,)`` and ``label`` ``()`` int64 when the shards carry them, DESIGN.md section 7).
 
 Two modes:
 
@@ -20,7 +21,10 @@ resampler seeds itself from the clock and the node splitter would then only deal
 draws of independent random streams, so ranks could read the same shard at once.
 
 Unusable samples (see ``decode.REASONS``) and unreadable or truncated tar files are
-skipped and counted in ``dataset.skipped`` (per worker process), never fatal.
+skipped and counted in ``dataset.skipped`` (per worker process), never fatal. The
+counts live in the worker processes, so every sample carries its worker's cumulative
+counts (``sample["skipped"]``: ``{"worker": id, "used": n, <reason>: n}``) and a batch
+those of its last sample; ``training/skips.py`` keeps the latest per worker.
 """
 
 from __future__ import annotations
@@ -141,10 +145,11 @@ class ClipDataset(IterableDataset):
             shuffle_rng = random.Random(int(rng.integers(2**63)))
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(samples)
         yield from self._decode(samples, rng if self.resampled else None)
-        if not self.resampled and self.skipped.total:
+        if not self.resampled and self.skipped.total and not self.skipped.quiet:
             log.info("rank %d worker %d: finished pass, skipped %s", self.rank, worker, self.skipped.summary())
 
     def _decode(self, samples, rng: np.random.Generator | None) -> Iterator[dict]:
+        worker = self._worker()[0]
         for sample in samples:
             try:
                 out = decode_sample(sample, self.spec, rng)
@@ -152,9 +157,22 @@ class ClipDataset(IterableDataset):
                 self.skipped.skip(skip.reason, f"{sample.get('__key__')}@{sample.get('__url__')}", skip.detail)
                 continue
             self.skipped.ok()
+            out["skipped"] = {"worker": worker, **self.skipped.snapshot()}
             yield out
 
 
 def collate_clips(samples: list[dict]) -> dict:
-    """``{"video": (B, F, C, H, W), "key": list[str]}`` from a list of samples."""
-    return {"video": torch.stack([s["video"] for s in samples]), "key": [s["key"] for s in samples]}
+    """``{"video": (B, F, C, H, W), "key": list[str]}`` from a list of samples, plus
+    ``actions`` ``(B, F)`` and ``label`` ``(B,)`` int64 when the samples carry them, and
+    ``skipped`` (the last sample's worker counts) when the samples carry them."""
+    batch = {"video": torch.stack([s["video"] for s in samples]), "key": [s["key"] for s in samples]}
+    for name in ("actions", "label"):
+        have = sum(name in s for s in samples)
+        if have == len(samples):
+            batch[name] = torch.stack([s[name] for s in samples])
+        elif have:
+            raise ValueError(f"batch of {len(samples)} clips: {have} carry {name!r} and the others do not; "
+                             "expected shards written with the same conditions")
+    if "skipped" in samples[-1]:  # one worker makes a whole batch: its last counts are its newest
+        batch["skipped"] = samples[-1]["skipped"]
+    return batch

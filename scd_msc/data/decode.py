@@ -4,6 +4,9 @@ Accepted fields (first one present wins): ``latent.npy`` (float ``(F, C, h, w)``
 ``frames.npy`` (uint8 ``(F, H, W, C)`` or ``(F, H, W)``), and a video (``mp4``, as
 written by ``make_shards`` or video2dataset, with optional ``json``/``txt``). Pixels
 come out as float32 ``(F, C, H, W)`` in [-1, 1]; latents as stored, in float32.
+Conditions, when the sample has them (``conditions.py``): ``actions`` int64
+``(clip_frames,)``, cut at the same offset as the frames, and ``label`` int64 ``()``
+(from an integer json ``label``; other tools' string labels are left alone).
 
 Bad samples raise ``SkipSample(reason)``; ``SkipCounter`` counts them per reason, logs
 them, and also serves as the webdataset ``handler`` for unreadable shards.
@@ -42,19 +45,24 @@ class SkipCounter:
     A skip is logged at WARNING the 1st, 2nd, 4th, 8th, ... time a reason occurs (bounded
     logs on a big, dirty data set). More than ``max_consecutive`` skips in a row with no
     good sample in between raise a ``RuntimeError``: a resampled reader would otherwise
-    spin forever on a data set where nothing is usable.
+    spin forever on a data set where nothing is usable. ``first`` describes the first
+    skip (for one-line error messages); ``quiet`` turns the logging off.
     """
 
-    def __init__(self, max_consecutive: int = 1000):
+    def __init__(self, max_consecutive: int = 1000, quiet: bool = False):
         self.counts: Counter[str] = Counter()
         self.max_consecutive = max_consecutive
         self.consecutive = 0
+        self.used = 0  # samples that gave a clip
+        self.quiet = quiet
+        self.first = ""
 
     def skip(self, reason: str, key: str = "?", detail: str = "") -> None:
         self.counts[reason] += 1
         self.consecutive += 1
+        self.first = self.first or f"{key} ({reason}: {detail})"
         n = self.counts[reason]
-        if n & (n - 1) == 0:
+        if n & (n - 1) == 0 and not self.quiet:
             log.warning("skipped sample %s (%s: %s); skipped so far: %s", key, reason, detail, self.summary())
         if self.consecutive > self.max_consecutive:
             raise RuntimeError(f"{self.consecutive} samples in a row were unusable ({self.summary()}); "
@@ -62,6 +70,11 @@ class SkipCounter:
 
     def ok(self) -> None:
         self.consecutive = 0
+        self.used += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """``{"used": n, <reason>: n, ...}``: plain ints, cheap to send with a batch."""
+        return {"used": self.used, **self.counts}
 
     def handler(self, exn: Exception) -> bool:
         """webdataset exception handler: count a shard/tar read error and go on."""
@@ -105,8 +118,8 @@ def _load_npy(data: bytes) -> np.ndarray:
         raise SkipSample("decode_error", f"npy: {exn!r}"[:200]) from None
 
 
-def _pixels(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
-    """uint8 ``(clip_frames, H, W, C)`` from ``frames.npy`` or a video field."""
+def _pixels(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    """uint8 ``(clip_frames, H, W, C)`` from ``frames.npy`` or a video field, and its first frame."""
     if "frames.npy" in sample:
         frames = _load_npy(sample["frames.npy"])
         frames = frames[..., None] if frames.ndim == 3 else frames
@@ -117,7 +130,7 @@ def _pixels(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> np
         if len(frames) < spec.clip_frames:
             raise SkipSample("too_short", f"{len(frames)} < {spec.clip_frames} frames")
         start = _offset(len(frames), spec.clip_frames, rng)
-        return frames[start:start + spec.clip_frames]
+        return frames[start:start + spec.clip_frames], start
     field = next(f for f in VIDEO_FIELDS if f in sample)
     meta = _meta(sample)
     stored = int(meta.get("channels", 3))
@@ -135,7 +148,7 @@ def _pixels(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> np
         raise SkipSample("too_short", f"{len(frames)} < {start + spec.clip_frames} frames")
     if not known:
         start = _offset(len(frames), spec.clip_frames, rng)
-    return frames[start:start + spec.clip_frames]
+    return frames[start:start + spec.clip_frames], start
 
 
 def _meta(sample: dict) -> dict:
@@ -148,8 +161,8 @@ def _meta(sample: dict) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _latents(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
-    """float32 ``(clip_frames, C, h, w)`` from ``latent.npy``."""
+def _latents(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+    """float32 ``(clip_frames, C, h, w)`` from ``latent.npy``, and its first frame."""
     z = _load_npy(sample["latent.npy"])
     if z.ndim != 4 or z.dtype.kind != "f":
         raise SkipSample("decode_error", f"latent.npy {z.dtype} {z.shape}: expected float (F, C, h, w)")
@@ -160,24 +173,44 @@ def _latents(sample: dict, spec: ClipSpec, rng: np.random.Generator | None) -> n
     if len(z) < spec.clip_frames:
         raise SkipSample("too_short", f"{len(z)} < {spec.clip_frames} frames")
     start = _offset(len(z), spec.clip_frames, rng)
-    return z[start:start + spec.clip_frames].astype(np.float32)
+    return z[start:start + spec.clip_frames].astype(np.float32), start
+
+
+def _conditions(sample: dict, start: int, length: int) -> dict:
+    """``{"actions": int64 (length,), "label": int64 ()}``, each only when the sample has it."""
+    out = {}
+    if "actions.npy" in sample:
+        actions = _load_npy(sample["actions.npy"])
+        if actions.ndim != 1 or actions.dtype.kind not in "iu" or len(actions) < start + length:
+            raise SkipSample("decode_error", f"actions.npy {actions.dtype} {actions.shape}: expected integer ids, "
+                                             f">= {start + length} (one per stored frame)")
+        out["actions"] = torch.from_numpy(actions[start:start + length].astype(np.int64))
+    label = _meta(sample).get("label")
+    if isinstance(label, int) and not isinstance(label, bool):  # other tools' string labels are not class ids
+        if label < 0:
+            raise SkipSample("decode_error", f"json label={label!r}: expected a non-negative class id")
+        out["label"] = torch.tensor(label, dtype=torch.int64)
+    return out
 
 
 def decode_sample(sample: dict, spec: ClipSpec, rng: np.random.Generator | None = None) -> dict:
-    """``{"video": float32 (clip_frames, C, H, W), "key": str}``; offset 0 when ``rng`` is None.
+    """``{"video": float32 (clip_frames, C, H, W), "key": str}`` plus ``actions`` / ``label`` when
+    present (see the module docstring); offset 0 when ``rng`` is None.
 
     Raises ``SkipSample`` for a sample that cannot be used.
     """
     key = sample.get("__key__", "?")
     if "latent.npy" in sample:
-        return {"video": torch.from_numpy(np.ascontiguousarray(_latents(sample, spec, rng))), "key": key}
+        z, start = _latents(sample, spec, rng)
+        return {"video": torch.from_numpy(np.ascontiguousarray(z)), **_conditions(sample, start, len(z)), "key": key}
     if "frames.npy" not in sample and not any(f in sample for f in VIDEO_FIELDS):
         fields = sorted(k for k in sample if not k.startswith("__"))
         raise SkipSample("missing_field", f"fields {fields}, expected latent.npy, frames.npy or mp4")
-    frames = _pixels(sample, spec, rng)                                     # (F, H, W, C) uint8
+    frames, start = _pixels(sample, spec, rng)                              # (F, H, W, C) uint8
+    conditions = _conditions(sample, start, len(frames))
     if frames.shape[1:3] != (spec.image_size, spec.image_size):
         if not spec.resize:
             raise SkipSample("wrong_size", f"{frames.shape[1:3]} != {(spec.image_size,) * 2}")
         frames = resize_frames(frames, spec.image_size)
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (F, C, H, W)
-    return {"video": video.float().div_(127.5).sub_(1.0), "key": key}
+    return {"video": video.float().div_(127.5).sub_(1.0), **conditions, "key": key}

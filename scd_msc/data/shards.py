@@ -6,7 +6,9 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 * ``mp4``: H.264 bytes from PyAV (``fmt="mp4"``),
 * ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
-dots (webdataset splits the key from the field name at the first dot).
+dots (webdataset splits the key from the field name at the first dot). Clips with
+conditions (the game sources) add ``actions.npy`` and json ``label``, ``action_names``,
+``class_names`` (see ``conditions.py``).
 """
 
 from __future__ import annotations
@@ -14,23 +16,31 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from scd_msc.paths import check_writable_folder
+
+from .conditions import clip_conditions
 from .sources import (
+    GAME_SOURCES,
     GENERATORS,
     PIXEL_SOURCES,
     SOURCES,
     VIDEO_EXTENSIONS,
     Clip,
+    VideoReport,
     encode_latents,
     find_videos,
+    game_clips,
     generator_clips,
     load_callable,
     video_folder_clips,
@@ -49,11 +59,16 @@ class ShardSummary:
     frames: int
     bytes: int
     shards: list[str] = field(default_factory=list)
+    videos: Optional[VideoReport] = None  # source videos: files read, skipped or upscaled
 
     def __str__(self) -> str:
         where = os.path.dirname(self.shards[0]) if self.shards else "-"
-        return (f"wrote {self.clips} clips ({self.frames} frames, {self.bytes / 1e6:.2f} MB) "
-                f"in {len(self.shards)} shards under {where}")
+        lines = [f"wrote {self.clips} clips ({self.frames} frames, {self.bytes / 1e6:.2f} MB) "
+                 f"in {len(self.shards)} shards under {where}"]
+        if self.videos is not None:
+            lines.append(f"read {self.videos.files} videos")
+            lines += self.videos.lines()
+        return "\n".join(lines)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -68,8 +83,10 @@ def clip_sample(key: str, clip: Clip, fmt: str) -> dict:
     f, h, w, c = clip.frames.shape
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c, "source": clip.source,
             **clip.extra}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
     data = npy_bytes(clip.frames) if fmt == "npy" else encode_mp4(clip.frames, clip.fps)
-    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, "json": json.dumps(meta)}
+    return {"__key__": key, "frames.npy" if fmt == "npy" else "mp4": data, **fields,
+            "json": json.dumps({**meta, **conditions})}
 
 
 def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dict:
@@ -78,17 +95,13 @@ def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dic
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c,
             "source": f"latents:{clip.source}", "encoder": encoder, "dtype": str(latent.dtype),
             "pixel_height": clip.frames.shape[1], "pixel_width": clip.frames.shape[2], **clip.extra}
-    return {"__key__": key, "latent.npy": npy_bytes(latent), "json": json.dumps(meta)}
+    fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
+    return {"__key__": key, "latent.npy": npy_bytes(latent), **fields, "json": json.dumps({**meta, **conditions})}
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that ``out_dir`` can be created or written and holds no shards of an earlier run."""
-    out = Path(out_dir)
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if parent.exists() and not parent.is_dir():
-        raise ValueError(f"out={str(out_dir)!r}: expected a folder, but {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"out={str(out_dir)!r}: expected a writable folder, {str(parent)!r} is not writable")
+    out = check_writable_folder(out_dir, "out")
     old = sorted(out.glob("shard-*.tar")) if out.is_dir() else []
     if old and not overwrite:
         raise ValueError(f"out={str(out_dir)!r}: expected no existing shards, found {len(old)} "
@@ -127,13 +140,23 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
                              f"({', '.join(VIDEO_EXTENSIONS)}), found none")
     known = {"videos": set(inspect.signature(video_folder_clips).parameters)}
     known.update({name: set(inspect.signature(fn).parameters) for name, fn in GENERATORS.items()})
-    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips"}) | {"fps", "pixels", "encoder", "latent_dtype"}
+    if pixels in GAME_SOURCES:
+        from .games import GAMES
+
+        known[pixels] = set(inspect.signature(GAMES[pixels]).parameters) - {"seed"}
+    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips", "report"}) | {"fps", "pixels", "encoder",
+                                                                                     "latent_dtype"}
     if set(kwargs) - allowed:
         raise ValueError(f"source options {sorted(set(kwargs) - allowed)}: not understood by {pixels!r}, "
                          f"expected some of {sorted(allowed)}")
     _positive("stride", kwargs.get("stride"), allow_none=True)
+    fps = kwargs.get("fps")
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps={fps!r}: expected a positive number")
     if pixels in GENERATORS:  # a one-frame dry run checks the values of the generator options
         GENERATORS[pixels](1, size, 0, **{k: v for k, v in kwargs.items() if k in known[pixels]})
+    elif pixels in GAME_SOURCES:  # checks every option; the engines only start on the first next()
+        game_clips(pixels, frames, size, clips, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     elif kwargs.get("channels", 3) not in (1, 3):
         raise ValueError(f"channels={kwargs['channels']!r}: expected 1 (grey) or 3 (RGB)")
     if source == "latents":
@@ -142,10 +165,14 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
             raise ValueError(f"latent_dtype={kwargs['latent_dtype']!r}: expected float16 or float32")
 
 
-def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int, **kwargs) -> Iterator[Clip]:
-    """Clips from a pixel source; ``kwargs`` go to the generator or the folder reader."""
+def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int,
+                report: VideoReport | None = None, **kwargs) -> Iterator[Clip]:
+    """Clips from a pixel source; ``kwargs`` go to the generator or the folder reader
+    (which fills ``report``)."""
     if pixels == "videos":
-        return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, **kwargs)
+        return video_folder_clips(kwargs.pop("path"), frames, size, clips=clips, report=report, **kwargs)
+    if pixels in GAME_SOURCES:
+        return game_clips(pixels, frames, size, clips, seed=seed, **kwargs)
     return generator_clips(pixels, frames, size, clips, seed=seed, **kwargs)
 
 
@@ -155,14 +182,18 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
     """Write ``clips`` clips of ``frames`` frames of ``size`` x ``size`` pixels to tar shards.
 
     Args:
-        source: ``moving-digits``, ``bouncing-shapes``, ``videos`` or ``latents``.
+        source: ``moving-digits``, ``bouncing-shapes``, ``videos``, ``atari``, ``doom`` or ``latents``.
         out_dir: folder for ``shard-000000.tar``, ``shard-000001.tar``, ...
         clips: number of clips; for ``videos`` None means every clip of every file.
         shard_size: clips per shard.
         fmt: ``npy`` or ``mp4`` (pixel sources; latents are always ``latent.npy``).
-        source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps``;
-            ``path``, ``stride``, ``channels`` for ``videos``; ``encoder`` ("module:function"),
-            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``.
+        source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps`` (the
+            rate stored for synthetic clips; for ``videos`` the rate every file is resampled
+            to by timestamp, None: each file's own); ``path``, ``stride``, ``channels`` for
+            ``videos``; ``encoder`` ("module:function"),
+            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``;
+            ``games`` / ``scenarios``, ``workers``, ``clips_per_rollout``, ``channels`` for
+            ``atari`` / ``doom`` (see ``scd_msc.data.games``).
     """
     validate(source, frames, size, clips, shard_size, fmt, **source_kwargs)
     out = check_out_dir(out_dir, overwrite)
@@ -173,17 +204,17 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
     encoder_spec = kwargs.pop("encoder", None)
     latent_dtype = kwargs.pop("latent_dtype", "float16")
     pixels = kwargs.pop("pixels", "moving-digits") if source == "latents" else source
-    fps = kwargs.pop("fps", None)
-    if fps is not None and pixels != "videos":
-        kwargs["fps"] = fps
+    if kwargs.get("fps") is None:
+        kwargs.pop("fps", None)
     encoder = load_callable(encoder_spec) if source == "latents" else None
+    report = VideoReport(frames, size) if pixels == "videos" else None
 
     written: list[str] = []
     total_clips = total_frames = 0
     bar = tqdm(total=clips, unit="clip", desc=f"make-shards {source}", disable=not progress)
     with wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, mtime=0.0,
                          post=written.append) as sink:
-        for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, **kwargs)):
+        for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, report, **kwargs)):
             key = f"clip{i:06d}"
             if encoder is not None:
                 sink.write(latent_sample(key, clip, encode_latents(encoder, clip.frames, latent_dtype), encoder_spec))
@@ -193,4 +224,4 @@ def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int,
             total_frames += clip.frames.shape[0]
             bar.update(1)
     bar.close()
-    return ShardSummary(total_clips, total_frames, sum(os.path.getsize(p) for p in written), written)
+    return ShardSummary(total_clips, total_frames, sum(os.path.getsize(p) for p in written), written, report)

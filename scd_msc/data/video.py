@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 VideoSource = bytes | str | os.PathLike
+T = TypeVar("T")
 
 
 def import_pyav():
@@ -114,13 +117,36 @@ def _fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def iter_at_rate(timed: Iterable[tuple[float, T]], fps: float, period: float) -> Iterator[T]:
+    """Resample ``(time in s, frame)`` pairs to ``fps`` by timestamp: output frame ``k``
+    (at ``t0 + k / fps``) is the last input frame whose time is <= that, so frames are
+    dropped (``fps`` below the input's rate) or repeated (above it). The last input frame
+    lasts ``period`` seconds (one frame of the input's rate)."""
+    if not fps > 0:
+        raise ValueError(f"fps={fps!r}: expected a positive number")
+    eps = 1e-6  # timestamps are floats of pts·time_base
+    tick, t0, prev, prev_t = 0, 0.0, None, 0.0
+    for t, frame in timed:
+        if prev is None:
+            t0 = t
+        while prev is not None and t0 + tick / fps < t - eps:  # ticks before this frame show prev
+            yield prev
+            tick += 1
+        prev, prev_t = frame, t
+    while prev is not None and t0 + tick / fps < prev_t + period - eps:
+        yield prev
+        tick += 1
+
+
 def iter_video_frames(source: VideoSource, *, channels: int = 3, size: int | None = None,
-                      max_frames: int | None = None, crop: bool = True) -> Iterator[np.ndarray]:
+                      max_frames: int | None = None, crop: bool = True,
+                      fps: float | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 frames ``(H, W, channels)`` (or ``(size, size, channels)``) one at a time.
 
     ``source`` is encoded bytes or a path (mp4, webm, avi, gif, ... anything FFmpeg reads).
-    Decoding stops after ``max_frames``. Raises ``av.FFmpegError`` (a ``ValueError``) on
-    undecodable data.
+    ``fps``: resample to that rate by timestamp (:func:`iter_at_rate`; None keeps every
+    decoded frame). Decoding stops after ``max_frames`` (output frames). Raises
+    ``av.FFmpegError`` (a ``ValueError``) on undecodable data.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels={channels!r}: expected 1 or 3")
@@ -130,13 +156,21 @@ def iter_video_frames(source: VideoSource, *, channels: int = 3, size: int | Non
     with av.open(handle, mode="r") as container:
         if not container.streams.video:
             raise ValueError(f"source={_describe(source)}: expected a video stream, found none")
-        count = 0
-        for frame in container.decode(video=0):
+        decoded = container.decode(video=0)
+        if fps is not None:
+            rate = container.streams.video[0].average_rate
+            period = 1.0 / float(rate) if rate else 1.0 / fps
+            timed = ((period * i if f.time is None else f.time, f) for i, f in enumerate(decoded))
+            decoded = iter_at_rate(timed, fps, period)
+        count, last, array = 0, None, None
+        for frame in decoded:
             if max_frames is not None and count >= max_frames:
                 break
-            array = frame.to_ndarray(format=fmt)
-            array = array[..., None] if channels == 1 else array          # (H, W, C)
-            yield _resize_one(array, size, crop) if size is not None else array
+            if frame is not last:  # a repeated frame is converted once
+                last, array = frame, frame.to_ndarray(format=fmt)
+                array = array[..., None] if channels == 1 else array          # (H, W, C)
+                array = _resize_one(array, size, crop) if size is not None else array
+            yield array
             count += 1
 
 
@@ -149,13 +183,31 @@ def decode_video(source: VideoSource, *, channels: int = 3, size: int | None = N
     return np.stack(frames)
 
 
-def video_fps(source: VideoSource, default: float = 8.0) -> float:
-    """Average frame rate of the first video stream, or ``default`` when unknown."""
+@dataclass(frozen=True)
+class VideoInfo:
+    """The first video stream's average frame rate (``default`` when unknown) and frame size."""
+
+    fps: float
+    height: int
+    width: int
+
+
+def video_info(source: VideoSource, default_fps: float = 8.0) -> VideoInfo:
+    """Frame rate and size of the first video stream (read from the container, nothing decoded)."""
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     av = import_pyav()
     with av.open(handle, mode="r") as container:
-        rate = container.streams.video[0].average_rate if container.streams.video else None
-    return float(rate) if rate else default
+        if not container.streams.video:
+            raise ValueError(f"source={_describe(source)}: expected a video stream, found none")
+        stream = container.streams.video[0]
+        rate = stream.average_rate
+        return VideoInfo(float(rate) if rate else default_fps, stream.codec_context.height,
+                         stream.codec_context.width)
+
+
+def video_fps(source: VideoSource, default: float = 8.0) -> float:
+    """Average frame rate of the first video stream, or ``default`` when unknown."""
+    return video_info(source, default).fps
 
 
 def _describe(source: VideoSource) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ from torch import Tensor, nn
 
 from scd_msc.config import RuntimeConfig
 from scd_msc.diffusion import Sampler
-from scd_msc.inference import inputs
+from scd_msc.ema import WeightChoice
+from scd_msc.inference import inputs, latents
 from scd_msc.inference.generate import stream_to_sinks
 from scd_msc.inference.writers import check_output_dir, check_output_path, open_sinks
 
@@ -41,6 +43,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="training checkpoint (.ckpt) to load")
     parser.add_argument("--preset", default=None, help="a preset with random weights (smoke tests), "
                         "e.g. scd-msc-tiny; exactly one of --checkpoint/--preset")
+    parser.add_argument("--weights", default="auto", metavar="{auto,ema,trained}",
+                        help="which weights of --checkpoint: trained, ema (the moving average), or auto "
+                        "(default): the EMA once it has seen 10/(1 - train.ema_decay) updates (1000 at "
+                        "0.99), else the trained weights; the choice is printed")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (and init seed of --preset; default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda[:N]")
     parser.add_argument("--dtype", default="auto", choices=inputs.DTYPES,
@@ -49,6 +55,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
                         "(default 0: clean); for models trained with flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
+                        help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
+                        "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
+                        "modules in the working folder are found)")
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -90,6 +100,7 @@ class _Prepared:
     device: torch.device
     source: inputs.ModelSource
     runtime: RuntimeConfig  # the checkpoint's backend and sampler (defaults for a preset)
+    weights: Optional[WeightChoice] = None  # None for --preset
 
     @property
     def sampler(self) -> Sampler:
@@ -100,21 +111,22 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
                    shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[Tensor]]:
     """Model source, device, checkpoint and the first clips (checked against the
     model's channels and size); a preset is only built once the clips are known good."""
-    source = inputs.ModelSource(args.checkpoint, args.preset)
+    source = inputs.ModelSource(args.checkpoint, args.preset, args.weights)
     source.check()
     device = inputs.resolve_device(args.device)
     dtype = inputs.resolve_dtype(args.dtype, device)
     if device.type == "cuda":  # the command's process setting: TF32 matmuls, as in training (train.py)
         torch.set_float32_matmul_precision("high")
     loaded = inputs.load(source, device, args.seed, dtype) if source.checkpoint else None
-    cfg = loaded[0].cfg if loaded is not None else inputs.preset_cfg(source)
+    if loaded is not None:
+        print(loaded.weights.line())  # weights: trained (EMA has 40 updates; auto uses it from 1000)
+    cfg = loaded.model.cfg if loaded is not None else inputs.preset_cfg(source)
     clips = None
     if shards is not None and clip_frames is not None:
         clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
     if loaded is None:
         loaded = inputs.load(source, device, args.seed, dtype)
-    model, runtime = loaded
-    return _Prepared(model, device, source, runtime), clips
+    return _Prepared(loaded.model, device, source, loaded.runtime, loaded.weights), clips
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -138,7 +150,9 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--fps={args.fps}: expected a positive number")
         out = check_output_path(args.out)
         k = (args.prompt_frames or 1) if args.prompt_shards else None
+        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
         prep, prompt = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
+        latents.check_frames(prep.model.cfg, decoder, prep.device)
         if args.guidance != 1.0 and prep.model.cfg.family == "causal-dit":
             raise ValueError(f"--guidance={args.guidance}: the causal-dit family has no context to "
                              "perturb; expected 1.0")
@@ -148,6 +162,9 @@ def run_generate(args: argparse.Namespace) -> int:
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance,
                                     context_noise=args.context_noise, sampler=prep.sampler)
+        if decoder is not None:  # frames and prompt are latents: write their pixels
+            session = latents.DecodedSession(session, decoder)
+            prompt = None if device_prompt is None else decoder.clip(device_prompt)  # (B, k, C, H, W)
     except ValueError as err:
         print(f"scd-msc generate: error: {err}", file=sys.stderr)
         return 2
@@ -166,7 +183,8 @@ def _model_info(prep: _Prepared) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in prep.model.parameters()), "channels": cfg.channels,
             "image_size": cfg.image_size, "sampler": prep.runtime.sampler.name,
             "backend": prep.runtime.backend,
-            "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch.")}
+            "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch."),
+            "weights": None if prep.weights is None else prep.weights.as_dict()}
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -180,7 +198,9 @@ def run_eval(args: argparse.Namespace) -> int:
             inputs.positive(f"--{name}", getattr(args, name))
         out = check_output_dir(args.out)
         frames = args.context + args.horizon
+        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
         prep, _ = _prepare_model(args, frames, 1, args.shards, "--shards")
+        latents.check_frames(prep.model.cfg, decoder, prep.device)
         batches = inputs.clip_batches(args.shards, frames, prep.model.cfg, min(args.batch, args.clips))
     except ValueError as err:
         print(f"scd-msc eval: error: {err}", file=sys.stderr)
@@ -189,20 +209,25 @@ def run_eval(args: argparse.Namespace) -> int:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
-                          context_noise=args.context_noise, sampler=prep.sampler)
+                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler)
     except KeyboardInterrupt:
-        print("scd-msc eval: interrupted; no report written", file=sys.stderr)
+        print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130
-    if result.clips < args.clips:
+    if result.clips < args.clips and not result.interrupted:
         print(f"scd-msc eval: warning: the shards hold only {result.clips} usable clips "
               f"(--clips {args.clips})", file=sys.stderr)
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
-            "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device)}
+            "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device),
+            "clips_requested": args.clips, "decoder": args.decoder}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")
     print(f"mean over steps 1..{min(8, args.horizon)}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
           f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}")
     print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
+    if result.interrupted:
+        print(f"scd-msc eval: interrupted after {result.clips} of {args.clips} clips; the report covers those",
+              file=sys.stderr)
+        return 128 + (result.signum or signal.SIGINT)
     return 0

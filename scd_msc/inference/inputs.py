@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from scd_msc.checkpoint import load_checkpoint
 from scd_msc.config import RuntimeConfig
 from scd_msc.data import ClipDataset, collate_clips
+from scd_msc.ema import WeightChoice, WeightsError, check_weights
 from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
 
 
@@ -55,43 +56,66 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class ModelSource:
-    """Where the model comes from: a checkpoint path or a preset name (random init)."""
+    """Where the model comes from: a checkpoint path or a preset name (random init), and
+    which of a checkpoint's weights (``auto``, ``ema``, ``trained``: ``scd_msc/ema.py``)."""
 
     checkpoint: Optional[str]
     preset: Optional[str]
+    weights: str = "auto"
 
     def check(self) -> None:
-        """Exactly one of the two, and a known preset."""
+        """Exactly one of the two, a known preset, and weights a preset can have."""
         if (self.checkpoint is None) == (self.preset is None):
             raise ValueError("--checkpoint/--preset: expected exactly one of them, got "
                              + ("both" if self.checkpoint else "neither"))
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"--preset={self.preset!r}: unknown preset; known presets: {', '.join(PRESETS)}")
+        try:
+            check_weights(self.weights)
+        except WeightsError as err:
+            raise ValueError(f"--{err}") from None  # weights='x': ... -> --weights='x': ...
+        if self.preset is not None and self.weights == "ema":
+            raise ValueError(f"--weights='ema': --preset {self.preset} has random weights and no EMA; "
+                             "expected auto or trained")
 
     def describe(self) -> dict[str, Optional[str]]:
         return {"checkpoint": self.checkpoint, "preset": self.preset}
 
 
+@dataclass
+class Loaded:
+    """What :func:`load` returns: the model, its checkpoint weights (None for a preset)
+    and its runtime knobs (backend, sampler)."""
+
+    model: nn.Module
+    weights: Optional[WeightChoice]
+    runtime: RuntimeConfig
+
+
 def load(source: ModelSource, device: torch.device, seed: int = 0,
-         dtype: torch.dtype = torch.float32) -> tuple[nn.Module, RuntimeConfig]:
-    """The model in eval mode on ``device`` and the runtime knobs to run it with (the
-    checkpoint's, or the defaults for a preset). A checkpoint is validated by
-    :func:`load_checkpoint` (ValueError when missing, unreadable or mismatched); a preset
-    is built with a random init seeded by ``seed`` (the global RNG is left as it was),
-    then cast to ``dtype``."""
+         dtype: torch.dtype = torch.float32) -> Loaded:
+    """The model in eval mode on ``device``, which weights of the checkpoint it holds
+    (``None`` for a preset) and the runtime knobs to run it with (the checkpoint's, or the
+    defaults for a preset). A checkpoint is validated by :func:`load_checkpoint`
+    (ValueError when missing, unreadable, mismatched, or without the EMA ``--weights ema``
+    asks for); a preset is built with a random init seeded by ``seed`` (the global RNG is
+    left as it was), then cast to ``dtype``."""
     source.check()
+    choice = None
     if source.checkpoint is not None:
         try:
-            ckpt = load_checkpoint(source.checkpoint, map_location="cpu")
+            loaded = load_checkpoint(source.checkpoint, map_location="cpu", weights=source.weights)
+        except WeightsError as err:
+            raise ValueError(f"--{err}") from None
         except ValueError as err:
             raise ValueError(f"--checkpoint: {err}") from None
-        model, runtime = ckpt.model, ckpt.config.runtime
+        model, choice, runtime = loaded.model, loaded.weights, loaded.config.runtime
     else:
         runtime = RuntimeConfig()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_from_config(preset_config(source.preset), runtime.backend)
-    return model.to(device=device, dtype=dtype).eval(), runtime
+    return Loaded(model.to(device=device, dtype=dtype).eval(), choice, runtime)
 
 
 def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:

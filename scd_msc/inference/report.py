@@ -29,7 +29,8 @@ GAP_VALUE = 255  # white
 def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
     """The content of ``eval.json``: ``info`` (model, arguments) plus the metrics."""
     psnr, ssim = result.mean_1_8()
-    return {**info, "clips": result.clips, "context": result.context, "horizon": result.horizon,
+    return {**info, "clips": result.clips, "interrupted": result.interrupted,
+            "context": result.context, "horizon": result.horizon,
             "per_horizon": result.per_horizon(), "mean_psnr_1_8": psnr, "mean_ssim_1_8": ssim,
             "clip_keys": result.keys, "clip_psnr_1_8": [finite(v) for v in result.psnr[:, :8].mean(1).tolist()],
             "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips "
@@ -44,13 +45,19 @@ def fmt(x: Any, digits: int) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """``eval.md``: the setting, then one table row per horizon step."""
     model = summary["model"]
+    choice = model.get("weights")  # scd_msc.ema.WeightChoice.as_dict() of a checkpoint
+    weights = f", {choice['weights']} weights ({choice['reason']})" if choice else ""
     lines = [f"# Continuation quality: {model.get('preset') or model.get('checkpoint')}", "",
              f"- model family: `{model['family']}`, {model['parameters'] / 1e6:.2f}M parameters, "
              f"frames {model['channels']}×{model['image_size']}²",
-             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`",
+             f"- checkpoint: `{model.get('checkpoint')}`, preset: `{model.get('preset')}`" + weights
+             + (f", latents decoded by `{summary['decoder']}`" if summary.get("decoder") else ""),
              f"- shards: `{summary['shards']}`, clips: {summary['clips']}, context k={summary['context']}, "
              f"horizon n={summary['horizon']}, steps S={summary['steps']}, seed {summary['seed']}, "
              f"context noise t_c={summary.get('context_noise', 0.0)}, device {summary['device']}",
+             *([f"- **interrupted** (Ctrl-C / SIGTERM) after {summary['clips']} of "
+                f"{summary.get('clips_requested', '?')} clips: every number below covers those {summary['clips']}"]
+               if summary.get("interrupted") else []),
              f"- mean over horizon 1..{min(8, summary['horizon'])}: "
              f"PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, SSIM {fmt(summary['mean_ssim_1_8'], 4)}",
              "", "| step | PSNR (dB) | SSIM |", "|---:|---:|---:|"]

@@ -5,7 +5,8 @@ RGB/grey image ``(H, B·W, C)``: the batch is tiled side by side, so one video s
 every sample. The mp4 container is opened once and each frame is encoded and muxed as
 soon as it arrives (x264 ``zerolatency``: no lookahead, no B-frames, so nothing waits
 in the encoder); :meth:`Mp4Writer.close` flushes the encoder and writes the index, and
-is safe to call from a ``finally`` after an interrupt.
+is safe to call from a ``finally`` after an interrupt. A missing output folder is created
+when the first frame is written.
 
 Shapes: ``B`` batch · ``C`` channels · ``H, W`` pixels.
 """
@@ -23,26 +24,23 @@ from PIL import Image
 from torch import Tensor
 
 from scd_msc.data.video import import_pyav, to_channels
+from scd_msc.paths import check_writable_folder
 
 OUT_EXTENSIONS = (".mp4", ".gif")
 
 
 def check_output_path(path: str, arg: str = "--out", extensions: tuple[str, ...] = OUT_EXTENSIONS) -> Path:
-    """A ValueError naming ``arg`` unless ``path`` has an accepted extension and its
-    folder exists and is writable (nothing is created)."""
+    """A ValueError naming ``arg`` unless ``path`` has an accepted extension, is not a
+    folder or a read-only file, and its folder exists or can be created. Nothing is
+    created here: the writers create the folder when they write the first frame."""
     out = Path(path)
     if out.suffix.lower() not in extensions:
         raise ValueError(f"{arg}={path!r}: expected a file name ending in {' or '.join(extensions)}")
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{arg}={path!r}: expected an existing folder, {str(folder)!r} does not exist "
-                         "(create it first)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{arg}={path!r}: expected a writable folder, {str(folder)!r} is not writable")
     if out.is_dir():
         raise ValueError(f"{arg}={path!r}: expected a file, it is a folder")
     if out.exists() and not os.access(out, os.W_OK):
         raise ValueError(f"{arg}={path!r}: the file exists and is not writable")
+    check_writable_folder(out.parent, arg, path)
     return out
 
 
@@ -75,6 +73,7 @@ class Mp4Writer:
 
     def _open(self, h: int, w: int) -> None:
         av = import_pyav()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.path), mode="w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = self._container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
@@ -134,6 +133,7 @@ class GifWriter:
 def save_gif(images: list[np.ndarray], path: str | Path, fps: float = 8.0) -> None:
     """Write uint8 images ``(H, W, C)`` (C = 1 or 3) as a looping GIF."""
     pil = [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in images]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     pil[0].save(path, save_all=True, append_images=pil[1:], duration=max(1, round(1000 / fps)), loop=0)
 
 
@@ -162,10 +162,4 @@ def close_all(sinks: list[FrameSink]) -> list[BaseException]:
 def check_output_dir(path: str, arg: str = "--out") -> Path:
     """A ValueError naming ``arg`` unless ``path`` is a folder that exists or can be
     created (its nearest existing ancestor is a writable folder); nothing is created."""
-    out = Path(path)
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise ValueError(f"{arg}={path!r}: expected a folder, but {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{arg}={path!r}: expected a writable folder, {str(parent)!r} is not writable")
-    return out
+    return check_writable_folder(path, arg)

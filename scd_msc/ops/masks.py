@@ -1,4 +1,5 @@
-"""Attention masks of the MSC op: pure ``mask_mod`` factories with a dense twin.
+"""Attention masks of the MSC op: pure ``mask_mod`` factories with a dense twin, and
+the exact number of (query, key) pairs each allows (the FLOPs a mask needs).
 
 Token layout. A clip of ``F`` frames on an ``Hp × Wp`` token grid is flattened
 frame-major, row-major: token ``(f, y, x)`` sits at index ``(f * Hp + y) * Wp + x``.
@@ -127,3 +128,29 @@ def frame_causal_mask_mod(q_frames: int, kv_frames: int, n: int) -> MaskMod:
         return kv_idx // n <= q_idx // n + offset
 
     return mask_mod
+
+
+# --------------------------------------------------------------------------- exact pair counts
+# How many (query, key) pairs each mask allows, without building it: the FLOPs the
+# masks really need (tools/bench_attention.py). Tests compare them with the dense twins.
+
+def _axis_pairs(q_pos: Tensor, length: int, kernel: int, dilation: int, causal: bool) -> int:
+    """Allowed (query, key) pairs of one axis rule: queries at ``q_pos``, keys 0..length-1."""
+    keys = torch.arange(length)[None, :]
+    return int(axis_window(q_pos[:, None], keys, length, kernel, dilation, causal).sum())
+
+
+def window_pairs(spec: WindowSpec, q_frames: int, kv_frames: int, hp: int, wp: int) -> int:
+    """Allowed pairs of ``window_mask_mod(spec, q_frames, kv_frames, hp, wp)``, exactly.
+    Token index ↔ (f, y, x) is a bijection and the mask is an AND of one rule per axis,
+    each reading only its own axis, so the count is the product of the per-axis counts."""
+    (kt, ky, kx), (dt, dy, dx), (ct, cy, cx) = spec.kernel, spec.dilation, spec.causal
+    return (_axis_pairs(torch.arange(kv_frames - q_frames, kv_frames), kv_frames, kt, dt, ct)
+            * _axis_pairs(torch.arange(hp), hp, ky, dy, cy)
+            * _axis_pairs(torch.arange(wp), wp, kx, dx, cx))
+
+
+def frame_causal_pairs(q_frames: int, kv_frames: int, n: int) -> int:
+    """Allowed pairs of ``frame_causal_mask_mod(q_frames, kv_frames, n)``: query frame
+    ``i`` sees ``kv_frames - q_frames + i + 1`` whole frames of ``n`` tokens."""
+    return sum((kv_frames - q_frames + i + 1) * n * n for i in range(q_frames))

@@ -13,38 +13,61 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from scd_msc.ema import WeightChoice, choose_weights, ema_update_fn
 
 log = logging.getLogger(__name__)
 
 
-class EMA(EMAWeightAveraging):
-    """Lightning's EMA callback, saving in the layout of ``scd_msc/checkpoint.py``.
+class EMA(WeightAveraging):
+    """Lightning's weight-averaging callback with a warm-up EMA, saving in the layout of
+    ``scd_msc/checkpoint.py``.
+
+    The average is updated after every optimizer step by ``ema_update_fn(decay, warmup)``
+    (``scd_msc/ema.py`` says why the warm-up, and why not a delayed start). Lightning's
+    ``EMAWeightAveraging`` hard-wires a constant-decay ``avg_fn`` (and ``AveragedModel``
+    takes one of ``avg_fn``/``multi_avg_fn``), so this extends its parent, whose default
+    ``should_update`` (every optimizer step, never at epoch ends) is what
+    ``EMAWeightAveraging`` does with its defaults.
 
     Lightning's own layout puts the *average* under ``model.`` and the trained weights
     aside; here ``state_dict`` keeps the trained weights under ``model.`` and adds the
-    average under ``ema_model.``, so ``load_model(path, ema=False)`` gets the trained
-    network and ``load_model(path)`` the average. Validation runs on the average (as in
-    Lightning); the module keeps its trained weights when training ends.
+    average under ``ema_model.`` (its update count in ``averaging_state["n_averaged"]``),
+    so ``load_model(path, weights="trained" | "ema" | "auto")`` can pick either.
+    Validation runs on the average (as in Lightning); the module keeps its trained
+    weights when training ends.
     """
 
-    def __init__(self, decay: float):
-        super().__init__(decay=decay)
+    def __init__(self, decay: float, warmup: bool = True):
+        super().__init__(multi_avg_fn=ema_update_fn(decay, warmup))
+        self.decay = decay
         self._swapped = False  # the module holds the average (during validation)
+
+    @property
+    def average(self) -> Optional[AveragedModel]:
+        """The ``AveragedModel`` around the LightningModule (``None`` before fit starts)."""
+        return self._average_model
 
     @property
     def network(self) -> Optional[nn.Module]:
         """The averaged network (``None`` before fit starts)."""
-        return None if self._average_model is None else self._average_model.module.model
+        return None if self.average is None else self.average.module.model
+
+    def choice(self) -> WeightChoice:
+        """The weights ``auto`` would pick now (``trained`` before fit starts)."""
+        updates = None if self.average is None else int(self.average.n_averaged)
+        return choose_weights("auto", self.average is not None, updates, self.decay)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)
-        self._swapped = self._average_model is not None
+        self._swapped = self.average is not None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_epoch_end(trainer, pl_module)
@@ -60,9 +83,9 @@ class EMA(EMAWeightAveraging):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._average_model is None:
+        if self.average is None:
             return
-        average = self._average_model.state_dict()  # module.model.* and n_averaged
+        average = self.average.state_dict()  # module.model.* and n_averaged
         prefix = "module."
         checkpoint["state_dict"].update({"ema_" + k[len(prefix):]: v for k, v in average.items()
                                          if k.startswith(prefix)})  # -> ema_model.*
@@ -72,15 +95,15 @@ class EMA(EMAWeightAveraging):
                            checkpoint: dict[str, Any]) -> None:
         # SCDLitModule.on_load_checkpoint moved the ema_model.* weights to "ema_state_dict"
         ema = checkpoint.get("ema_state_dict") or {}
-        if self._average_model is None:
+        if self.average is None:
             return
         if not ema:
             rank_zero_warn("the checkpoint holds no EMA weights: the average starts from the loaded weights")
-            self._average_model.module.load_state_dict(pl_module.state_dict())
+            self.average.module.load_state_dict(pl_module.state_dict())
             return
         state = {"module." + k[len("ema_"):]: v for k, v in ema.items()}  # ema_model.x -> module.model.x
         state.update(checkpoint.get("averaging_state") or {"n_averaged": torch.tensor(1)})
-        self._average_model.load_state_dict(state)
+        self.average.load_state_dict(state)
 
 
 def video_strip(video: Tensor, scale: int = 1) -> np.ndarray:
@@ -95,10 +118,15 @@ def video_strip(video: Tensor, scale: int = 1) -> np.ndarray:
 
 class SampleStrip(L.Callback):
     """Every ``every_n_steps`` (and when training ends) generate ``count`` clips of
-    ``frames`` frames with ``steps`` denoising steps, with the EMA network when there is
-    one, and write ``<out_dir>/samples/step_NNNNNNN.png`` (rows: clips, columns: frames),
-    a ``.gif`` of the clips side by side, and the strip to TensorBoard. Rank 0 only; the
-    same noise every time, so strips are comparable across steps."""
+    ``frames`` frames with ``steps`` denoising steps and write
+    ``<out_dir>/samples/step_NNNNNNN.png`` (rows: clips, columns: frames), a ``.gif`` of
+    the clips side by side, and the strip to TensorBoard. Rank 0 only; the same noise
+    every time, so strips are comparable across steps.
+
+    The network is the one ``--weights auto`` would load from a checkpoint of this step
+    (:meth:`EMA.choice`): the trained weights until the EMA has seen enough updates, then
+    the EMA. The TensorBoard tag says which (``samples/trained``, ``samples/ema``), and a
+    log line says so at the first strip and whenever the choice changes."""
 
     def __init__(self, out_dir: str, every_n_steps: int, count: int, frames: int, steps: int,
                  seed: int = 0, ema: Optional[EMA] = None):
@@ -106,6 +134,17 @@ class SampleStrip(L.Callback):
         self.every, self.count, self.frames, self.steps = every_n_steps, count, frames, steps
         self.seed, self.ema = seed, ema
         self._last_step = -1
+        self._last_weights: Optional[str] = None
+
+    def pick_network(self, step: int, pl_module: L.LightningModule) -> tuple[nn.Module, str]:
+        """The network ``auto`` picks now and its name (``trained`` or ``ema``); logs a switch."""
+        if self.ema is None or self.ema.network is None:
+            return pl_module.model, "trained"
+        choice = self.ema.choice()
+        if choice.weights != self._last_weights:
+            rank_zero_info(f"sample strips from step {step}: {choice.line()}")
+            self._last_weights = choice.weights
+        return (self.ema.network if choice.weights == "ema" else pl_module.model), choice.weights
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -122,7 +161,7 @@ class SampleStrip(L.Callback):
         step = self._last_step = trainer.global_step
         if not trainer.is_global_zero:
             return None
-        net = self.ema.network if self.ema is not None and self.ema.network is not None else pl_module.model
+        net, weights = self.pick_network(step, pl_module)
         was_training = net.training
         net.eval()
         try:
@@ -141,7 +180,7 @@ class SampleStrip(L.Callback):
         frames[0].save(path + ".gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", strip, step, dataformats="HWC")
+                logger.experiment.add_image(f"samples/{weights}", strip, step, dataformats="HWC")
         return path + ".png"
 
 
@@ -154,6 +193,7 @@ class LastCheckpoint(L.Callback):
     def __init__(self, dirpath: str):
         self.path = os.path.join(dirpath, "last.ckpt")
         self.saved_step = -1
+        self.interrupted_by: Optional[BaseException] = None  # the Ctrl-C / SIGTERM seen, if any
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -169,8 +209,9 @@ class LastCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERM is handled by Lightning on every rank at a batch boundary, so the save is
         # collective-safe; a Ctrl-C hits ranks at arbitrary points, so only one process saves.
+        # The message is printed by the caller (train.TrainingInterrupted), after the progress bar closed.
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self.interrupted_by = exception
         if isinstance(exception, SIGTERMException) or (isinstance(exception, KeyboardInterrupt)
                                                        and trainer.world_size == 1):
             self._save(trainer)
-            if trainer.is_global_zero:
-                print(f"interrupted at step {trainer.global_step}; checkpoint: {self.path}", flush=True)

@@ -32,7 +32,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Validate the config (before Lightning is imported), train, print where the checkpoint is."""
+    """Validate the config (before Lightning is imported), train, print where the checkpoint is.
+
+    Exit codes: 0 done; 2 a bad config, shards, ``--resume`` or ``train.out_dir`` (one
+    line on stderr; a run that fails before its first step leaves no run folder); 1 a nan
+    loss; 130 Ctrl-C and 143 SIGTERM (``last.ckpt`` is written: continue with ``--resume auto``)."""
     from scd_msc.config import load_config, to_yaml
 
     try:
@@ -45,20 +49,24 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from lightning.pytorch.utilities import rank_zero_only
 
-    from scd_msc.training.train import train
+    from scd_msc.training.train import TrainingInterrupted, train
 
     if logging.getLogger().handlers:  # Lightning adds its own handler: print each message once
         logging.getLogger("lightning").propagate = False
-
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+    # Lightning's own Ctrl-C notice would print in the middle of the progress bar line; ours follows
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "Detected KeyboardInterrupt" not in record.getMessage())
     try:
         last = train(cfg, resume=args.resume)
-    except (ValueError, FloatingPointError) as err:
+    except ValueError as err:
+        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
         print(f"scd-msc train: error: {err}", file=sys.stderr)
         return 1
-    except SIGTERMException:  # last.ckpt was written (callbacks.LastCheckpoint); resume with --resume auto
-        return 128 + 15
+    except TrainingInterrupted as stop:
+        rank_zero_only(print)(f"scd-msc train: {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     rank_zero_only(print)(f"checkpoint: {last}\n"
                           f"load it with: scd_msc.checkpoint.load_model({last!r})")
     return 0

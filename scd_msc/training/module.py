@@ -1,16 +1,18 @@
 """``SCDLitModule``: the thin LightningModule around any scd_msc model.
 
 The network (``self.model``, ``scd_msc/models``) and the objective
-(``scd_msc/diffusion/objectives.py``) meet in :meth:`SCDLitModule._shared_step`; this
-file only adds the optimizer, the warm-up schedule, logging and a finite-loss check. Checkpoints
-follow ``scd_msc/checkpoint.py``: weights under ``model.`` (EMA under ``ema_model.``,
-written by :class:`scd_msc.training.callbacks.EMA`) and the whole experiment config as
-a plain dict in ``hyper_parameters["config"]``.
+(``scd_msc/diffusion/objectives.py``) meet in :meth:`SCDLitModule._shared_step`; the
+optimizer and its warm-up live in ``scd_msc/training/optim.py``; this file only adds
+logging and a finite-loss check. Checkpoints follow ``scd_msc/checkpoint.py``: weights
+under ``model.`` (EMA under ``ema_model.``, written by
+:class:`scd_msc.training.callbacks.EMA`), the whole experiment config as a plain dict in
+``hyper_parameters["config"]`` and what the training shards hold
+(``ShardInfo.to_dict()``) in ``hyper_parameters["shards"]``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 import numpy as np
@@ -20,15 +22,17 @@ from torch import Tensor
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
 from scd_msc.diffusion import FlowMatching, training_loss
 from scd_msc.models import model_from_config
+from scd_msc.training.optim import build_optimizer
 
 
 class SCDLitModule(L.LightningModule):
     """Trains ``model_from_config(config.model)`` with AdamW and a linear warm-up."""
 
-    def __init__(self, config: Union[ExperimentConfig, dict[str, Any]]):
+    def __init__(self, config: Union[ExperimentConfig, dict[str, Any]], shards: Optional[dict[str, Any]] = None):
         super().__init__()
         cfg = config if isinstance(config, ExperimentConfig) else config_from_dict(config)
-        self.save_hyperparameters({"config": config_to_dict(cfg)})
+        # shards: what the training data is (ShardInfo.to_dict(): pixels or latents, encoder), for inference
+        self.save_hyperparameters({"config": config_to_dict(cfg), "shards": shards})
         self.cfg = cfg
         self.model = model_from_config(cfg.model, cfg.runtime.backend)
         self.flow = FlowMatching(cfg.flow)
@@ -67,13 +71,7 @@ class SCDLitModule(L.LightningModule):
         torch.manual_seed(int(seed.generate_state(1)[0]))
 
     def configure_optimizers(self) -> dict:
-        t = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]))
-        warmup = max(t.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -5,11 +5,19 @@ Run folder (``train.out_dir``)::
 
     config.yaml                 the resolved config of the latest start
     checkpoints/last.ckpt       newest state (every ``checkpoint_every_n_steps``, at the end,
-                                on Ctrl-C / SIGTERM); step_NNNNNNN.ckpt: the newest few
-    csv/version_N/metrics.csv   one CSV per start (Lightning's CSVLogger)
-    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample strips)
+                                on Ctrl-C / SIGTERM)
+    checkpoints/step_NNNNNNN.ckpt  every ``checkpoint_every_n_steps``; the newest
+                                ``train.keep_checkpoints`` are kept (last.ckpt not counted)
+    metrics.csv                 losses, lr, timing, skipped samples; a resume continues it
+                                (training/run_logs.py)
+    tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample
+                                strips: samples/trained or samples/ema, the weights auto picks)
     timing.json                 step time, loader wait, steps/s (training/timing.py)
     samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif
+
+Everything that can be checked before training is checked first
+(``training/preflight.py``); a run that still fails before its first step removes the
+run folder it created.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import signal
 import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -24,15 +34,21 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from scd_msc.checkpoint import stored_config
-from scd_msc.config import ExperimentConfig, TrainConfig, to_yaml
+from scd_msc.checkpoint import read_checkpoint, stored_config
+from scd_msc.config import ExperimentConfig, TrainConfig, resolve_frame_shape, to_yaml
+from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
+from scd_msc.data.probe import probe_shards
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
 from scd_msc.training.module import SCDLitModule
+from scd_msc.training.preflight import preflight, training_device
+from scd_msc.training.run_logs import ProgressBar, RunCSVLogger
+from scd_msc.training.skips import SkipLog
 from scd_msc.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -41,8 +57,7 @@ def resolve_precision(t: TrainConfig) -> str:
     """``auto``: ``bf16-mixed`` when training runs on CUDA, else ``32-true``."""
     if t.precision != "auto":
         return t.precision
-    on_gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu else "32-true"
+    return "bf16-mixed" if training_device(t).type == "cuda" else "32-true"
 
 
 def checkpoint_dir(cfg: ExperimentConfig) -> str:
@@ -71,18 +86,21 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(path: str, cfg: ExperimentConfig) -> int:
-    """The checkpoint's global step; raises if its model differs from ``cfg.model`` (the
-    objective, ``flow``, and the ``runtime`` knobs may change on a resume)."""
+def check_resume(path: str, cfg: ExperimentConfig, arg: Optional[str] = None) -> int:
+    """The checkpoint's global step; raises if it cannot be read (naming the newest
+    readable ``step_*.ckpt`` instead) or if its model differs from ``cfg.model`` (the
+    objective, ``flow``, and the ``runtime`` knobs may change on a resume).
+    ``arg``: the ``--resume`` value, for the message (default: ``path``)."""
+    where = f"--resume {arg}" if arg else f"--resume {path!r}"
     try:  # mmap: reads only the few entries looked at, however large the checkpoint
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        ckpt = read_checkpoint(path, mmap=True)
         stored = stored_config(ckpt, path).model
-    except Exception as err:
-        raise ValueError(f"--resume {path!r}: not a readable scd_msc training checkpoint ({err})") from err
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg.model))
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
-        raise ValueError(f"--resume {path!r}: the checkpoint's model differs from the config at "
+        raise ValueError(f"{where}: the checkpoint's model differs from the config at "
                          + ", ".join(f"model.{k} ({old.get(k)!r} in the checkpoint, {new.get(k)!r} now)"
                                      for k in diff[:8]))
     return int(ckpt["global_step"])
@@ -90,10 +108,10 @@ def check_resume(path: str, cfg: ExperimentConfig) -> int:
 
 def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     t = cfg.train
-    ema = EMA(t.ema_decay) if t.ema_decay > 0 else None
+    ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     steps = ModelCheckpoint(
         dirpath=checkpoint_dir(cfg), filename="step_{step:07d}", auto_insert_metric_name=False,
-        monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest few
+        monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest N step_*.ckpt; last.ckpt apart
         every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, enable_version_counter=False,
         save_on_train_epoch_end=True)  # never defer a step save to the next validation
     callbacks: list[L.Callback] = [] if ema is None else [ema]  # EMA first: its on_exception runs first
@@ -108,8 +126,12 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (),
+                  resume_step: Optional[int] = None) -> L.Trainer:
+    """The Trainer; ``resume_step``: the step a resumed run starts from (its metrics.csv
+    is continued from there), None for a fresh start."""
     t = cfg.train
+    bar = [ProgressBar()] if t.progress_bar else []
     validate = bool(cfg.data.val_shards) and t.val_every_n_steps > 0
     return L.Trainer(
         default_root_dir=t.out_dir,
@@ -122,8 +144,9 @@ def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = ()) -
         limit_val_batches=None if validate else 0, num_sanity_val_steps=1 if validate else 0,
         gradient_clip_val=t.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
-        logger=[CSVLogger(t.out_dir, name="csv"), TensorBoardLogger(t.out_dir, name="tb", version="")],
-        callbacks=[*build_callbacks(cfg), *callbacks],
+        logger=[RunCSVLogger(t.out_dir, resume_step, t.log_every_n_steps),
+                TensorBoardLogger(t.out_dir, name="tb", version="")],
+        callbacks=[*bar, *build_callbacks(cfg), SkipLog(), *callbacks],
         enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False,  # the shard reader splits by rank itself
     )
@@ -136,33 +159,85 @@ def _write_config(cfg: ExperimentConfig) -> None:
         f.write(to_yaml(cfg))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``signum`` SIGINT) or SIGTERM stopped training at ``step``; ``checkpoint``:
+    the ``last.ckpt`` to resume from (None when there is none)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = (f"checkpoint: {checkpoint} (continue with --resume auto)" if checkpoint
+                 else "no checkpoint written")
+        super().__init__(f"interrupted at step {step}; {where}")
+
+
+def _interruption(err: BaseException, trainer: Optional[L.Trainer], last: str) -> Optional[TrainingInterrupted]:
+    """``err`` as a :class:`TrainingInterrupted` when a signal caused it, else None.
+    Lightning turns Ctrl-C into ``sys.exit(1)`` after its ``on_exception`` hooks ran."""
+    savers = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)] if trainer is not None else []
+    saw_ctrl_c = any(isinstance(c.interrupted_by, KeyboardInterrupt) for c in savers)
+    if isinstance(err, SIGTERMException):
+        signum = signal.SIGTERM
+    elif isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and saw_ctrl_c):
+        signum = signal.SIGINT
+    else:
+        return None
+    step = trainer.global_step if trainer is not None else 0
+    return TrainingInterrupted(int(signum), step, last if os.path.isfile(last) else None)
+
+
+@rank_zero_only
+def _remove_run_folder(out_dir: str) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    log.info("removed %s: the run stopped before its first step", out_dir)
+
+
 def train(cfg: ExperimentConfig, resume: Optional[str] = None,
           callbacks: Sequence[L.Callback] = ()) -> str:
-    """Train (or resume, ``resume`` = a path or ``auto``) and return the path of ``last.ckpt``."""
+    """Train (or resume, ``resume`` = a path or ``auto``) and return the path of ``last.ckpt``.
+
+    Raises ValueError (one line, naming the config key or ``--resume``) for what can be
+    checked before training; :class:`TrainingInterrupted` on Ctrl-C / SIGTERM."""
     ckpt = find_resume(resume, cfg)
-    start_step = check_resume(ckpt, cfg) if ckpt else 0
+    start_step = check_resume(ckpt, cfg, resume) if ckpt else 0
+    if AUTO in (cfg.data.channels, cfg.data.image_size):  # a config not made by load_config
+        resolve_frame_shape(cfg)
+    preflight(cfg)
+    try:  # recorded in the checkpoint: pixels or latents (and the encoder that made them)
+        shards = probe_shards(cfg.data.train_shards)
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
     last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
     if resume == "auto" and ckpt is None:
         rank_zero_only(log.info)("--resume auto: no %s yet, starting fresh", last)
     elif ckpt is None and os.path.isfile(last):
         rank_zero_only(log.warning)("%s exists: this fresh start will overwrite it "
                                     "(use --resume auto to continue that run)", last)
-    _write_config(cfg)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same init on every rank
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")
-    module = SCDLitModule(cfg)
-    if cfg.train.compile:
-        for block in module.model.modules():
-            if isinstance(block, Block):
-                block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
-    # a resumed run reads a new stream of clips instead of replaying the first one
-    data = ShardDataModule(dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step))
-    trainer = build_trainer(cfg, callbacks)
-    with warnings.catch_warnings():
-        # the shard stream is endless and reseeded above, so a mid-epoch resume is fine
-        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
-        if ckpt is not None:  # the resumed run's own checkpoints are expected there
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=False)
+    created = not os.path.exists(cfg.train.out_dir)
+    trainer: Optional[L.Trainer] = None
+    try:
+        _write_config(cfg)
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same init on every rank
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")
+        module = SCDLitModule(cfg, shards=shards.to_dict())
+        if cfg.train.compile:
+            for block in module.model.modules():
+                if isinstance(block, Block):
+                    block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
+        # a resumed run reads a new stream of clips instead of replaying the first one
+        data = ShardDataModule(dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step))
+        trainer = build_trainer(cfg, callbacks, start_step if ckpt else None)
+        with warnings.catch_warnings():
+            # the shard stream is endless and reseeded above, so a mid-epoch resume is fine
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+            if ckpt is not None:  # the resumed run's own checkpoints are expected there
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=False)
+    except BaseException as err:
+        if created and (trainer is None or trainer.global_step == 0):
+            _remove_run_folder(cfg.train.out_dir)
+        interrupt = _interruption(err, trainer, last)
+        if interrupt is not None:
+            raise interrupt from None
+        raise
     return last

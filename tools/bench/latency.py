@@ -1,13 +1,22 @@
-"""``scd-msc bench``: per-frame latency of SCD-MSC vs SCD-dense vs the causal DiT, and
-training throughput, at matched parameters (one run, side by side).
+"""Per-frame latency of SCD-MSC vs SCD-dense vs the causal DiT, and training
+throughput, at matched parameters (one run, side by side).
+
+Run from the repository root::
+
+    python -m tools.bench_latency                 # GPU, ~3 minutes on an H100
+    python -m tools.bench_latency --device cpu --size tiny --steps 2 --context 2 --batch 1 \
+        --frames 2 --warmup 1 --curve-frames 3 --train-batch 1 --train-frames 2 \
+        --train-iters 1 --train-warmup 1 --out /tmp/bench   # CPU smoke run, seconds
 
 Per model and batch size: a session is primed with a ``context``-frame prompt, a few
 frames are made untimed (warm-up; CUDA-graph capture when on), then every frame is
 timed with CUDA events in two parts: the denoising loop (``S`` steps) and the commit
 (SCD: one encoder pass; DiT: one pass at t=0 writing the KV cache). End to end =
 both. A second run of SCD-MSC from an empty cache out to ``curve_frames`` gives latency
-and memory against frame index. The training step (forward + backward + AdamW) is
-timed per model on clips of ``train_frames`` frames.
+and memory against frame index. The training step (forward + backward + the optimizer
+step of ``scd-msc train``: ``scd_msc.training.optim.build_optimizer``) is timed per
+model on clips of ``train_frames`` frames. Needs CUDA; ``--device cpu`` runs the same
+code on a CPU (fp32) as a smoke test, not a measurement.
 
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``S`` steps.
 """
@@ -16,15 +25,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scd_msc.bench.common import (command_line, env_info, peak_memory_gib, report_stem,
-                                  reset_peak_memory, summarize_ms, sync, write_report)
+from scd_msc.config import TrainConfig
 from scd_msc.diffusion import Sampler
-from scd_msc.models import build_model, count_parameters
+from scd_msc.models import SIZES, build_model, count_parameters
+from scd_msc.paths import check_writable_folder
+from scd_msc.training.optim import build_optimizer
+from tools.bench.report import command_line, report_stem, write_report
+from tools.bench.timing import peak_memory_gib, reset_peak_memory, summarize_ms, sync
+
+ENTRY = "tools.bench_latency"  # the module users run: python -m tools.bench_latency
+PROG = f"python -m {ENTRY}"
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -42,8 +59,6 @@ def _events(n: int) -> list[torch.cuda.Event]:
 
 def time_frames(session: Any, frames: int, device: str) -> tuple[list[float], list[float]]:
     """Per frame: (denoise ms, end-to-end ms)."""
-    import time
-
     den, e2e = [], []
     for _ in range(frames):
         if device == "cuda":
@@ -131,9 +146,11 @@ def window_median(values: list[float], at: int, half: int = 4) -> float:
 
 
 def bench_training(name: str, args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """One training step as ``scd-msc train`` runs it (bf16 autocast on CUDA, the
+    training optimizer and warm-up schedule), timed after ``train_warmup`` steps."""
     model = build_model(name).to(device).train()
     cfg = model.cfg
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    opt, schedule = build_optimizer(model, TrainConfig())
     video = torch.rand(args.train_batch, args.train_frames, cfg.channels, cfg.image_size,
                        cfg.image_size, device=device) * 2 - 1
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
@@ -143,14 +160,13 @@ def bench_training(name: str, args: argparse.Namespace, device: str) -> dict[str
             loss = model.training_loss(video)["loss"]
         loss.backward()
         opt.step()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
 
     reset_peak_memory(device)
     for _ in range(args.train_warmup):
         step()
     sync(device)
-    import time
-
     times = []
     for _ in range(args.train_iters):
         t0 = time.perf_counter()
@@ -197,14 +213,29 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-iters", type=int, default=10)
     p.add_argument("--train-warmup", type=int, default=3)
     p.add_argument("--out", default="benchmarks")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="cuda (the default; required for the numbers) or cpu (a smoke run)")
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames"):
+def check_args(args: argparse.Namespace) -> str:
+    """The device to time on, or a ValueError naming the argument, its value and what
+    was expected. The numbers need CUDA; a CPU runs only when asked for (``--device cpu``)."""
+    for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames",
+                 "train_iters"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
+    if min(args.batch) < 1:
+        raise ValueError(f"--batch={args.batch}: expected integers >= 1")
+    if args.size not in SIZES:
+        raise ValueError(f"--size={args.size!r}: expected one of {', '.join(SIZES)}")
+    check_writable_folder(args.out, "--out")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"no CUDA GPU (torch {torch.__version__} sees none): the latency benchmark "
+                         "times GPU inference; --device cpu runs it on this CPU as a smoke test")
+    return args.device or "cuda"
+
+
+def run_bench(args: argparse.Namespace, device: str) -> int:
     if device == "cpu" and args.dtype != "fp32":
         args.dtype = "fp32"  # bf16 matmuls on CPU measure nothing useful
     names = [f"{f}-{args.size}" for f in ("scd-msc", "scd-dense", "causal-dit")]
@@ -254,7 +285,8 @@ def write_latency_report(args, device, names, rows, curves, train, checks) -> in
               "dtype": args.dtype, "batches": args.batch, "timed_frames": args.frames,
               "warmup_frames": args.warmup, "curve_frames": args.curve_frames,
               "params_m": {r["model"]: round(r["params_m"], 2) for r in rows if r["batch"] == args.batch[0]},
-              "train": f"batch {args.train_batch} × {args.train_frames} frames, bf16 autocast, AdamW",
+              "train": f"batch {args.train_batch} × {args.train_frames} frames, bf16 autocast, "
+                       "AdamW of scd-msc train (build_optimizer)",
               "dense_attention_window": args.context + 1}
     stem = report_stem(args.out, "latency", device)
     plot = stem.with_name(stem.name + ".png")
@@ -276,7 +308,7 @@ def write_latency_report(args, device, names, rows, curves, train, checks) -> in
                                     f"peak {t['peak_gib']} GiB)" for t in train)
         + f"; ratio {data['train_speedup']:.2f}×",
         f"- plot: `{plot.name}`", ""])
-    write_report(stem, "Per-frame latency: SCD-MSC vs SCD-dense vs causal DiT", command_line(), config,
+    write_report(stem, "Per-frame latency: SCD-MSC vs SCD-dense vs causal DiT", args.command, config,
                  rows, extra, data, columns=cols)
     print(extra)
     print(f"wrote {stem}.md, .json and {plot.name}")
@@ -284,6 +316,19 @@ def write_latency_report(args, device, names, rows, curves, train, checks) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_bench_arguments(parser)
-    return run_bench(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.command = command_line(ENTRY, argv)
+    try:
+        device = check_args(args)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run_bench(args, device)
+    except torch.OutOfMemoryError as err:
+        print(f"{PROG}: error: --size={args.size!r} ran out of memory on {device} "
+              f"({str(err).strip().splitlines()[0][:200]}); try a smaller --size, --batch or --context",
+              file=sys.stderr)
+        return 1
