@@ -74,7 +74,7 @@ def test_shards_without_conditions_read_as_before(tmp_path):
     make_shards("moving-digits", tmp_path, 4, S, clips=2, progress=False)
     out = list(ClipDataset(str(tmp_path / "*.tar"), 4, 1, S, resampled=False))
     assert all(not {"actions", "label"} & set(o) and {"video", "key"} <= set(o) for o in out)
-    assert set(collate_clips(out)) == {"video", "key"}
+    assert not {"actions", "label"} & set(collate_clips(out))
     assert shard_conditions(str(tmp_path / "*.tar")) == Conditions()
     assert str(Conditions()) == "no actions; no classes"
 
