@@ -126,10 +126,7 @@ def load_model(path: str, map_location: str | torch.device = "cpu", weights: str
 def load_shard_info(path: str) -> Optional[ShardInfo]:
     """What the checkpoint's training shards held, or None when it was not recorded.
 
-    Reads only the hyper-parameters (memory-mapped), however large the checkpoint."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        stored = ckpt.get("hyper_parameters", {}).get("shards")
-    except Exception as err:  # noqa: BLE001 -- not a (zip) torch file: load_model says more
-        raise ValueError(f"checkpoint {path!r} could not be read: {err}") from err
+    Reads only the hyper-parameters (memory-mapped), however large the checkpoint; an
+    unreadable file fails as :func:`read_checkpoint` says."""
+    stored = read_checkpoint(path, mmap=True).get("hyper_parameters", {}).get("shards")
     return ShardInfo.from_dict(stored) if isinstance(stored, dict) else None
