@@ -29,7 +29,6 @@ from scd_msc.config import load_config
 from scd_msc.data import ClipDataset, make_shards
 from scd_msc.data.shards import npy_bytes
 from scd_msc.data.synthetic import moving_digits
-from scd_msc.models import SCDModel
 
 F, S = 8, 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,15 +300,17 @@ def test_keep_checkpoints_counts_step_files_only_and_across_a_resume(shards, tmp
 def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
     from scd_msc.training.train import train
 
-    calls = {"n": 0}
-    real = SCDModel.training_loss
+    import scd_msc.training.module as module
 
-    def loss_going_nan(self, video, generator=None):
-        out = real(self, video, generator)
+    calls = {"n": 0}
+    real = module.training_loss  # the objective the LightningModule calls
+
+    def loss_going_nan(model, video, flow, generator=None):
+        out = real(model, video, flow, generator)
         calls["n"] += 1
         return {"loss": out["loss"] * float("nan")} if calls["n"] == 4 else out
 
-    monkeypatch.setattr(SCDModel, "training_loss", loss_going_nan)
+    monkeypatch.setattr(module, "training_loss", loss_going_nan)
     cfg = load_config(None, overrides(shards, tmp_path, **{"train.max_steps": 10}))
     with pytest.raises(FloatingPointError, match="train loss is nan at step 3"):
         train(cfg)

@@ -30,10 +30,11 @@ GATINGS = ("branch", "head", "off")
 UPSAMPLES = ("nearest", "bilinear")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AttentionConfig:
     """What every MSC layer of a model shares (``ModelConfig.attention``); per-layer
-    numbers come from an :class:`MSCLayerSpec`."""
+    numbers come from an :class:`MSCLayerSpec`. Keyword-only, so that a layer's config
+    below takes ``dim, heads`` first."""
 
     hires_heads: Optional[int] = None  # None: heads // 2
     gating: str = "branch"  # "branch" | "head" | "off"

@@ -36,6 +36,7 @@ from scd_msc.config import TrainConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.models import SIZES, build_model, count_parameters
 from scd_msc.paths import check_writable_folder
+from scd_msc.streaming import StreamingSession
 from scd_msc.training.optim import build_optimizer
 from tools.bench.report import command_line, report_stem, write_report
 from tools.bench.timing import peak_memory_gib, reset_peak_memory, summarize_ms, sync
@@ -57,7 +58,7 @@ def _events(n: int) -> list[torch.cuda.Event]:
     return [torch.cuda.Event(enable_timing=True) for _ in range(n)]
 
 
-def time_frames(session: Any, frames: int, device: str) -> tuple[list[float], list[float]]:
+def time_frames(session: StreamingSession, frames: int, device: str) -> tuple[list[float], list[float]]:
     """Per frame: (denoise ms, end-to-end ms)."""
     den, e2e = [], []
     for _ in range(frames):
