@@ -3,21 +3,21 @@
 A training checkpoint is Lightning's ``.ckpt``: ``state_dict`` holds the network under
 the prefix ``model.`` (and, when EMA is on, the averaged copy under ``ema_model.``, with
 its update count in ``averaging_state["n_averaged"]``), and ``hyper_parameters["config"]``
-holds the experiment config as a plain dict (``["model"]``: the :class:`ModelConfig`;
-``["train"]["ema_decay"]``: the EMA's decay). :func:`load_model` rebuilds the network
-from that dict alone, so inference needs no training code and no data. Which weights it
-loads (``weights="auto" | "ema" | "trained"``) is decided by
-:func:`scd_msc.ema.choose_weights`. A checkpoint that cannot be read (e.g. ``last.ckpt`` cut short
-by a full disk) fails with one line that names the newest readable ``step_*.ckpt`` in
-the same folder.
-``hyper_parameters["shards"]`` says what the training shards held
+holds the whole :class:`~scd_msc.config.ExperimentConfig` as a plain dict (older layouts
+are upgraded by :func:`scd_msc.config.config_from_dict`). :func:`load_model` rebuilds the
+network from its ``model`` section (and the attention backend from ``runtime``), so
+inference needs no training code and no data. Which weights it loads (``weights="auto" |
+"ema" | "trained"``) is decided by :func:`scd_msc.ema.choose_weights` from the EMA's
+decay (``train.ema_decay``) and update count. A checkpoint that cannot be read (e.g.
+``last.ckpt`` cut short by a full disk) fails with one line that names the newest
+readable ``step_*.ckpt`` in the same folder. ``hyper_parameters["shards"]`` says what
+the training shards held
 (:class:`~scd_msc.data.probe.ShardInfo`: pixels or latents, and the encoder of latent
 shards); :func:`load_shard_info` reads it (None in checkpoints older than it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import re
@@ -25,22 +25,21 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from scd_msc.ema import WeightChoice, check_weights, choose_weights
+from scd_msc.config import ExperimentConfig, config_from_dict
 from scd_msc.data.probe import ShardInfo
-from scd_msc.models import ModelConfig, model_from_config
+from scd_msc.ema import WeightChoice, check_weights, choose_weights
+from scd_msc.models import model_from_config
 
 
-def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
-    """Validated :class:`ModelConfig` from a plain dict (unknown keys fail loudly)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), dict(d))
-    return OmegaConf.to_object(cfg)
-
-
-def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def stored_config(ckpt: Mapping[str, Any], path: str) -> ExperimentConfig:
+    """The experiment config a training checkpoint was written with (older layouts upgraded)."""
+    try:
+        return config_from_dict(ckpt["hyper_parameters"]["config"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
+                         f"(missing {err}); expected hyper_parameters.config and state_dict") from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -79,10 +78,13 @@ def read_checkpoint(path: str, map_location: str | torch.device = "cpu", mmap: b
 
 @dataclass
 class LoadedCheckpoint:
-    """A network in eval mode and which of the checkpoint's weights it holds."""
+    """A network in eval mode, which of the checkpoint's weights it holds, and the config
+    it was trained with (its ``runtime`` knobs, backend and sampler, are the defaults of
+    inference)."""
 
     model: nn.Module
     weights: WeightChoice
+    config: ExperimentConfig
 
 
 def _ema_updates(ckpt: Mapping[str, Any]) -> int | None:
@@ -98,24 +100,22 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
     (:mod:`scd_msc.ema` says why). Raises ``ValueError`` naming the problem."""
     check_weights(weights)
     ckpt = read_checkpoint(path, map_location)
-    try:
-        config = ckpt["hyper_parameters"]["config"]
-        model_dict = config["model"]
-        state = ckpt["state_dict"]
-    except (KeyError, TypeError) as err:
+    cfg = stored_config(ckpt, path)
+    if "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
-                         f"(missing {err}); expected hyper_parameters.config.model and state_dict") from err
+                         "(missing 'state_dict'); expected hyper_parameters.config and state_dict")
+    state = ckpt["state_dict"]
     has_ema = any(k.startswith("ema_model.") for k in state)
-    choice = choose_weights(weights, has_ema, _ema_updates(ckpt), (config.get("train") or {}).get("ema_decay"),
-                            where=f"checkpoint {path!r}")
-    model = model_from_config(model_config_from_dict(model_dict))
+    decay = cfg.train.ema_decay if cfg.train.ema_decay > 0 else None
+    choice = choose_weights(weights, has_ema, _ema_updates(ckpt), decay, where=f"checkpoint {path!r}")
+    model = model_from_config(cfg.model, cfg.runtime.backend)
     prefix = "ema_model." if choice.weights == "ema" else "model."
     loaded = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(loaded, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path!r} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return LoadedCheckpoint(model.eval(), choice)
+    return LoadedCheckpoint(model.eval(), choice, cfg)
 
 
 def load_model(path: str, map_location: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:

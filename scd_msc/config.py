@@ -1,6 +1,9 @@
 """The experiment config: one typed dataclass per component, composed and validated.
 
-``ExperimentConfig = preset + model + data + train``. Loading (STYLE.md §4)::
+``ExperimentConfig = preset + model + flow + runtime + data + train``: ``model`` is what
+defines the weights, ``flow`` the training objective, ``runtime`` the knobs that change
+how a model runs but not its weights (attention backend, sampler), so a resume may
+change them. Loading (STYLE.md §4)::
 
     defaults   OmegaConf.structured(ExperimentConfig(model=preset_config(preset)))
     <- yaml    configs/moving_digits_tiny.yaml
@@ -22,6 +25,7 @@ what it expects and what it got, before anything is built (Lightning is not impo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import typing
@@ -35,8 +39,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from scd_msc.data.config import AUTO, DataConfig
 from scd_msc.data.dataset import expand_shards
 from scd_msc.data.probe import ShardInfo, probe_shards
+from scd_msc.diffusion import FlowConfig, SamplerConfig
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.presets import PRESETS, preset_config
+from scd_msc.ops.backends import BACKENDS
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -116,11 +122,25 @@ class TrainConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How a model runs, not what it is: the attention ``backend`` of every layer
+    (``auto`` or one of :data:`scd_msc.ops.BACKENDS`) and the ``sampler``."""
+
+    backend: str = "auto"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("runtime.backend", self.backend, BACKENDS + ("auto",))
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one run needs. ``preset`` gives the defaults of ``model``."""
 
     preset: str = DEFAULT_PRESET
     model: ModelConfig = field(default_factory=lambda: preset_config(DEFAULT_PRESET))
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -285,7 +305,7 @@ def _check_fit(exp: ExperimentConfig, origin: str, remedy: str) -> None:
     """The data's size must patchify into a token grid the preset's windows fit in
     (``ModelConfig.validate``); otherwise name a ``model.patch`` and a size that work."""
     m = exp.model
-    need = max(m.decoder_window, m.schedule.window)  # tokens per side the attention windows span
+    need = max(m.decoder_window, m.schedule.base.window)  # tokens per side the attention windows span
     if m.image_size % m.patch == 0 and m.image_size // m.patch >= need:
         return
     patches = [p for p in range(m.patch - 1, 0, -1) if m.image_size % p == 0 and m.image_size // p >= need]
@@ -333,8 +353,48 @@ def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# ModelConfig keys of the layout before runtime knobs and the objective moved out
+# (checkpoints written before 2026-12): old key -> (section, new key)
+_MOVED_MODEL_KEYS = {"backend": ("runtime", "backend"), "flow": ("flow", None),
+                     "sampler": ("runtime.sampler", "name"), "guidance_perturb": ("runtime.sampler", "guidance_perturb")}
+_NESTED_MODEL_KEYS = {"attention": ("hires_heads", "gating", "upsample"),
+                      "schedule.base": ("down", "window", "frames", "stride", "strided_frames")}
+
+
+def upgrade_config_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict in today's layout: older checkpoints kept the backend, the
+    sampler and the objective inside ``model`` and flat attention/schedule fields."""
+    d = copy.deepcopy(d)
+    model = d.get("model") or {}
+    for old, (section, key) in _MOVED_MODEL_KEYS.items():
+        if old not in model:
+            continue
+        value = model.pop(old)
+        target = d
+        for part in section.split("."):
+            target = target.setdefault(part, {})
+        if key is None:  # flow: the whole section; its sampling shift went to the sampler
+            shift = value.pop("timestep_shift", None)
+            target.update(value)
+            if shift is not None:
+                d.setdefault("runtime", {}).setdefault("sampler", {})["timestep_shift"] = shift
+        else:
+            target[key] = value
+    for section, keys in _NESTED_MODEL_KEYS.items():
+        parent, _, leaf = section.rpartition(".")
+        holder = model.get(parent, {}) if parent else model
+        if not isinstance(holder, dict) or not any(k in holder for k in keys):
+            continue
+        nested = holder.setdefault(leaf, {})
+        nested.update({k: holder.pop(k) for k in keys if k in holder})
+    return d
+
+
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """Inverse of :func:`config_to_dict` (unknown keys and bad types fail as in ``load_config``)."""
+    """Inverse of :func:`config_to_dict` (unknown keys and bad types fail as in
+    ``load_config``); older layouts are upgraded first (:func:`upgrade_config_dict`).
+    Checkpoint loading uses it too."""
+    d = upgrade_config_dict(d)
     preset = d.get("preset", DEFAULT_PRESET)
     base = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
     exp = OmegaConf.to_object(_merge(base, OmegaConf.create(d), "the stored config"))

@@ -58,9 +58,9 @@ def test_round_trip_through_a_plain_dict():
 @pytest.mark.parametrize("override, words", [
     ("train.lrr=1", ["unknown config key 'train.lrr'", "known under train: lr,"]),
     ("modle.dim=3", ["unknown config key 'modle'", "model"]),
-    ("model.schedule.windw=3", ["'model.schedule.windw'", "window"]),
+    ("model.schedule.base.windw=3", ["'model.schedule.base.windw'", "window"]),
     ("train.lr=abc", ["'train.lr'", "expects float", "got 'abc'"]),
-    ("model.schedule.window=big", ["'model.schedule.window'", "expects int", "got 'big'"]),
+    ("model.schedule.base.window=big", ["'model.schedule.base.window'", "expects int", "got 'big'"]),
     ("train.betas=[0.9,x]", ["'train.betas[1]'", "expects float"]),
     ("train.compile=maybe", ["'train.compile'", "expects bool, got 'maybe'"]),
     ("train.ema_warmup=1.5", ["'train.ema_warmup'", "expects bool, got '1.5'"]),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scd_msc.diffusion import SAMPLERS, FlowConfig, FlowMatching, guided_velocity
+from scd_msc.diffusion import SAMPLERS, FlowConfig, FlowMatching, Sampler, SamplerConfig, guided_velocity
 from scd_msc.diffusion import sample_euler, sample_heun, shift_timesteps, timestep_schedule
 
 # ----------------------------------------------------------------------------- GMM
@@ -212,15 +212,15 @@ def test_guidance(sampler, evals: int) -> None:
     torch.testing.assert_close(v, v_pert + 2.5 * (fn(noise, t, c) - v_pert))
 
 
-def test_callback_and_flow_sample() -> None:
+def test_callback_and_sampler_object() -> None:
     seen: list[tuple[int, float]] = []
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     hook = lambda i, t, x: seen.append((i, t))  # noqa: E731
     x = sample_heun(gmm_velocity, noise, 5, 2.0, callback=hook)
     assert [i for i, _ in seen] == list(range(5))
     assert [t for _, t in seen] == timestep_schedule(5, 2.0)[1:].tolist()  # ends on exactly 0
-    flow = FlowMatching(FlowConfig(timestep_shift=2.0))
-    assert torch.equal(flow.sample(gmm_velocity, noise, 5, "heun"), x)
+    sampler = Sampler(SamplerConfig(name="heun", timestep_shift=2.0))
+    assert torch.equal(sampler.sample(gmm_velocity, noise, 5), x)
     assert set(SAMPLERS) == {"euler", "heun"}
 
 
@@ -233,12 +233,12 @@ BAD_CALLS = [  # (call, message the ValueError must match)
     (lambda: sample_euler(_VC, _NZ, 4, 1.0, 2.0, context=_NZ, perturb_scale=0.1), "Generator"),
     (lambda: sample_euler(_VC, _NZ, 4, context=_NZ, perturb_scale=-1.0), "perturb_scale"),
     *[(lambda k=k, v=v: FlowConfig(**{k: v}), k) for k, v in [("logit_normal_std", 0.0),
-      ("timestep_shift", -2.0), ("context_noise_max", 1.5), ("decoder_multi_batch", 0),
-      ("decoder_multi_batch", 2.0)]],
+      ("context_noise_max", 1.5), ("decoder_multi_batch", 0), ("decoder_multi_batch", 2.0)]],
+    (lambda: SamplerConfig(timestep_shift=-2.0), "timestep_shift"),
     (lambda: FlowMatching.add_noise(_X, torch.zeros(3), _X), "prefix"),
     (lambda: FlowMatching.add_noise(_X, torch.zeros(2, 3), torch.zeros(2, 3, 5)), "eps shape"),
     (lambda: FlowMatching.loss(_X, torch.zeros(2, 3, 1)), "pred_v shape"),
-    (lambda: FlowMatching().sample(_V, _NZ, 4, "dpm"), "sampler"),
+    (lambda: SamplerConfig(name="dpm"), "sampler"),
 ]
 
 

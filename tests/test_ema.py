@@ -5,6 +5,7 @@ The training run that checks ``auto`` against validation losses is in test_train
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from scd_msc.checkpoint import load_checkpoint, load_model, model_config_to_dict
+from scd_msc.checkpoint import load_checkpoint, load_model
 from scd_msc.cli import main
 from scd_msc.data import make_shards
 from scd_msc.ema import choose_weights, ema_update_fn, min_ema_updates, warmup_decay
@@ -84,7 +85,7 @@ def ema_checkpoint(path: Path, updates: Optional[int], decay: float = 0.99, trai
     torch.manual_seed(0)
     trained = build_model(TINY)
     state = {f"model.{k}": v for k, v in trained.state_dict().items()}
-    ckpt = {"hyper_parameters": {"config": {"model": model_config_to_dict(trained.cfg)}}}
+    ckpt = {"hyper_parameters": {"config": {"model": dataclasses.asdict(trained.cfg)}}}
     if train_config:
         ckpt["hyper_parameters"]["config"]["train"] = {"ema_decay": decay if updates is not None else 0.0}
     if updates is not None:

@@ -63,7 +63,7 @@ def cli(*args: str) -> list[str]:
 
 
 def train_args(data: dict[str, str], out: str, *extra: str) -> list[str]:
-    return ["train", "model.backend=reference", f"data.train_shards={data['good']}", "data.clip_frames=4",
+    return ["train", "runtime.backend=reference", f"data.train_shards={data['good']}", "data.clip_frames=4",
             "data.num_workers=0", "train.accelerator=cpu", "train.devices=1", "train.val_every_n_steps=0",
             "train.max_steps=1",
             f"train.out_dir={out}", *extra]
@@ -113,8 +113,8 @@ def test_user_errors_are_one_line_with_exit_2(data, unwritable):
      "scd-msc eval: error: --out='{ro}/eval': expected a writable folder, '{ro}' is not writable ("),
     (["make-shards", "moving-digits", "--frames", "2", "--size", "16", "--clips", "1", "--out", "{ro}/shards"],
      "scd-msc make-shards: error: out='{ro}/shards': expected a writable folder, '{ro}' is not writable ("),
-    (["train", "--print-config", "model.backend=foo"],
-     "scd-msc train: error: model.backend='foo': expected one of reference, flex, natten, auto"),
+    (["train", "--print-config", "runtime.backend=foo"],
+     "scd-msc train: error: runtime.backend='foo': expected one of reference, flex, natten, auto"),
 ], ids=["eval", "make-shards", "print-config"])
 def test_unwritable_out_and_unknown_backend_are_one_line(data, unwritable, argv, start, capsys):
     from scd_msc.cli import main

@@ -3,6 +3,7 @@ and interrupts (tiny random-init preset, CPU, a few frames of 2 denoising steps)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -18,7 +19,6 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from scd_msc.checkpoint import model_config_to_dict
 from scd_msc.cli import build_parser, main
 from scd_msc.data import ClipDataset, make_shards
 from scd_msc.inference.generate import InterruptGuard, stream_to_sinks
@@ -87,7 +87,7 @@ def fake_checkpoint(path: Path, drop_key: bool = False) -> Path:
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     if drop_key:
         state.pop(next(iter(state)))
-    config = {"model": model_config_to_dict(model.cfg)}
+    config = {"model": dataclasses.asdict(model.cfg)}
     torch.save({"state_dict": state, "hyper_parameters": {"config": config}}, path)
     return path
 

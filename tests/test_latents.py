@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scd_msc.checkpoint import load_shard_info, model_config_to_dict
+from scd_msc.checkpoint import load_shard_info
 from scd_msc.cli import main
 from scd_msc.config import load_config
 from scd_msc.data import ClipDataset
@@ -55,7 +55,7 @@ def small_run(shards: str, out_dir) -> list[str]:
     return [f"data.train_shards={shards}", f"data.clip_frames={F}", "data.batch_size=2", "data.num_workers=0",
             "data.epoch_batches=5", "data.shuffle_buffer=4", f"train.out_dir={out_dir}", "train.max_steps=2",
             "train.warmup_steps=1", "train.val_every_n_steps=0", "train.sample_every_n_steps=0",
-            "train.progress_bar=false", "train.accelerator=cpu", "train.devices=1", "model.backend=reference"]
+            "train.progress_bar=false", "train.accelerator=cpu", "train.devices=1", "runtime.backend=reference"]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_eval_scores_decoded_pixels_and_refuses_without_decoder(run, capsys):
 def fake_checkpoint(path: Path, shards: dict | None, **overrides) -> str:
     """A checkpoint of the tiny preset, with or without the record of its training shards."""
     model = build_model("scd-msc-tiny", **overrides)
-    hparams = {"config": {"model": model_config_to_dict(model.cfg)}}
+    hparams = {"config": {"model": dataclasses.asdict(model.cfg)}}
     if shards is not None:
         hparams["shards"] = shards
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},

@@ -7,6 +7,7 @@ import torch
 
 from scd_msc import PRESETS, build_model
 from scd_msc.data.synthetic import moving_digits
+from scd_msc.diffusion import Sampler
 from scd_msc.models import count_parameters
 
 FAMILIES = ["scd-msc", "scd-dense", "causal-dit"]
@@ -83,8 +84,7 @@ def test_context_noise_dit_first_frame_matches_a_by_hand_rollout():
         return model(torch.cat([noised, x[:, None]], 1), torch.cat([levels, t[:, None]], 1))[:, -1]
 
     with torch.no_grad():
-        want = model.flow.sample(velocity, randn(frame.shape, g, frame.device, frame.dtype), 3,
-                                 sampler=model.cfg.sampler)
+        want = Sampler().sample(velocity, randn(frame.shape, g, frame.device, frame.dtype), 3)
     assert (frame - want).abs().max() <= 1e-4
 
 
@@ -152,9 +152,10 @@ def test_cache_is_constant_with_video_length(family, kw):
 
 
 def test_unbounded_lowres_cache_grows():
-    from scd_msc.ops.schedule import MSCScheduleConfig
+    from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig
 
-    model = tiny("scd-msc", schedule=MSCScheduleConfig(window=3, frames=3, strided_frames=None))
+    spec = MSCLayerSpec(window=3, frames=3, strided_frames=None)
+    model = tiny("scd-msc", schedule=MSCScheduleConfig(base=spec))
     session = model.stream(1, steps=1, generator=gen())
     sizes = [session.step() is not None and session.cache_bytes() for _ in range(6)]
     assert sizes[5] > sizes[2]
@@ -181,9 +182,9 @@ def test_loss_falls_when_overfitting_one_clip(family):
 def test_multi_batch_and_context_noise_train():
     from scd_msc.diffusion import FlowConfig
 
-    model = build_model("scd-msc-tiny", backend="reference",
-                        flow=FlowConfig(decoder_multi_batch=3, context_noise_max=0.1))
-    loss = model.training_loss(video(), generator=gen())["loss"]
+    model = build_model("scd-msc-tiny", backend="reference")
+    flow = FlowConfig(decoder_multi_batch=3, context_noise_max=0.1)
+    loss = model.training_loss(video(), generator=gen(), flow=flow)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and model.encoder.blocks[0].attn.qkv.weight.grad is not None
 
@@ -229,7 +230,7 @@ def test_full_caches_are_written_in_place():
     and the frame counter lives on the device."""
     model = tiny("scd-msc")
     session = model.stream(1, steps=1, generator=gen())
-    cache = session.enc_cache
+    cache = session.cache
     for _ in range(20):
         session.step()
     assert cache.full() and cache.frames_seen == 20
@@ -241,7 +242,7 @@ def test_full_caches_are_written_in_place():
     assert cache.frames_seen == 21
     unbounded = tiny("causal-dit").stream(1, steps=1, generator=gen())
     unbounded.step()
-    assert not unbounded.kv.full()  # all frames kept: never graphable
+    assert not unbounded.cache.full()  # all frames kept: never graphable
 
 
 def test_cuda_graphs_need_cuda():

@@ -7,6 +7,7 @@ from einops import rearrange
 from scd_msc.ops import hires_attention, lowres_attention
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, prepare_qkv, unpool_tokens
 from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig, build_schedule
+from scd_msc.streaming import new_layer_cache
 
 SPEC = MSCLayerSpec(down=2, window=3, frames=2, stride=2, strided_frames=2)
 
@@ -85,9 +86,10 @@ def test_stream_equals_parallel(backend, strided_frames):
     x, t, fi = (a.float() if a.is_floating_point() else a for a in inputs(f=7))
     with torch.no_grad():
         full = layer(x, t, fi)
-        cache = layer.new_cache()
+        cache = new_layer_cache(layer)
         chunks = [(0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]  # a 2-frame prompt, then 1 by 1
-        streamed = torch.cat([layer(x[:, a:b], t[:, a:b], fi[a:b], cache=cache) for a, b in chunks], 1)
+        streamed = torch.cat([layer(x[:, a:b], t[:, a:b], fi[a:b], cache=cache, write=True)
+                              for a, b in chunks], 1)
     assert (streamed - full).abs().max() <= 1e-4
     expect_frames = 2 if strided_frames else 7  # (k-1)·s low-res frames, or all
     assert cache.lowres.k.shape[1] == expect_frames and cache.hires.k.shape[1] == 2
@@ -97,19 +99,19 @@ def test_noncausal_layer_refuses_cache():
     layer = make_layer(causal=False)
     x, t, fi = inputs()
     with pytest.raises(ValueError, match="needs a causal layer"):
-        layer(x, t, fi, cache=layer.new_cache())
+        layer(x, t, fi, cache=new_layer_cache(layer))
 
 
 def test_pyramid_schedule_pools_more_in_deeper_layers():
-    specs = build_schedule(MSCScheduleConfig(name="pyramid", down=2, down_max=8), depth=6)
+    specs = build_schedule(MSCScheduleConfig(name="pyramid", base=MSCLayerSpec(down=2), down_max=8), depth=6)
     assert [s.down for s in specs] == [2, 2, 4, 4, 8, 8]
     assert [s.down for s in build_schedule(MSCScheduleConfig(name="uniform"), 3)] == [2, 2, 2]
 
 
 @pytest.mark.parametrize("cfg,match", [
     (MSCScheduleConfig(name="zigzag"), "schedule.name must be one of"),
-    (MSCScheduleConfig(window=4), "window must be odd"),
-    (MSCScheduleConfig(stride=0), "stride must be an int >= 1"),
+    (MSCScheduleConfig(base=MSCLayerSpec(window=4)), "window must be odd"),
+    (MSCScheduleConfig(base=MSCLayerSpec(stride=0)), "stride must be an int >= 1"),
     (MSCScheduleConfig(name="explicit"), "needs layers with 2 entries"),
 ])
 def test_bad_schedule(cfg, match):

@@ -184,7 +184,7 @@ def test_tiny_run_on_rgb_video_shards_with_the_defaults(rgb_shards, tmp_path):
                              "data.num_workers=0", "data.epoch_batches=5", "data.shuffle_buffer=4",
                              f"train.out_dir={tmp_path}", "train.max_steps=2", "train.warmup_steps=1",
                              "train.val_every_n_steps=0", "train.sample_every_n_steps=0", "train.progress_bar=false",
-                             "train.accelerator=cpu", "train.devices=1", "model.backend=reference"])
+                             "train.accelerator=cpu", "train.devices=1", "runtime.backend=reference"])
     last = train(cfg)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["config"]["model"]["channels"] == 3

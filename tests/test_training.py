@@ -29,7 +29,6 @@ from scd_msc.config import load_config
 from scd_msc.data import ClipDataset, make_shards
 from scd_msc.data.shards import npy_bytes
 from scd_msc.data.synthetic import moving_digits
-from scd_msc.models import SCDModel
 
 F, S = 8, 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +46,7 @@ def shards(tmp_path_factory) -> dict[str, str]:
 
 def overrides(shards: dict[str, str], out_dir, **extra) -> list[str]:
     """A tiny, fast run: batches of 2 clips, no workers, no progress bar."""
-    base = {"preset": "scd-msc-tiny", "model.backend": "reference",
+    base = {"preset": "scd-msc-tiny", "runtime.backend": "reference",
             "data.train_shards": shards["train"], "data.val_shards": shards["val"],
             "data.clip_frames": F, "data.batch_size": 2, "data.num_workers": 0, "data.epoch_batches": 5,
             "data.val_batches": 1, "data.shuffle_buffer": 4,
@@ -194,7 +193,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_pat
     cfg = load_config(None, overrides(shards, tmp_path, **{"model.dim": 128}))
     with pytest.raises(ValueError, match=r"model.dim \(64 in the checkpoint, 128 now\)"):
         check_resume(last, cfg)
-    same = load_config(None, overrides(shards, tmp_path, **{"model.backend": "auto"}))
+    same = load_config(None, overrides(shards, tmp_path, **{"runtime.backend": "auto"}))
     assert check_resume(last, same) == 6  # the backend does not change the weights
 
 
@@ -268,8 +267,8 @@ def test_preflight_refuses_what_cannot_train(shards, dirty_train, tmp_path):
         f"data.train_shards: shards={str(tmp_path / 'none-*.tar')!r}: expected at least one shard")
     assert error(**{"data.clip_frames": 9}).startswith(f"data.train_shards={shards['train']!r}: no usable clip")
     if not natten_has_library():  # NATTEN's CPU fallback has no backward
-        assert error(**{"model.backend": "natten"}).startswith("model.backend='natten': cannot train on cpu here (")
-    assert error(**{"model.backend": "flex"}).startswith("model.backend='flex': cannot train on cpu here (")
+        assert error(**{"runtime.backend": "natten"}).startswith("runtime.backend='natten': cannot train on cpu here (")
+    assert error(**{"runtime.backend": "flex"}).startswith("runtime.backend='flex': cannot train on cpu here (")
     if not torch.cuda.is_available():
         assert error(**{"train.accelerator": "gpu"}) == (
             "train.accelerator='gpu': no CUDA GPU is visible here; expected cpu or auto")
@@ -301,15 +300,17 @@ def test_keep_checkpoints_counts_step_files_only_and_across_a_resume(shards, tmp
 def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
     from scd_msc.training.train import train
 
-    calls = {"n": 0}
-    real = SCDModel.training_loss
+    import scd_msc.training.module as module
 
-    def loss_going_nan(self, video, generator=None):
-        out = real(self, video, generator)
+    calls = {"n": 0}
+    real = module.training_loss  # the objective the LightningModule calls
+
+    def loss_going_nan(model, video, flow, generator=None):
+        out = real(model, video, flow, generator)
         calls["n"] += 1
         return {"loss": out["loss"] * float("nan")} if calls["n"] == 4 else out
 
-    monkeypatch.setattr(SCDModel, "training_loss", loss_going_nan)
+    monkeypatch.setattr(module, "training_loss", loss_going_nan)
     cfg = load_config(None, overrides(shards, tmp_path, **{"train.max_steps": 10}))
     with pytest.raises(FloatingPointError, match="train loss is nan at step 3"):
         train(cfg)

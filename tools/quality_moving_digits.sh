@@ -2,7 +2,7 @@
 # SCD-MSC small against the causal DiT small on moving digits (GPU):
 #   1. shards: 20k training clips (16 frames, 64x64), validation (seed 1), held-out (seed 2, 20 frames);
 #   2. train on the same shards for the same number of steps: SCD-MSC with context-noise training
-#      (model.flow.context_noise_max=$CTX_TRAIN), the causal DiT, and (ABLATE=1) SCD-MSC trained on
+#      (flow.context_noise_max=$CTX_TRAIN), the causal DiT, and (ABLATE=1) SCD-MSC trained on
 #      clean context. With two GPUs: both SCD-MSC runs side by side on GPU 0, the DiT on GPU 1, and
 #      each model is scored as soon as it has trained; with one GPU, one after the other;
 #   3. scd-msc eval on held-out clips: 4 context frames, horizons 1-16, context frames committed at
@@ -41,8 +41,8 @@ if [ "${SMOKE:-0}" = 1 ]; then  # the same steps, tiny and fast: a check of the 
   train_clips=64 val_clips=8 heldout_clips=8 clips=${EVAL_CLIPS:-4} steps_eval=2 batch_eval=4 batch_gen=2
   common+=(data.batch_size=2 data.num_workers=1 data.val_batches=1 data.pin_memory=false
            train.val_every_n_steps=2 train.checkpoint_every_n_steps=2 train.sample_every_n_steps=0)
-  scd_model=(preset=scd-msc-tiny model.image_size=64 model.backend=reference)
-  dit_model=(preset=causal-dit-tiny model.image_size=64 model.backend=reference)
+  scd_model=(preset=scd-msc-tiny model.image_size=64 runtime.backend=reference)
+  dit_model=(preset=causal-dit-tiny model.image_size=64 runtime.backend=reference)
 fi
 mkdir -p "$out"
 
@@ -85,10 +85,10 @@ score() {  # name gpu t_c sweep...: eval and a long video at t_c, then long vide
 }
 scd() {  # GPU: SCD-MSC with context-noise training (and the clean-context ablation beside it), scored
   train scd_msc configs/moving_digits_small.yaml "$1" "${scd_model[@]}" \
-    model.flow.context_noise_max="$ctx_train" "${@:2}" &
+    flow.context_noise_max="$ctx_train" "${@:2}" &
   local pid=$!
   if [ "$ablate" = 1 ]; then
-    train scd_msc_clean configs/moving_digits_small.yaml "$1" "${scd_model[@]}" model.flow.context_noise_max=0 "${@:2}"
+    train scd_msc_clean configs/moving_digits_small.yaml "$1" "${scd_model[@]}" flow.context_noise_max=0 "${@:2}"
   fi
   wait "$pid"
   score scd_msc "$1" "$ctx" $sweep

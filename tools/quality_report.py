@@ -106,7 +106,8 @@ def run_info(run: Path) -> dict[str, Any]:
         from omegaconf import OmegaConf
 
         loaded = OmegaConf.load(config)
-        noise_max = OmegaConf.select(loaded, "model.flow.context_noise_max", default=0.0)
+        old_layout = OmegaConf.select(loaded, "model.flow.context_noise_max", default=0.0)  # before 2026-12
+        noise_max = OmegaConf.select(loaded, "flow.context_noise_max", default=old_layout)
         if OmegaConf.select(loaded, "model.family") == "causal-dit":
             noise_max = "diffusion forcing"  # every frame at its own level; context_noise_max unused
     return {"steps": _global_step(run, rows), "context_noise_max": noise_max,
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                  for t in range(0, curves["scd_msc"]["frames"], every)]
     train_rows += [{"model": label, **v["run"]} for label, v in variants.items() if v["run"]]
     extra = "\n".join(["## Checks", "", *checks, "", "## Every model and setting", "",
-                       "`train t_ctx max`: context-noise training (`model.flow.context_noise_max`); "
+                       "`train t_ctx max`: context-noise training (`flow.context_noise_max`); "
                        "`t_c`: the level context frames are committed at in eval/generate (`--context-noise`); "
                        f"mass over frames {tail.start}–{tail.stop - 1}.", "", markdown_table(settings),
                        "## Training", "", markdown_table(train_rows),

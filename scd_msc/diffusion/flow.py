@@ -7,20 +7,13 @@ Convention: ``x_t = (1 - t) * x0 + t * eps``, ``t`` in [0, 1], ``t = 1`` is pure
 Shapes (DESIGN.md legend): ``B`` batch, ``F`` frames, ``C, H, W`` a frame, ``N`` tokens,
 ``D`` width, ``K = decoder_multi_batch``.
 
-One SCD training step (DESIGN.md §2) with this module::
-
-    flow = FlowMatching(cfg.flow)
-    ctx, t_ctx = flow.context_noise(video, generator)      # (B, F, C, H, W), (B, F)
-    c = encoder(ctx, t_ctx)                                  # (B, F, N, D), once per clip
-    c = shift_one_frame(c)                                   # c[:, i] conditions frame i
-    c, x0 = flow.expand_multi_batch(c), flow.expand_multi_batch(video)   # (K*B, ...)
-    x_t, t, v = flow.training_inputs(x0, generator)         # (K*B, F, C, H, W), (K*B, F)
-    loss = flow.loss(decoder(x_t, t, c), v)                  # frames folded into the batch
+The objectives that use it (one SCD step, one diffusion-forcing step) are in
+:mod:`scd_msc.diffusion.objectives`; sampling is :class:`scd_msc.diffusion.Sampler`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,26 +21,23 @@ import torch.nn.functional as F
 from einops import repeat
 
 from scd_msc.diffusion._random import rand, randn
-from scd_msc.diffusion.samplers import SAMPLERS
 
 _T_EPS = 1e-6  # keeps logit-normal draws strictly inside (0, 1) in float32
 
 
 @dataclass
 class FlowConfig:
-    """Rectified-flow settings (one component of the experiment config)."""
+    """The training objective's settings (``flow:`` in the experiment config); the
+    sampler's are :class:`scd_msc.diffusion.SamplerConfig`."""
 
     logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std^2)); median sigmoid(mean)
     logit_normal_std: float = 1.0
-    timestep_shift: float = 1.0  # SD3 shift of the *sampling* schedule (>1: more high-noise steps)
     context_noise_max: float = 0.0  # training: context frames noised to t_ctx ~ U(0, max) per frame
     decoder_multi_batch: int = 1  # K noise draws per encoder pass
 
     def __post_init__(self) -> None:
         if not self.logit_normal_std > 0:
             raise ValueError(f"logit_normal_std must be > 0, got {self.logit_normal_std!r}")
-        if not self.timestep_shift > 0:
-            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift!r}")
         if not 0.0 <= self.context_noise_max <= 1.0:
             raise ValueError(f"context_noise_max must be in [0, 1], got {self.context_noise_max!r}")
         k = self.decoder_multi_batch
@@ -151,20 +141,3 @@ class FlowMatching:
         if k == 1:
             return x
         return repeat(x, "b ... -> (k b) ...", k=k)  # (K*B, ...)
-
-    def sample(
-        self,
-        velocity_fn: Callable[..., torch.Tensor],
-        noise: torch.Tensor,
-        steps: int,
-        sampler: str = "euler",
-        **kwargs: object,
-    ) -> torch.Tensor:
-        """Run sampler ``sampler`` (``SAMPLERS``) with this config's ``timestep_shift``.
-
-        ``noise``: (N, ...); other keywords (``guidance``, ``context``, ``perturb_scale``,
-        ``generator``, ``callback``) go to the sampler. Returns x0: (N, ...).
-        """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got sampler={sampler!r}")
-        return SAMPLERS[sampler](velocity_fn, noise, steps, self.config.timestep_shift, **kwargs)

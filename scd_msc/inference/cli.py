@@ -31,6 +31,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from scd_msc.config import RuntimeConfig
+from scd_msc.diffusion import Sampler
 from scd_msc.ema import WeightChoice
 from scd_msc.inference import inputs, latents
 from scd_msc.inference.generate import stream_to_sinks
@@ -51,7 +53,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights and activations: auto = bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--context-noise", type=float, default=0.0, metavar="T_C",
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
-                        "(default 0: clean); for models trained with model.flow.context_noise_max > 0")
+                        "(default 0: clean); for models trained with flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
                         help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
@@ -97,7 +99,12 @@ class _Prepared:
     model: nn.Module
     device: torch.device
     source: inputs.ModelSource
+    runtime: RuntimeConfig  # the checkpoint's backend and sampler (defaults for a preset)
     weights: Optional[WeightChoice] = None  # None for --preset
+
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.runtime.sampler)
 
 
 def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_count: int,
@@ -110,16 +117,16 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
     dtype = inputs.resolve_dtype(args.dtype, device)
     if device.type == "cuda":  # the command's process setting: TF32 matmuls, as in training (train.py)
         torch.set_float32_matmul_precision("high")
-    model, weights = inputs.load(source, device, args.seed, dtype) if source.checkpoint else (None, None)
-    if weights is not None:
-        print(weights.line())  # weights: trained (EMA has 40 updates; auto uses it from 1000)
-    cfg = model.cfg if model is not None else inputs.preset_cfg(source)
+    loaded = inputs.load(source, device, args.seed, dtype) if source.checkpoint else None
+    if loaded is not None:
+        print(loaded.weights.line())  # weights: trained (EMA has 40 updates; auto uses it from 1000)
+    cfg = loaded.model.cfg if loaded is not None else inputs.preset_cfg(source)
     clips = None
     if shards is not None and clip_frames is not None:
         clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
-    if model is None:
-        model, weights = inputs.load(source, device, args.seed, dtype)
-    return _Prepared(model, device, source, weights), clips
+    if loaded is None:
+        loaded = inputs.load(source, device, args.seed, dtype)
+    return _Prepared(loaded.model, device, source, loaded.runtime, loaded.weights), clips
 
 
 def _check_common(args: argparse.Namespace) -> None:
@@ -154,7 +161,7 @@ def run_generate(args: argparse.Namespace) -> int:
         device_prompt = None if prompt is None else prompt.to(prep.device, dtype)  # (B, k, C, H, W)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance,
-                                    context_noise=args.context_noise)
+                                    context_noise=args.context_noise, sampler=prep.sampler)
         if decoder is not None:  # frames and prompt are latents: write their pixels
             session = latents.DecodedSession(session, decoder)
             prompt = None if device_prompt is None else decoder.clip(device_prompt)  # (B, k, C, H, W)
@@ -174,7 +181,8 @@ def _model_info(prep: _Prepared) -> dict[str, Any]:
     cfg = prep.model.cfg
     return {"family": cfg.family, "preset": prep.source.preset, "checkpoint": prep.source.checkpoint,
             "parameters": sum(p.numel() for p in prep.model.parameters()), "channels": cfg.channels,
-            "image_size": cfg.image_size, "sampler": cfg.sampler, "backend": cfg.backend,
+            "image_size": cfg.image_size, "sampler": prep.runtime.sampler.name,
+            "backend": prep.runtime.backend,
             "dtype": str(next(prep.model.parameters()).dtype).removeprefix("torch."),
             "weights": None if prep.weights is None else prep.weights.as_dict()}
 
@@ -201,7 +209,7 @@ def run_eval(args: argparse.Namespace) -> int:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
-                          context_noise=args.context_noise, decoder=decoder)
+                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scd_msc.inference.writers import FrameSink, close_all, to_uint8
+from scd_msc.streaming import StreamingSession
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -111,7 +112,7 @@ class GenerationReport:
         return "\n".join(lines)
 
 
-def stream_to_sinks(session: Any, frames: int, sinks: list[FrameSink], prompt: Optional[Tensor] = None,
+def stream_to_sinks(session: StreamingSession, frames: int, sinks: list[FrameSink], prompt: Optional[Tensor] = None,
                     progress: bool = True) -> GenerationReport:
     """Write the ``prompt (B, F0, C, H, W)`` frames (when given), then ``frames`` frames
     of ``session`` (``.step() -> (B, C, H, W)``, ``.cache_bytes()``) to every sink, one

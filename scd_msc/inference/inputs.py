@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from scd_msc.checkpoint import load_checkpoint
+from scd_msc.config import RuntimeConfig
 from scd_msc.data import ClipDataset, collate_clips
 from scd_msc.ema import WeightChoice, WeightsError, check_weights
 from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
@@ -81,12 +82,24 @@ class ModelSource:
         return {"checkpoint": self.checkpoint, "preset": self.preset}
 
 
+@dataclass
+class Loaded:
+    """What :func:`load` returns: the model, its checkpoint weights (None for a preset)
+    and its runtime knobs (backend, sampler)."""
+
+    model: nn.Module
+    weights: Optional[WeightChoice]
+    runtime: RuntimeConfig
+
+
 def load(source: ModelSource, device: torch.device, seed: int = 0,
-         dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Optional[WeightChoice]]:
-    """The model in eval mode on ``device``, and which weights of the checkpoint it holds
-    (``None`` for a preset). A checkpoint is validated by :func:`load_checkpoint`
+         dtype: torch.dtype = torch.float32) -> Loaded:
+    """The model in eval mode on ``device``, which weights of the checkpoint it holds
+    (``None`` for a preset) and the runtime knobs to run it with (the checkpoint's, or the
+    defaults for a preset). A checkpoint is validated by :func:`load_checkpoint`
     (ValueError when missing, unreadable, mismatched, or without the EMA ``--weights ema``
-    asks for); a preset is built with a seeded random init, then cast to ``dtype``."""
+    asks for); a preset is built with a random init seeded by ``seed`` (the global RNG is
+    left as it was), then cast to ``dtype``."""
     source.check()
     choice = None
     if source.checkpoint is not None:
@@ -96,11 +109,13 @@ def load(source: ModelSource, device: torch.device, seed: int = 0,
             raise ValueError(f"--{err}") from None
         except ValueError as err:
             raise ValueError(f"--checkpoint: {err}") from None
-        model, choice = loaded.model, loaded.weights
+        model, choice, runtime = loaded.model, loaded.weights, loaded.config.runtime
     else:
-        torch.manual_seed(seed)
-        model = model_from_config(preset_config(source.preset))
-    return model.to(device=device, dtype=dtype).eval(), choice
+        runtime = RuntimeConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_from_config(preset_config(source.preset), runtime.backend)
+    return Loaded(model.to(device=device, dtype=dtype).eval(), choice, runtime)
 
 
 def preset_cfg(source: ModelSource) -> Optional[ModelConfig]:

@@ -29,6 +29,7 @@ from torch import Tensor
 from scd_msc.checkpoint import load_shard_info
 from scd_msc.data.sources import load_callable
 from scd_msc.models import ModelConfig
+from scd_msc.streaming import StreamingSession
 
 
 class FrameDecoder:
@@ -60,7 +61,7 @@ class DecodedSession:
     """A stream session whose ``step()`` returns decoded pixels ``(B, C, H, W)``; every
     other attribute (``cache_bytes``, ...) is the wrapped session's."""
 
-    def __init__(self, session: Any, decoder: FrameDecoder):
+    def __init__(self, session: StreamingSession, decoder: FrameDecoder):
         self.session, self.decoder = session, decoder
 
     def step(self) -> Tensor:

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.models.config import ModelConfig
-from scd_msc.models.encoder import attention_config
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config
 from scd_msc.ops.dense import DenseAttention
 from scd_msc.ops.msc import MSCAttention
 from scd_msc.ops.schedule import MSCLayerSpec
@@ -28,13 +27,13 @@ from scd_msc.ops.schedule import MSCLayerSpec
 class FrameDecoder(nn.Module):
     """``(x_t (B', C, H, W), t (B',), c (B', N, D)) -> velocity (B', C, H, W)``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
         self.ctx_proj = nn.Linear(cfg.dim, cfg.dim)
-        attn = attention_config(cfg, causal=False)
+        attn = layer_config(cfg.dim, cfg.heads, cfg.attention, causal=False, backend=backend)
         spec = MSCLayerSpec(down=cfg.decoder_down, window=cfg.decoder_window, frames=2,
                             stride=1, strided_frames=None)
         make = (lambda: MSCAttention(attn, spec)) if cfg.family == "scd-msc" else (lambda: DenseAttention(attn))

@@ -15,28 +15,22 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from scd_msc.models.config import ModelConfig
-from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, run_blocks
-from scd_msc.ops.cache import StackCache
+from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
-from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig
+from scd_msc.ops.msc import MSCAttention
 from scd_msc.ops.schedule import build_schedule
-
-
-def attention_config(cfg: ModelConfig, causal: bool) -> MSCAttentionConfig:
-    return MSCAttentionConfig(dim=cfg.dim, heads=cfg.heads, hires_heads=cfg.hires_heads,
-                              gating=cfg.gating, upsample=cfg.upsample, causal=causal,
-                              backend=cfg.backend)
+from scd_msc.streaming.cache import StackCache, new_stack_cache
 
 
 class CausalEncoder(nn.Module):
     """``(B, F, C, H, W)`` frames + noise levels ``(B, F)`` -> context ``(B, F, N, D)``;
     ``c[:, i]`` depends on frames ``<= i`` only."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, backend: str = "auto"):
         super().__init__()
         self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
-        attn = attention_config(cfg, causal=True)
+        attn = layer_config(cfg.dim, cfg.heads, cfg.attention, causal=True, backend=backend)
         if cfg.family == "scd-msc":
             layers = [MSCAttention(attn, spec) for spec in build_schedule(cfg.schedule, cfg.enc_depth)]
         else:
@@ -45,12 +39,14 @@ class CausalEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
 
     def new_cache(self) -> StackCache:
-        return StackCache(layers=[b.attn.new_cache() for b in self.blocks])
+        """Empty streaming state of every layer."""
+        return new_stack_cache(self.blocks)
 
     def forward(self, x: Tensor, t: Tensor, cache: Optional[StackCache] = None) -> Tensor:
         """x ``(B, F, C, H, W)``, t ``(B, F)``; with ``cache`` the frames follow those
-        already encoded (and are appended). Returns ``(B, F, N, D)``."""
+        already encoded and are appended to it (encoding always commits). Returns
+        ``(B, F, N, D)``."""
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
         cond = self.t_embed(t)  # (B, F, D)
-        h = run_blocks(self.blocks, h, t, cond, cache)
+        h = run_blocks(self.blocks, h, t, cond, cache, write=cache is not None)
         return rearrange(self.norm(h), "b f y x d -> b f (y x) d")

@@ -6,14 +6,16 @@ token grid · ``N = Hp·Wp`` · ``D`` width · ``p`` patch size.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from scd_msc.ops.cache import StackCache
 from scd_msc.ops.embed import timestep_embedding
+from scd_msc.ops.msc import AttentionConfig, MSCAttentionConfig
+from scd_msc.streaming.cache import StackCache
 
 
 class Patchify(nn.Module):
@@ -86,25 +88,34 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[-1].bias)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
-                cache: Optional[object] = None) -> Tensor:
-        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x."""
+                cache: Optional[object] = None, write: bool = False) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x; ``cache``
+        and ``write`` go to the attention layer."""
         mods = self.ada(cond)[:, :, None, None].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + gate1 * self.attn(h, t, frame_index, cache=cache)
+        x = x + gate1 * self.attn(h, t, frame_index, cache=cache, write=write)
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.mlp(h)
 
 
+def layer_config(dim: int, heads: int, attention: AttentionConfig, causal: bool,
+                 backend: str) -> MSCAttentionConfig:
+    """The config of one attention layer from the model's shared ``attention`` settings."""
+    return MSCAttentionConfig(dim=dim, heads=heads, causal=causal, backend=backend,
+                              **dataclasses.asdict(attention))
+
+
 def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor,
-               cache: Optional[StackCache] = None) -> Tensor:
+               cache: Optional[StackCache] = None, write: bool = False) -> Tensor:
     """Apply ``blocks`` to the frames ``h (B, F, Hp, Wp, D)``. Without a cache the frames
-    sit at positions ``0..F-1``; with one they follow the frames already written, each
-    block uses its own layer cache, and the cache's position advances (when committing)."""
+    sit at positions ``0..F-1``; with one they follow the frames already written and each
+    block reads its own layer cache; ``write`` appends the frames to every layer and
+    advances the cache's position."""
     f = h.shape[1]
     fi = torch.arange(f, device=h.device) if cache is None else cache.positions(f, h.device)
     for i, block in enumerate(blocks):
-        h = block(h, t, cond, fi, None if cache is None else cache.layers[i])
-    if cache is not None:
+        h = block(h, t, cond, fi, None if cache is None else cache.layers[i], write)
+    if cache is not None and write:
         cache.advance(f)
     return h

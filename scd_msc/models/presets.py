@@ -15,20 +15,23 @@ from torch import nn
 from scd_msc.models.causal_dit import CausalDiT
 from scd_msc.models.config import FAMILIES, ModelConfig
 from scd_msc.models.scd import SCDModel
-from scd_msc.ops.schedule import MSCScheduleConfig
+from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig
+
+
+def _pyramid(window: int, frames: int, strided_frames: int, down_max: int) -> MSCScheduleConfig:
+    base = MSCLayerSpec(down=2, window=window, frames=frames, stride=2, strided_frames=strided_frames)
+    return MSCScheduleConfig(name="pyramid", base=base, down_max=down_max)
+
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(channels=1, image_size=32, patch=4, dim=64, heads=4, enc_depth=4, dec_depth=2,
-                 schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=4, window=3, frames=3,
-                                            stride=2, strided_frames=4),
+                 schedule=_pyramid(window=3, frames=3, strided_frames=4, down_max=4),
                  decoder_window=3, decoder_down=2),
     "small": dict(channels=1, image_size=64, patch=2, dim=384, heads=6, enc_depth=10, dec_depth=2,
-                  schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=4, window=7, frames=4,
-                                             stride=2, strided_frames=8),
+                  schedule=_pyramid(window=7, frames=4, strided_frames=8, down_max=4),
                   decoder_window=7, decoder_down=4),
     "base": dict(channels=3, image_size=128, patch=2, dim=768, heads=12, enc_depth=20, dec_depth=4,
-                 schedule=MSCScheduleConfig(name="pyramid", down=2, down_max=8, window=7, frames=4,
-                                            stride=2, strided_frames=8),
+                 schedule=_pyramid(window=7, frames=4, strided_frames=8, down_max=8),
                  decoder_window=7, decoder_down=4),
 }
 
@@ -47,14 +50,16 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(family=family, **{**SIZES[size], **overrides})
 
 
-def model_from_config(cfg: ModelConfig) -> nn.Module:
+def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Module:
+    """The network of ``cfg``; ``backend`` (a runtime knob, not part of the weights)
+    names the attention backend of every layer."""
     cfg.validate()
-    return CausalDiT(cfg) if cfg.family == "causal-dit" else SCDModel(cfg)
+    return CausalDiT(cfg, backend) if cfg.family == "causal-dit" else SCDModel(cfg, backend)
 
 
-def build_model(name: str, **overrides: Any) -> nn.Module:
-    """``build_model("scd-msc-tiny", backend="reference")`` -> a model."""
-    return model_from_config(preset_config(name, **overrides))
+def build_model(name: str, backend: str = "auto", **overrides: Any) -> nn.Module:
+    """``build_model("scd-msc-tiny", backend="reference", dim=128)`` -> a model."""
+    return model_from_config(preset_config(name, **overrides), backend)
 
 
 def count_parameters(model: nn.Module) -> int:

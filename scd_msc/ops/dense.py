@@ -10,15 +10,17 @@ Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` token grid · ``D`` width · `
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from einops import rearrange
 from torch import Tensor, nn
 
 from scd_msc.ops.attention import window_attention
-from scd_msc.ops.cache import FrameKV, MSCCache
 from scd_msc.ops.masks import dense_spec
 from scd_msc.ops.msc import MSCAttentionConfig, prepare_qkv
+
+if TYPE_CHECKING:  # streaming builds the caches; the layer only reads and writes them
+    from scd_msc.streaming.cache import DenseCache
 
 
 class DenseAttention(nn.Module):
@@ -36,22 +38,18 @@ class DenseAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def new_cache(self) -> MSCCache:
-        """Keys/values of the last ``window_frames - 1`` frames (all when None)."""
-        keep = None if self.window_frames is None else self.window_frames - 1
-        return MSCCache(hires=FrameKV(keep), lowres=FrameKV(0))
-
     def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
-                cache: Optional[MSCCache] = None) -> Tensor:
+                cache: Optional["DenseCache"] = None, write: bool = False) -> Tensor:
         """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` (unused: no gates), frame_index ``(F,)``;
-        with ``cache`` the frames follow the cached ones. Returns ``(B, F, Hp, Wp, D)``."""
+        with ``cache`` the frames follow the cached ones, and ``write`` appends them to it.
+        Returns ``(B, F, Hp, Wp, D)``."""
         b, f, hp, wp, _ = x.shape
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
         qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
         q, k, v = prepare_qkv(self, qkv, frame_index, 1)  # (B, F, Hp, Wp, h, d)
         if cache is not None:
-            k, v = cache.extend(cache.hires, k, v)
+            k, v = cache.kv.extend(k, v, write)
         spec = dense_spec(self.window_frames, k.shape[1], (hp, wp), self.cfg.causal)
         o = window_attention(q, k, v, spec, self.cfg.backend)  # (B, F, Hp, Wp, h, d)
         return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))

@@ -12,7 +12,7 @@ width · ``h`` heads · ``d`` head dim · ``r`` low-res down factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,37 +20,50 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from scd_msc.ops.attention import hires_attention, lowres_attention
-from scd_msc.ops.cache import FrameKV, MSCCache
 from scd_msc.ops.embed import rope3d, timestep_embedding
 from scd_msc.ops.schedule import MSCLayerSpec
+
+if TYPE_CHECKING:  # streaming builds the caches; the layer only reads and writes them
+    from scd_msc.streaming.cache import MSCCache
 
 GATINGS = ("branch", "head", "off")
 UPSAMPLES = ("nearest", "bilinear")
 
 
-@dataclass
-class MSCAttentionConfig:
-    """Layer-independent settings; per-layer numbers come from an :class:`MSCLayerSpec`."""
+@dataclass(kw_only=True)
+class AttentionConfig:
+    """What every MSC layer of a model shares (``ModelConfig.attention``); per-layer
+    numbers come from an :class:`MSCLayerSpec`. Keyword-only, so that a layer's config
+    below takes ``dim, heads`` first."""
 
-    dim: int = 256
-    heads: int = 4
     hires_heads: Optional[int] = None  # None: heads // 2
     gating: str = "branch"  # "branch" | "head" | "off"
     upsample: str = "nearest"  # "nearest" | "bilinear"
-    causal: bool = True
-    backend: str = "auto"
     gate_embed_dim: int = 32
 
-    def validate(self) -> None:
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        hh = self.heads // 2 if self.hires_heads is None else self.hires_heads
-        if not 0 <= hh <= self.heads:
-            raise ValueError(f"hires_heads must be in [0, {self.heads}], got {self.hires_heads}")
+    def validate(self, heads: int) -> None:
+        hh = heads // 2 if self.hires_heads is None else self.hires_heads
+        if not 0 <= hh <= heads:
+            raise ValueError(f"hires_heads must be in [0, {heads}], got {self.hires_heads}")
         if self.gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {self.gating!r}")
         if self.upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+
+
+@dataclass
+class MSCAttentionConfig(AttentionConfig):
+    """One layer: the shared settings plus width, heads, causality and the backend."""
+
+    dim: int = 256
+    heads: int = 4
+    causal: bool = True
+    backend: str = "auto"
+
+    def validate(self) -> None:  # type: ignore[override]
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        super().validate(self.heads)
 
 
 def pool_tokens(x: Tensor, r: int) -> Tensor:
@@ -97,12 +110,6 @@ class MSCAttention(nn.Module):
             nn.init.zeros_(self.gate_mlp[-1].weight)  # 2·sigmoid(0) = 1: gates start at 1
             nn.init.zeros_(self.gate_mlp[-1].bias)
 
-    def new_cache(self) -> MSCCache:
-        """Empty streaming state: hi-res keeps v-1 frames, low-res (k-1)·s (or all)."""
-        s = self.spec
-        lo = None if s.strided_frames is None else (s.strided_frames - 1) * s.stride
-        return MSCCache(hires=FrameKV(s.frames - 1), lowres=FrameKV(lo))
-
     def gates(self, t: Tensor) -> Tensor:
         """t ``(B, F)`` -> per-head gates ``(B, F, h)`` (ones when gating is off)."""
         if self.cfg.gating == "off":
@@ -115,10 +122,10 @@ class MSCAttention(nn.Module):
         return g.to(self.qkv.weight.dtype)
 
     def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
-                cache: Optional[MSCCache] = None) -> Tensor:
+                cache: Optional["MSCCache"] = None, write: bool = False) -> Tensor:
         """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` noise level per frame, frame_index
         ``(F,)`` absolute frame positions; with ``cache`` the F frames follow the cached
-        ones (causal only) and the cache is updated. Returns ``(B, F, Hp, Wp, D)``."""
+        ones (causal only), and ``write`` appends them to it. Returns ``(B, F, Hp, Wp, D)``."""
         b, f, hp, wp, _ = x.shape
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
@@ -127,13 +134,13 @@ class MSCAttention(nn.Module):
         if self.h_hi:
             q, k, v = prepare_qkv(self, qkv[..., : self.h_hi, :], frame_index, 1)
             if cache is not None:
-                k, v = cache.extend(cache.hires, k, v)
+                k, v = cache.hires.extend(k, v, write)
             outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
                                         causal=self.cfg.causal, backend=self.cfg.backend))
         if self.h_lo:
             q, k, v = prepare_qkv(self, qkv[..., self.h_hi:, :], frame_index, s.down)
             if cache is not None:
-                k, v = cache.extend(cache.lowres, k, v)
+                k, v = cache.lowres.extend(k, v, write)
             o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
                                  causal=self.cfg.causal, backend=self.cfg.backend)
             outs.append(unpool_tokens(o, s.down, hp, wp, self.cfg.upsample))

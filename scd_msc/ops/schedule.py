@@ -27,31 +27,25 @@ class MSCLayerSpec:
 
 @dataclass
 class MSCScheduleConfig:
-    """``name`` in :data:`SCHEDULES`; ``down_max`` is the deepest layer's ``r`` for
-    ``pyramid``; ``layers`` (if given) lists every layer explicitly."""
+    """``name`` in :data:`SCHEDULES`; ``base`` is the spec every layer starts from;
+    ``down_max`` is the deepest layer's ``r`` for ``pyramid``; ``layers`` (if given)
+    lists every layer explicitly (``explicit``)."""
 
     name: str = "pyramid"
-    down: int = 2
+    base: MSCLayerSpec = field(default_factory=MSCLayerSpec)
     down_max: int = 4
-    window: int = 7
-    frames: int = 4
-    stride: int = 2
-    strided_frames: Optional[int] = 8
     layers: Optional[list[MSCLayerSpec]] = field(default=None)
 
 
-def _base(cfg: MSCScheduleConfig) -> MSCLayerSpec:
-    return MSCLayerSpec(cfg.down, cfg.window, cfg.frames, cfg.stride, cfg.strided_frames)
-
-
 def _uniform(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
-    return [_base(cfg)] * depth
+    return [cfg.base] * depth
 
 
 def _pyramid(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
-    """``r`` doubles from ``down`` to ``down_max`` in equal runs of layers."""
-    steps = int(round(math.log2(cfg.down_max / cfg.down))) + 1
-    return [replace(_base(cfg), down=cfg.down * 2 ** (i * steps // depth)) for i in range(depth)]
+    """``r`` doubles from ``base.down`` to ``down_max`` in equal runs of layers."""
+    down = cfg.base.down
+    steps = int(round(math.log2(cfg.down_max / down))) + 1
+    return [replace(cfg.base, down=down * 2 ** (i * steps // depth)) for i in range(depth)]
 
 
 def _explicit(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
@@ -72,8 +66,8 @@ def build_schedule(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
     """One spec per layer; validates every number."""
     if cfg.name not in SCHEDULES:
         raise ValueError(f"schedule.name must be one of {sorted(SCHEDULES)}, got {cfg.name!r}")
-    if cfg.down_max < cfg.down:
-        raise ValueError(f"schedule.down_max ({cfg.down_max}) must be >= down ({cfg.down})")
+    if cfg.down_max < cfg.base.down:
+        raise ValueError(f"schedule.down_max ({cfg.down_max}) must be >= base.down ({cfg.base.down})")
     specs = SCHEDULES[cfg.name](cfg, depth)
     for i, s in enumerate(specs):
         for name in ("down", "window", "frames", "stride"):

@@ -1,9 +1,10 @@
 """``SCDLitModule``: the thin LightningModule around any scd_msc model.
 
-The network (``self.model``) and its loss live in ``scd_msc/models``, the optimizer and
-its warm-up in ``scd_msc/training/optim.py``; this file only adds logging and a
-finite-loss check. Checkpoints follow ``scd_msc/checkpoint.py``: weights under
-``model.`` (EMA under ``ema_model.``, written by
+The network (``self.model``, ``scd_msc/models``) and the objective
+(``scd_msc/diffusion/objectives.py``) meet in :meth:`SCDLitModule._shared_step`; the
+optimizer and its warm-up live in ``scd_msc/training/optim.py``; this file only adds
+logging and a finite-loss check. Checkpoints follow ``scd_msc/checkpoint.py``: weights
+under ``model.`` (EMA under ``ema_model.``, written by
 :class:`scd_msc.training.callbacks.EMA`), the whole experiment config as a plain dict in
 ``hyper_parameters["config"]`` and what the training shards hold
 (``ShardInfo.to_dict()``) in ``hyper_parameters["shards"]``.
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
+from scd_msc.diffusion import FlowMatching, training_loss
 from scd_msc.models import model_from_config
 from scd_msc.training.optim import build_optimizer
 
@@ -32,7 +34,8 @@ class SCDLitModule(L.LightningModule):
         # shards: what the training data is (ShardInfo.to_dict(): pixels or latents, encoder), for inference
         self.save_hyperparameters({"config": config_to_dict(cfg), "shards": shards})
         self.cfg = cfg
-        self.model = model_from_config(cfg.model)
+        self.model = model_from_config(cfg.model, cfg.runtime.backend)
+        self.flow = FlowMatching(cfg.flow)
 
     def _check_finite(self, loss: Tensor) -> None:
         """Stop the run on a nan/inf training loss, on every rank at once (none left
@@ -46,7 +49,7 @@ class SCDLitModule(L.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str, generator: torch.Generator | None = None) -> Tensor:
         video = batch["video"]  # (B, F, C, H, W) in [-1, 1]
-        loss = self.model.training_loss(video, generator)["loss"]
+        loss = training_loss(self.model, video, self.flow, generator)["loss"]
         train = stage == "train"
         if train:  # (validation passes may differ in length per rank: no vote there)
             self._check_finite(loss)

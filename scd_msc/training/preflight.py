@@ -5,7 +5,7 @@ its value and what was expected, and leave no run folder behind:
 
 * ``train.out_dir``: a folder can be created there (``scd_msc/paths.py``);
 * ``train.accelerator``: ``gpu``/``cuda``/``mps`` only where that device is visible;
-* ``model.backend``: a backend named explicitly can run *with gradients* on the training
+* ``runtime.backend``: a backend named explicitly can run *with gradients* on the training
   device (NATTEN without its compiled library has no backward; FlexAttention is
   compiled only on CUDA), the same predicate the op applies at run time;
 * ``data.train_shards`` / ``data.val_shards``: each yields a usable clip within its
@@ -46,8 +46,8 @@ def check_accelerator(t: TrainConfig) -> None:
 
 
 def check_backend(cfg: ExperimentConfig) -> None:
-    """An explicit ``model.backend`` must run forward and backward on the training device."""
-    name = cfg.model.backend
+    """An explicit ``runtime.backend`` must run forward and backward on the training device."""
+    name = cfg.runtime.backend
     if name == "auto":
         return
     device = training_device(cfg.train)
@@ -55,7 +55,7 @@ def check_backend(cfg: ExperimentConfig) -> None:
         q = torch.zeros(1, 2, 4, 4, 1, 8, device=device, requires_grad=True)  # (B, F, Hp, Wp, h, d)
         reason = refusal(name, q, q, hires_spec(3, 2, True), for_auto=False)
     if reason is not None:
-        raise ValueError(f"model.backend={name!r}: cannot train on {device.type} here ({reason}); "
+        raise ValueError(f"runtime.backend={name!r}: cannot train on {device.type} here ({reason}); "
                          "expected auto or reference")
 
 

@@ -38,8 +38,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from scd_msc.checkpoint import read_checkpoint
-from scd_msc.config import ExperimentConfig, TrainConfig, config_to_dict, resolve_frame_shape, to_yaml
+from scd_msc.checkpoint import read_checkpoint, stored_config
+from scd_msc.config import ExperimentConfig, TrainConfig, resolve_frame_shape, to_yaml
 from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
 from scd_msc.data.probe import probe_shards
@@ -52,10 +52,6 @@ from scd_msc.training.skips import SkipLog
 from scd_msc.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
-
-# ModelConfig fields that do not change the parameters: a resume may change them
-RUNTIME_MODEL_FIELDS = ("backend", "sampler", "guidance_perturb", "flow")
-
 
 def resolve_precision(t: TrainConfig) -> str:
     """``auto``: ``bf16-mixed`` when training runs on CUDA, else ``32-true``."""
@@ -92,20 +88,17 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resume(path: str, cfg: ExperimentConfig, arg: Optional[str] = None) -> int:
     """The checkpoint's global step; raises if it cannot be read (naming the newest
-    readable ``step_*.ckpt`` instead) or if its model differs from ``cfg.model``.
+    readable ``step_*.ckpt`` instead) or if its model differs from ``cfg.model`` (the
+    objective, ``flow``, and the ``runtime`` knobs may change on a resume).
     ``arg``: the ``--resume`` value, for the message (default: ``path``)."""
     where = f"--resume {arg}" if arg else f"--resume {path!r}"
     try:  # mmap: reads only the few entries looked at, however large the checkpoint
         ckpt = read_checkpoint(path, mmap=True)
+        stored = stored_config(ckpt, path).model
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
-    try:
-        stored = ckpt["hyper_parameters"]["config"]["model"]
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{where}: {path!r} is not an scd_msc training checkpoint (missing {err})") from None
-    old, new = _flat(stored), _flat(config_to_dict(cfg)["model"])
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if old.get(k) != new.get(k) and k.split(".")[0] not in RUNTIME_MODEL_FIELDS)
+    old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg.model))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
         raise ValueError(f"{where}: the checkpoint's model differs from the config at "
                          + ", ".join(f"model.{k} ({old.get(k)!r} in the checkpoint, {new.get(k)!r} now)"

@@ -33,8 +33,10 @@ from typing import Any
 import torch
 
 from scd_msc.config import TrainConfig
+from scd_msc.diffusion import Sampler
 from scd_msc.models import SIZES, build_model, count_parameters
 from scd_msc.paths import check_writable_folder
+from scd_msc.streaming import StreamingSession
 from scd_msc.training.optim import build_optimizer
 from tools.bench.report import command_line, report_stem, write_report
 from tools.bench.timing import peak_memory_gib, reset_peak_memory, summarize_ms, sync
@@ -56,7 +58,7 @@ def _events(n: int) -> list[torch.cuda.Event]:
     return [torch.cuda.Event(enable_timing=True) for _ in range(n)]
 
 
-def time_frames(session: Any, frames: int, device: str) -> tuple[list[float], list[float]]:
+def time_frames(session: StreamingSession, frames: int, device: str) -> tuple[list[float], list[float]]:
     """Per frame: (denoise ms, end-to-end ms)."""
     den, e2e = [], []
     for _ in range(frames):
@@ -280,7 +282,7 @@ def write_latency_report(args, device, names, rows, curves, train, checks) -> in
     }
     config = {"presets": names, "tokens_per_frame": model0.cfg.grid ** 2,
               "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
-              "context_frames": args.context, "steps": args.steps, "sampler": model0.cfg.sampler,
+              "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
               "dtype": args.dtype, "batches": args.batch, "timed_frames": args.frames,
               "warmup_frames": args.warmup, "curve_frames": args.curve_frames,
               "params_m": {r["model"]: round(r["params_m"], 2) for r in rows if r["batch"] == args.batch[0]},
