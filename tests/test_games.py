@@ -12,9 +12,12 @@ import argparse
 import functools
 import io
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +27,9 @@ from scd_msc.data import make_shards, shard_conditions
 from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
 from scd_msc.data.games import replay_clip
 from scd_msc.data.games.doom import ACTION_NAMES, SCENARIOS
-from scd_msc.data.games.rollout import HeldPolicy, Rollout, play, replay
+from scd_msc.data.games import workers
+from scd_msc.data.games.rollout import HeldPolicy, Rollout, plan_rollouts, play, replay
+from scd_msc.data.games.workers import EngineFailed, stream_clips
 
 F, S = 6, 24
 
@@ -71,6 +76,41 @@ def test_recorder_stores_the_action_that_produced_each_frame_and_never_cuts_an_e
         np.testing.assert_array_equal(replay(task, clip.prefix, clip.actions), clip.frames)
     starts = [sum(n for _, n in clip.prefix) for clip in clips]
     assert all(b >= a + F for a, b in zip(starts, starts[1:])), "clips of a rollout do not overlap"
+
+
+class HangingEngine(CountingEngine):
+    """Never returns from its third step (as vizdoom's controller waits for an engine that failed)."""
+
+    def step(self, action: int) -> bool:
+        if self.t == 2:
+            time.sleep(3600)
+        return super().step(action)
+
+
+class DyingEngine(CountingEngine):
+    """Its worker process dies on the third step (a pool does not notice on its own)."""
+
+    def step(self, action: int) -> bool:
+        if self.t == 2:
+            os._exit(3)
+        return super().step(action)
+
+
+@pytest.mark.parametrize("engine, message", [
+    (HangingEngine, r"^toy: rollout 0 \(counting\) gave nothing for 3 s: a game engine hung; the workers were stopped$"),
+    (DyingEngine, r"^toy: the worker process running rollout 0 \(counting\) died; the workers were stopped$")])
+def test_a_hung_engine_or_dead_worker_stops_the_run_with_an_error(monkeypatch, engine, message):
+    monkeypatch.setattr(workers, "STALL_SECONDS", 3.0)
+    monkeypatch.setattr(workers, "SECONDS_PER_STEP", 0.0)
+    plan = plan_rollouts(2, 1, 0, 1)
+    tasks = [Rollout(functools.partial(engine, 50), HeldPolicy((0, 1)), p.key, p.clips, F, 8, 3, crop=True,
+                     name="counting") for p in plan]
+    before = set(multiprocessing.active_children())
+    start = time.monotonic()
+    with pytest.raises(EngineFailed, match=message):
+        list(stream_clips("toy", plan, 2, lambda pool: (tasks, ("a", "b")), 10.0, (), lambda p: {}))
+    assert time.monotonic() - start < 60
+    assert set(multiprocessing.active_children()) == before, "the worker processes were killed"
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .games.workers import EngineFailed
 from .shards import FORMATS, check_out_dir, make_shards, validate
 from .sources import GAME_SOURCES, PIXEL_SOURCES, SOURCES
 
@@ -109,6 +110,9 @@ def run_make_shards(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as exn:  # ImportError: an optional package, with its install hint
         print(f"scd-msc make-shards: error: {exn}", file=sys.stderr)
         return 2
+    except EngineFailed as exn:
+        print(f"scd-msc make-shards: error: {exn}", file=sys.stderr)
+        return 1
     print(summary)
     if summary.clips and (args.source in GAME_SOURCES or args.pixels in GAME_SOURCES):
         from .conditions import shard_conditions

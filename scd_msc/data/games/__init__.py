@@ -7,7 +7,7 @@
 
 Both engines ship their game data in their wheels: nothing is downloaded. A random
 policy holds each action for 3-9 agent steps; everything is a function of the seed;
-rollouts run in spawned worker processes (``rollout.py``). The engine packages are
+rollouts run in spawned worker processes (``rollout.py``, ``workers.py``). The engine packages are
 imported on first use; without them the sources say ``pip install 'scd_msc[games]'``.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 
 from .atari import atari_clips, atari_engine
 from .doom import doom_clips, doom_engine
-from .rollout import HeldPolicy, Rollout, replay_task, run_one
+from .rollout import HeldPolicy, Rollout
+from .workers import run_one
 
 GAMES = {"atari": atari_clips, "doom": doom_clips}
 _ENGINES = {"atari": atari_engine, "doom": doom_engine}
@@ -34,7 +35,7 @@ def replay_clip(meta: dict, actions: np.ndarray) -> np.ndarray:
     engine, crop = _ENGINES[meta["source"]](meta)
     name = meta.get("game") or meta.get("scenario")
     task = Rollout(engine, HeldPolicy((0,)), (0, 0), 0, len(actions), meta["height"], meta["channels"], crop, name)
-    return run_one(replay_task, (task, meta["prefix"], np.asarray(actions)))
+    return run_one(task, meta["prefix"], np.asarray(actions))
 
 
 __all__ = ["GAMES", "atari_clips", "doom_clips", "replay_clip"]

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ..sources import Clip
-from .rollout import HeldPolicy, Rollout, check_options, import_engine, parse_names, plan_rollouts, stream_clips
+from .rollout import HeldPolicy, Rollout, check_options, import_engine, parse_names, plan_rollouts
+from .workers import STALL_SECONDS, result, stream_clips
 
 FRAME_SKIP = 4
 STICKY = 0.25
@@ -98,7 +99,7 @@ def atari_clips(num_frames: int, size: int, clips: int, seed: int = 0, *,
     plan = plan_rollouts(clips, clips_per_rollout, seed, len(games))
 
     def build(pool) -> tuple[list[Rollout], tuple[str, ...]]:
-        minimal = pool.apply(minimal_action_sets, (games,))
+        minimal = result(pool.submit(minimal_action_sets, games), "atari", "reading the action sets", STALL_SECONDS)
         names, numbers = action_space(minimal)
         return [Rollout(functools.partial(AtariEngine, games[p.choice], p.engine_seed, numbers),
                         HeldPolicy(tuple(numbers.index(n) for n in minimal[games[p.choice]])), p.key, p.clips,

@@ -38,7 +38,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ..sources import Clip
-from .rollout import HeldPolicy, Rollout, check_options, import_engine, parse_names, plan_rollouts, stream_clips
+from .rollout import HeldPolicy, Rollout, check_options, import_engine, parse_names, plan_rollouts
+from .workers import stream_clips
 
 FRAME_SKIP = 4
 FPS = 35.0 / FRAME_SKIP

@@ -20,27 +20,20 @@ by the rollout before the clip's first frame as run-length ``[[id, steps], ...]`
 fresh engine with that seed, fed the prefix and then the clip's ``actions``, gives the
 clip's frames bit for bit (``replay_clip``).
 
-**Workers**: rollouts run in ``spawn`` worker processes (never ``fork``: vizdoom hung
-in a forked child of a process that had imported torch), and nothing on the worker
-path imports torch. Rollout ``r`` is seeded by ``[seed, r]`` and results come back in
-rollout order, so the shards do not depend on the number of workers. Workers run in a
-temporary folder: the vizdoom executable writes ``_vizdoom/`` into its working folder.
+**Workers** (``workers.py``): rollouts run in spawned worker processes. Rollout ``r``
+is seeded by ``[seed, r]`` and results come back in rollout order, so the shards do not
+depend on the number of workers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import multiprocessing.pool
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from ..sources import Clip
 from ..video import resize_frames, to_channels
 
 HOLD = (3, 9)      # agent steps one drawn action is held
@@ -226,47 +219,3 @@ def replay(task: Rollout, prefix: list[list[int]], actions: np.ndarray) -> np.nd
     finally:
         engine.close()
     return _finish(screens, task)
-
-
-def _enter(folder: str) -> None:
-    os.chdir(folder)
-
-
-@contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[multiprocessing.pool.Pool]:
-    """``workers`` spawned processes, each in one shared temporary folder (removed afterwards)."""
-    context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="scd-msc-games-") as folder, \
-            context.Pool(workers, initializer=_enter, initargs=(folder,)) as pool:
-        yield pool
-
-
-def run_one(fn: Callable, arg):
-    """``fn(arg)`` in a spawned process (engines never run in the caller's process)."""
-    with worker_pool(1) as pool:
-        return pool.apply(fn, (arg,))
-
-
-def replay_task(args: tuple) -> np.ndarray:
-    """``replay(*args)``, for ``run_one``."""
-    return replay(*args)
-
-
-def stream_clips(source: str, plan: list[Planned], workers: int,
-                 build: Callable[[multiprocessing.pool.Pool], tuple[list[Rollout], tuple[str, ...]]],
-                 fps: float, class_names: tuple[str, ...], meta: Callable[[Planned], dict]) -> Iterator[Clip]:
-    """Play the planned rollouts in a pool of ``workers`` and yield their clips in order.
-
-    ``build(pool)`` gives the rollouts (one per ``plan`` entry) and the action names; it
-    gets the pool for set-up that must run in a worker. ``meta(planned)``: json entries.
-    """
-    with worker_pool(min(workers, len(plan))) as pool:
-        tasks, action_names = build(pool)
-        index = 0
-        for planned, recorded in zip(plan, pool.imap(play, tasks)):
-            for clip in recorded:
-                extra = {"index": index, **meta(planned), "rollout": planned.key[1],
-                         "engine_seed": planned.engine_seed, "prefix": clip.prefix}
-                yield Clip(clip.frames, fps, source, extra, clip.actions, planned.choice if class_names else None,
-                           action_names, class_names)
-                index += 1
