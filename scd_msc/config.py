@@ -95,6 +95,7 @@ class TrainConfig:
     compile: bool = False
     progress_bar: bool = True
     timing_warmup: int = 20  # training/timing.py
+    cond_dropout: float = 0.1  # conditioned models: each action / label id -> null with this probability
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, PRECISIONS)
@@ -115,6 +116,8 @@ class TrainConfig:
                              "expected floats >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas={list(self.betas)!r}: expected two floats in [0, 1)")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"train.cond_dropout={self.cond_dropout!r}: expected a float in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"train.ema_decay={self.ema_decay!r}: expected a float in [0, 1) (0 = off)")
         if not self.out_dir:
@@ -262,6 +265,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     explicit = {n for n in FRAME_SHAPE for layer in (yaml, dots)
                 if OmegaConf.select(layer, f"model.{n}") is not None}  # set by the user, not by the preset
     resolve_frame_shape(exp, explicit)
+    resolve_conditions(exp, {n for n in ("actions", "classes") for layer in (yaml, dots)
+                             if OmegaConf.select(layer, f"model.{n}") is not None})
     exp.validate()
     return exp
 
@@ -346,6 +351,28 @@ def resolve_frame_shape(exp: ExperimentConfig, explicit_model: Collection[str] =
             remedy = "make the shards with --size {}" if info.kind == "pixels" else "use latents of size {}"
             _check_fit(exp, f" (from {exp.data.train_shards})", remedy)
     return info
+
+
+def resolve_conditions(exp: ExperimentConfig, explicit_model: Collection[str] = ()) -> None:
+    """``model.actions`` / ``model.classes`` follow what the training shards name
+    (``action_names``/``class_names``: game shards, DESIGN.md §7) unless set explicitly
+    (``model.actions=0`` trains an unconditioned model on them). In place; nothing
+    happens while the shards do not exist yet."""
+    if not exp.data.train_shards or not set(("actions", "classes")) - set(explicit_model):
+        return
+    try:
+        expand_shards(exp.data.train_shards)
+    except ValueError:
+        return
+    from scd_msc.data.conditions import shard_conditions
+
+    try:
+        conds = shard_conditions(exp.data.train_shards)
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
+    for name, size in (("actions", conds.num_actions), ("classes", conds.num_classes)):
+        if name not in explicit_model and size is not None:
+            setattr(exp.model, name, size)
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

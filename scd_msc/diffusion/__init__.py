@@ -14,7 +14,7 @@ guidance perturbs the encoder context (``c + eta * zeta``) as in SCD (Bai et al.
 """
 
 from scd_msc.diffusion.flow import FlowConfig, FlowMatching
-from scd_msc.diffusion.objectives import OBJECTIVES, diffusion_forcing_loss, scd_loss, training_loss
+from scd_msc.diffusion.objectives import OBJECTIVES, diffusion_forcing_loss, null_dropout, scd_loss, training_loss
 from scd_msc.diffusion.sampler import Sampler, SamplerConfig
 from scd_msc.diffusion.samplers import (
     SAMPLERS,
@@ -40,6 +40,7 @@ __all__ = [
     "VelocityFn",
     "diffusion_forcing_loss",
     "guided_velocity",
+    "null_dropout",
     "sample_euler",
     "sample_heun",
     "scd_loss",

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.diffusion import FlowConfig, Sampler, training_loss
+from scd_msc.conditions import check_conditions
+from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
@@ -34,6 +36,7 @@ class CausalDiT(Generates, nn.Module):
         self.cfg = cfg
         self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
+        self.cond_embed = ConditionEmbedding(cfg.actions, cfg.classes, cfg.dim)
         attn = layer_config(cfg.dim, cfg.heads, cfg.attention, causal=True, backend=backend)
         self.blocks = nn.ModuleList(
             Block(cfg.dim, DenseAttention(attn, cfg.dense_window_frames), cfg.mlp_ratio)
@@ -45,28 +48,37 @@ class CausalDiT(Generates, nn.Module):
         return new_stack_cache(self.blocks)
 
     def forward(self, x: Tensor, t: Tensor, cache: Optional[StackCache] = None,
-                write: bool = False) -> Tensor:
-        """x ``(B, F, C, H, W)`` noisy frames at levels t ``(B, F)`` -> velocity, like x.
-        With ``cache`` the frames follow the cached ones; ``write`` appends their keys
-        and values (a commit pass), otherwise the cache is only read (a denoising pass)."""
+                write: bool = False, actions: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None) -> Tensor:
+        """x ``(B, F, C, H, W)`` noisy frames at levels t ``(B, F)``, the actions ``(B, F)``
+        that lead to them, labels ``(B,)`` -> velocity, like x. With ``cache`` the frames
+        follow the cached ones; ``write`` appends their keys and values (a commit pass),
+        otherwise the cache is only read (a denoising pass, which may run a multiple of
+        the cache's batch: guidance batches the conditioned and null rows)."""
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
-        cond = self.t_embed(t)  # (B, F, D)
+        cond = self.cond_embed(self.t_embed(t), actions, labels)  # (B, F, D)
         h = run_blocks(self.blocks, h, t, cond, cache, write)
         return self.final(h, cond)
 
     def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None,
-                      flow: Optional[FlowConfig] = None) -> dict[str, Tensor]:
+                      flow: Optional[FlowConfig] = None, actions: Optional[Tensor] = None,
+                      labels: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Convenience: :func:`scd_msc.diffusion.training_loss` (diffusion forcing)."""
-        return training_loss(self, video, flow, generator)
+        check_conditions(self.cfg, actions, labels, video.shape[0], video.shape[1])
+        return training_loss(self, video, flow, generator, actions, labels)
 
     def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None, cache: bool = True,
                guidance: float = 1.0, context_noise: float = 0.0,
-               sampler: Optional[Sampler] = None) -> DiTSession:
-        """A session that makes one frame per ``step()`` after the optional ``prompt``."""
-        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise)
+               sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
+               labels: Optional[Tensor] = None, cond_guidance: float = 1.0) -> DiTSession:
+        """A session that makes one frame per ``step(action)`` after the optional ``prompt``
+        (``prompt_actions`` ``(B, F0)``), ``labels`` ``(B,)`` conditioning every frame;
+        ``cond_guidance``: CFG on the actions and labels."""
+        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
+                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
         if guidance != 1.0:
             raise ValueError(f"guidance={guidance} needs a context to perturb; CausalDiT has none "
                              "(use guidance=1.0)")
         return DiTSession(self, batch_size, steps, sampler or Sampler(), generator, cache, prompt,
-                          context_noise)
+                          context_noise, prompt_actions, labels, cond_guidance)

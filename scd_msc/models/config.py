@@ -25,7 +25,9 @@ class ModelConfig:
     blocks). Images are ``channels × image_size²``, tokens ``(image_size/patch)²``.
     ``attention``: what every MSC layer shares; ``schedule``: the encoder's per-layer
     windows; ``decoder_window``/``decoder_down``: the decoder's hi-res window and low-res
-    pooling; ``dense_window_frames``: frames a dense encoder / DiT layer attends (None: all)."""
+    pooling; ``dense_window_frames``: frames a dense encoder / DiT layer attends (None: all).
+    ``actions``: size of a discrete action set the model is conditioned on (0: none);
+    ``classes``: number of class labels (0: none); see :mod:`scd_msc.models.conditions`."""
 
     family: str = "scd-msc"
     channels: int = 1
@@ -42,6 +44,8 @@ class ModelConfig:
     decoder_down: int = 2
     conditioning: str = "token_concat"
     dense_window_frames: Optional[int] = None
+    actions: int = 0
+    classes: int = 0
 
     @property
     def grid(self) -> int:
@@ -60,6 +64,9 @@ class ModelConfig:
         for name in ("channels", "enc_depth", "dec_depth", "decoder_down"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("actions", "classes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: unconditioned), got {getattr(self, name)}")
         if self.decoder_window % 2 == 0 or self.decoder_window > self.grid:
             raise ValueError(f"decoder_window must be odd and <= the token grid {self.grid}, "
                              f"got {self.decoder_window}")

@@ -8,15 +8,21 @@ Each call denoises frames folded into the batch, conditioned on the encoder's co
 * ``add`` — ``c`` is added to the noisy tokens (one frame);
 * ``adaln`` — the mean of ``c`` joins the timestep embedding in adaLN.
 
+The action that leads to the frame and the clip's label (when the model has them) join
+the timestep embedding.
+
 Shapes: ``B'`` folded batch (``B·F`` or ``K·B·F``) · ``C`` channels · ``H, W`` pixels ·
 ``Hp, Wp`` grid · ``N = Hp·Wp`` · ``D`` width.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
+from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config
 from scd_msc.ops.dense import DenseAttention
@@ -32,6 +38,7 @@ class FrameDecoder(nn.Module):
         self.cfg = cfg
         self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
+        self.cond_embed = ConditionEmbedding(cfg.actions, cfg.classes, cfg.dim)
         self.ctx_proj = nn.Linear(cfg.dim, cfg.dim)
         attn = layer_config(cfg.dim, cfg.heads, cfg.attention, causal=False, backend=backend)
         spec = MSCLayerSpec(down=cfg.decoder_down, window=cfg.decoder_window, frames=2,
@@ -40,11 +47,14 @@ class FrameDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.dim, make(), cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.final = Unpatchify(cfg.channels, cfg.patch, cfg.dim)
 
-    def forward(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, c: Tensor, actions: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None) -> Tensor:
+        """x ``(B', C, H, W)`` at levels t ``(B',)``, context c ``(B', N, D)``, the action
+        ``(B',)`` that leads to each frame and its clip's label ``(B',)`` -> velocity like x."""
         g = self.cfg.grid
         tokens = self.patchify(x[:, None])  # (B', 1, Hp, Wp, D)
         ctx = self.ctx_proj(c).unflatten(1, (g, g))[:, None]  # (B', 1, Hp, Wp, D)
-        cond = self.t_embed(t)[:, None]  # (B', 1, D)
+        cond = self.cond_embed(self.t_embed(t), actions, labels)[:, None]  # (B', 1, D)
         mode = self.cfg.conditioning
         if mode == "token_concat":
             h = torch.cat([ctx, tokens], dim=1)  # (B', 2, Hp, Wp, D)

@@ -1,7 +1,8 @@
 """Temporal causal encoder of SCD (Bai et al., arXiv 2602.10095): runs once per frame.
 
 Frame-causal MSC blocks (or dense ones for the SCD-dense ablation) conditioned per
-frame on the context's noise level (adaLN-zero; 0 for clean frames).
+frame on the context's noise level (adaLN-zero; 0 for clean frames), plus the action
+that led to the frame and the clip's label when the model has them.
 
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``Hp, Wp`` token
 grid · ``N = Hp·Wp`` · ``D`` width.
@@ -14,6 +15,7 @@ from typing import Optional
 from einops import rearrange
 from torch import Tensor, nn
 
+from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
@@ -30,6 +32,7 @@ class CausalEncoder(nn.Module):
         super().__init__()
         self.patchify = Patchify(cfg.channels, cfg.patch, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
+        self.cond_embed = ConditionEmbedding(cfg.actions, cfg.classes, cfg.dim)
         attn = layer_config(cfg.dim, cfg.heads, cfg.attention, causal=True, backend=backend)
         if cfg.family == "scd-msc":
             layers = [MSCAttention(attn, spec) for spec in build_schedule(cfg.schedule, cfg.enc_depth)]
@@ -42,11 +45,12 @@ class CausalEncoder(nn.Module):
         """Empty streaming state of every layer."""
         return new_stack_cache(self.blocks)
 
-    def forward(self, x: Tensor, t: Tensor, cache: Optional[StackCache] = None) -> Tensor:
-        """x ``(B, F, C, H, W)``, t ``(B, F)``; with ``cache`` the frames follow those
-        already encoded and are appended to it (encoding always commits). Returns
-        ``(B, F, N, D)``."""
+    def forward(self, x: Tensor, t: Tensor, cache: Optional[StackCache] = None,
+                actions: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
+        """x ``(B, F, C, H, W)``, t ``(B, F)``, actions ``(B, F)`` (the one that led to each
+        frame), labels ``(B,)``; with ``cache`` the frames follow those already encoded
+        and are appended to it (encoding always commits). Returns ``(B, F, N, D)``."""
         h = self.patchify(x)  # (B, F, Hp, Wp, D)
-        cond = self.t_embed(t)  # (B, F, D)
+        cond = self.cond_embed(self.t_embed(t), actions, labels)  # (B, F, D)
         h = run_blocks(self.blocks, h, t, cond, cache, write=cache is not None)
         return rearrange(self.norm(h), "b f y x d -> b f (y x) d")

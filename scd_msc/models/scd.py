@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.diffusion import FlowConfig, Sampler, training_loss
+from scd_msc.conditions import check_conditions
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.decoder import FrameDecoder
 from scd_msc.models.encoder import CausalEncoder
@@ -46,34 +47,48 @@ class SCDModel(Generates, nn.Module):
         """Empty streaming state of the encoder."""
         return self.encoder.new_cache()
 
-    def encode(self, frames: Tensor, t: Tensor, cache: Optional[StackCache] = None) -> Tensor:
-        """frames ``(B, F, C, H, W)`` at noise levels ``(B, F)`` -> ``(B, F, N, D)``; with
-        ``cache`` they follow (and are appended to) the frames already encoded."""
-        return self.encoder(frames, t, cache)
+    def encode(self, frames: Tensor, t: Tensor, cache: Optional[StackCache] = None,
+               actions: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
+        """frames ``(B, F, C, H, W)`` at noise levels ``(B, F)``, the actions ``(B, F)``
+        that led to them, labels ``(B,)`` -> ``(B, F, N, D)``; with ``cache`` they follow
+        (and are appended to) the frames already encoded."""
+        return self.encoder(frames, t, cache, actions, labels)
 
-    def decode(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    def decode(self, x: Tensor, t: Tensor, c: Tensor, actions: Optional[Tensor] = None,
+               labels: Optional[Tensor] = None) -> Tensor:
         """Velocity of noisy frames ``x (B', C, H, W)`` at levels ``t (B',)`` given their
-        contexts ``c (B', N, D)`` (frames folded into ``B'``)."""
-        return self.decoder(x, t, c)
+        contexts ``c (B', N, D)``, the actions ``(B',)`` that lead to them and labels
+        ``(B',)`` (frames folded into ``B'``)."""
+        return self.decoder(x, t, c, actions, labels)
 
-    def contexts(self, video: Tensor, t_ctx: Optional[Tensor] = None) -> Tensor:
+    def contexts(self, video: Tensor, t_ctx: Optional[Tensor] = None, actions: Optional[Tensor] = None,
+                 labels: Optional[Tensor] = None) -> Tensor:
         """The context each frame is decoded from: ``(B, F, N, D)``, frame 0 gets the
-        start context, frame i the encoding of frames ``< i``."""
+        start context, frame i the encoding of frames (and actions) ``< i``."""
         b, f = video.shape[:2]
         t_ctx = torch.zeros(b, f, device=video.device) if t_ctx is None else t_ctx
-        c = self.encoder(video[:, :-1], t_ctx[:, :-1]) if f > 1 else video.new_zeros(b, 0, *self.start.shape)
+        past = None if actions is None else actions[:, :-1]  # (B, F-1)
+        c = (self.encoder(video[:, :-1], t_ctx[:, :-1], actions=past, labels=labels) if f > 1
+             else video.new_zeros(b, 0, *self.start.shape))
         return torch.cat([self.start_context(b)[:, None].to(c.dtype), c], dim=1)
 
     def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None,
-                      flow: Optional[FlowConfig] = None) -> dict[str, Tensor]:
+                      flow: Optional[FlowConfig] = None, actions: Optional[Tensor] = None,
+                      labels: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Convenience: :func:`scd_msc.diffusion.training_loss` (the SCD objective)."""
-        return training_loss(self, video, flow, generator)
+        check_conditions(self.cfg, actions, labels, video.shape[0], video.shape[1])
+        return training_loss(self, video, flow, generator, actions, labels)
 
     def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None, cache: bool = True,
                guidance: float = 1.0, context_noise: float = 0.0,
-               sampler: Optional[Sampler] = None) -> SCDSession:
-        """A session that makes one frame per ``step()`` after the optional ``prompt``."""
-        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise)
+               sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
+               labels: Optional[Tensor] = None, cond_guidance: float = 1.0) -> SCDSession:
+        """A session that makes one frame per ``step(action)`` after the optional ``prompt``
+        (``prompt_actions`` ``(B, F0)``: the actions that led to its frames); ``labels``
+        ``(B,)`` condition every frame. ``guidance``: CFG by perturbing the context;
+        ``cond_guidance``: CFG on the actions and labels (see :class:`SCDSession`)."""
+        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
+                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
         return SCDSession(self, batch_size, steps, sampler or Sampler(), generator, cache, guidance,
-                          prompt, context_noise)
+                          prompt, context_noise, prompt_actions, labels, cond_guidance)

@@ -39,9 +39,14 @@ class FrameKV:
 
     def extend(self, k: Tensor, v: Tensor, write: bool) -> tuple[Tensor, Tensor]:
         """Cached frames followed by the new ones (what the new queries attend); with
-        ``write`` the tail is kept for the next call, else the cache stays as it was."""
+        ``write`` the tail is kept for the next call, else the cache stays as it was. A
+        read may come with a multiple of the cached batch (guidance stacks the
+        conditioned and the null rows): each group of rows then sees the cached frames."""
         if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=1), torch.cat([self.v, v], dim=1)
+            ck, cv = self.k, self.v
+            if k.shape[0] != ck.shape[0] and not write:  # (r·B, ...) queries over a (B, ...) cache
+                ck, cv = (c.repeat(k.shape[0] // c.shape[0], *([1] * (c.dim() - 1))) for c in (ck, cv))
+            k, v = torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
         if not write:
             return k, v
         keep = k.shape[1] if self.max_frames is None else min(self.max_frames, k.shape[1])

@@ -2,6 +2,10 @@
 frame then goes through the causal encoder once, appending to every layer's cache, and
 its encoding is the next frame's context ``c`` (Bai et al., arXiv 2602.10095).
 
+With conditions (DESIGN.md §7): the decoder that renders frame ``i`` from ``c_{i-1}`` is
+conditioned on the action ``a_i`` that leads to it, and frame ``i`` goes through the
+encoder with ``a_i`` too, so ``c_i`` summarises frames and actions ``<= i``.
+
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``N`` tokens per
 frame · ``D`` width.
 """
@@ -19,35 +23,50 @@ from scd_msc.streaming.session import Session
 
 class SCDSession(Session):
     """Streams an :class:`~scd_msc.models.SCDModel` (``start_context``, ``encode``,
-    ``decode``, ``new_cache``). ``guidance != 1`` guides by perturbing the context."""
+    ``decode``, ``new_cache``). ``guidance != 1`` guides by perturbing the context;
+    ``cond_guidance != 1`` by the null action/label (both compose)."""
 
     def __init__(self, model: nn.Module, batch_size: int, steps: int, sampler: Sampler,
                  generator: Optional[torch.Generator], cache: bool = True, guidance: float = 1.0,
-                 prompt: Optional[Tensor] = None, context_noise: float = 0.0):
-        super().__init__(model, batch_size, steps, sampler, generator, context_noise)
+                 prompt: Optional[Tensor] = None, context_noise: float = 0.0,
+                 prompt_actions: Optional[Tensor] = None, labels: Optional[Tensor] = None,
+                 cond_guidance: float = 1.0):
+        super().__init__(model, batch_size, steps, sampler, generator, context_noise, labels, cond_guidance)
         self.guidance = guidance
         self.cache = model.new_cache() if cache else None
         self.history: list[Tensor] = []  # committed (noised) frames so far, for cache=False
+        self.history_actions: list[Tensor] = []  # and the actions that led to them
         self.context = model.start_context(batch_size).to(self.dtype)  # (B, N, D)
-        self.begin(prompt)
+        self.begin(prompt, prompt_actions)
+
+    def _decode(self, x: Tensor, t: Tensor, c: Tensor, *ids: Tensor) -> Tensor:
+        """The decoder call, all tensors (graph-capturable): x ``(B', C, H, W)``, t ``(B',)``,
+        c ``(B', N, D)``, ids ``(B',)`` each (:meth:`Session.ids`)."""
+        return self.model.decode(x, t, c, *self.unpack(ids))
 
     @torch.no_grad()
-    def denoise(self) -> Tensor:
-        decode = self.graphed("decode", self.model.decode)  # (x, t, c) -> v: fixed shapes
+    def denoise(self, action: Optional[Tensor] = None) -> Tensor:
+        decode = self.guided(self.graphed("decode", self._decode), action)  # fixed shapes: graphable at once
         return self.sampler.sample(decode, self.prior(), self.steps, guidance=self.guidance,
                                    context=self.context, generator=self.generator)
 
-    def write(self, frames: Tensor, t: Tensor) -> Tensor:
-        """frames ``(B, F, C, H, W)`` at levels ``(B, F)`` -> the next context ``(B, N, D)``."""
+    def write(self, frames: Tensor, t: Tensor, actions: Optional[Tensor]) -> Tensor:
+        """frames ``(B, F, C, H, W)`` at levels ``(B, F)``, made with ``actions`` ``(B, F)``
+        -> the next context ``(B, N, D)``."""
         if self.cache is not None:
-            return self.model.encode(frames, t, self.cache)[:, -1]
+            return self.model.encode(frames, t, self.cache, actions, self.labels)[:, -1]
         self.history.extend(frames.unbind(1))
+        if actions is not None:
+            self.history_actions.extend(actions.unbind(1))
         video = torch.stack(self.history, dim=1)  # (B, F_all, C, H, W)
-        return self.model.encode(video, self.t_commit.expand(-1, video.shape[1]))[:, -1]
+        past = torch.stack(self.history_actions, dim=1) if self.history_actions else None  # (B, F_all)
+        return self.model.encode(video, self.t_commit.expand(-1, video.shape[1]), None, past, self.labels)[:, -1]
 
-    def write_one(self, frame: Tensor) -> Tensor:
-        """frame ``(B, C, H, W)``, already noised -> next context ``(B, N, D)``, through the cache."""
-        return self.model.encode(frame[:, None], self.t_commit, self.cache)[:, -1]
+    def write_one(self, frame: Tensor, *action: Tensor) -> Tensor:
+        """frame ``(B, C, H, W)``, already noised, and its action ``(B,)`` -> next context
+        ``(B, N, D)``, through the cache."""
+        actions = action[0][:, None] if action else None  # (B, 1)
+        return self.model.encode(frame[:, None], self.t_commit, self.cache, actions, self.labels)[:, -1]
 
     def written(self, out: Optional[Tensor]) -> None:
         self.context = out

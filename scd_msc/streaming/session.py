@@ -14,6 +14,16 @@ reference the cache is tested against). ``context_noise = t_c > 0`` commits ever
 context frame (prompt frames too) noised to level ``t_c`` and tells the model that
 level, as context-noise training does (``flow.context_noise_max``).
 
+Conditions (DESIGN.md §7, :mod:`scd_msc.conditions`): ``step(action)`` takes the ids
+``(B,)`` of the action that leads to the frame being made; the prompt's frames come with
+``prompt_actions (B, F0)``; ``labels (B,)`` condition the whole session.
+``cond_guidance = s != 1`` is classifier-free guidance on the conditions,
+``v = v_null + s·(v_cond − v_null)``: the conditioned and the null rows run in one
+batched call of ``2B``. Guidance varies only the conditions of the frame being made:
+the committed history keeps its real actions and labels (what a cache of committed
+frames can offer; the recompute path does the same). It composes with guidance by
+context perturbation (SCD's ``guidance``), which perturbs the context of both rows.
+
 CUDA graphs (:meth:`Session.use_cuda_graphs`): the denoising call is captured as soon as
 its shapes are fixed; the commit call, which writes the caches, once every cache window
 is full (its buffers are then written in place and never move) and after one eager
@@ -24,11 +34,13 @@ Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from scd_msc.conditions import check_ids
 from scd_msc.diffusion import Sampler
 from scd_msc.streaming.cache import StackCache
 from scd_msc.streaming.graphs import GraphedCall
@@ -42,11 +54,11 @@ class StreamingSession(Protocol):
     steps: int
     frames_done: int
 
-    def step(self) -> Tensor: ...
+    def step(self, action: Optional[Tensor] = None) -> Tensor: ...
 
-    def denoise(self) -> Tensor: ...
+    def denoise(self, action: Optional[Tensor] = None) -> Tensor: ...
 
-    def commit(self, frame: Tensor) -> None: ...
+    def commit(self, frame: Tensor, action: Optional[Tensor] = None) -> None: ...
 
     def cache_bytes(self) -> int: ...
 
@@ -55,8 +67,11 @@ class StreamingSession(Protocol):
 
 def check_generation_args(model: nn.Module, batch_size: int, steps: int,
                           prompt: Optional[Tensor], num_frames: int = 1,
-                          context_noise: float = 0.0) -> None:
-    """ValueErrors naming the argument, the value and what was expected."""
+                          context_noise: float = 0.0, prompt_actions: Optional[Tensor] = None,
+                          labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
+                          actions: Optional[Tensor] = None, check_actions: bool = False) -> None:
+    """ValueErrors naming the argument, the value and what was expected (``actions``
+    ``(B, num_frames)`` are checked when ``check_actions``: ``generate`` has them all)."""
     cfg = model.cfg
     for name, value in (("batch_size", batch_size), ("steps", steps), ("num_frames", num_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -69,6 +84,19 @@ def check_generation_args(model: nn.Module, batch_size: int, steps: int,
         if prompt.dim() != 5 or prompt.shape[0] != batch_size or tuple(prompt.shape[2:]) != expect[1:]:
             raise ValueError(f"prompt must be (B, F, C, H, W) = ({batch_size}, F, {cfg.channels}, "
                              f"{cfg.image_size}, {cfg.image_size}), got {tuple(prompt.shape)}")
+    if prompt is None and prompt_actions is not None:
+        raise ValueError("prompt_actions: given without a prompt; expected None")
+    if prompt is not None:
+        check_ids("prompt_actions", prompt_actions, cfg.actions, "actions", (batch_size, prompt.shape[1]))
+    check_ids("labels", labels, cfg.classes, "classes", (batch_size,))
+    if check_actions:
+        check_ids("actions", actions, cfg.actions, "actions", (batch_size, num_frames))
+    if isinstance(cond_guidance, bool) or not isinstance(cond_guidance, (int, float)) \
+            or not math.isfinite(cond_guidance):
+        raise ValueError(f"cond_guidance must be a finite number, got {cond_guidance!r}")
+    if cond_guidance != 1.0 and not (cfg.actions or cfg.classes):
+        raise ValueError(f"cond_guidance={cond_guidance}: this model has no actions or classes to guide on; "
+                         "expected 1.0")
 
 
 class Session:
@@ -76,9 +104,11 @@ class Session:
 
     * :meth:`denoise` — the sampler over the model's velocity call (read-only);
     * :meth:`write` — append committed frames ``(B, F, C, H, W)`` at levels ``(B, F)``
-      (eager; with or without a cache), returning what the session keeps (or None);
-    * :meth:`write_one` — the same for one frame ``(B, C, H, W)`` through full caches, as
-      a function of tensors only (what a CUDA graph captures);
+      with the actions ``(B, F)`` that led to them (eager; with or without a cache),
+      returning what the session keeps (or None);
+    * :meth:`write_one` — the same for one frame ``(B, C, H, W)`` (and its action ``(B,)``
+      when the model has actions) through full caches, as a function of tensors only
+      (what a CUDA graph captures);
     * :meth:`written` — take what the write returned;
     * :attr:`cache` — the :class:`StackCache` written by commits (None without caching).
     """
@@ -86,10 +116,12 @@ class Session:
     cache: Optional[StackCache] = None
 
     def __init__(self, model: nn.Module, batch_size: int, steps: int, sampler: Sampler,
-                 generator: Optional[torch.Generator], context_noise: float = 0.0):
+                 generator: Optional[torch.Generator], context_noise: float = 0.0,
+                 labels: Optional[Tensor] = None, cond_guidance: float = 1.0):
         self.model, self.batch_size, self.steps = model, batch_size, steps
         self.sampler, self.generator = sampler, generator
         self.context_noise = float(context_noise)
+        self.cond_guidance = float(cond_guidance)
         self.frames_done = 0
         self.graphs = False
         self._graphed: dict[str, GraphedCall] = {}
@@ -100,21 +132,56 @@ class Session:
         self.frame_shape = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
         # the level committed frames are given: (B, 1), fixed for the session (graph-safe)
         self.t_commit = torch.full((batch_size, 1), self.context_noise, device=self.device, dtype=self.dtype)
+        # conditions: the clip labels (B,) and the null ids guidance compares against, fixed for the session
+        self.labels = None if labels is None else labels.to(self.device)
+        self.null_action = torch.full((batch_size,), cfg.actions, dtype=torch.long, device=self.device)
+        self.null_labels = torch.full((batch_size,), cfg.classes, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ the model's part
 
-    def denoise(self) -> Tensor:
-        """Run the S denoising steps of the next frame (the caches are only read)."""
+    def denoise(self, action: Optional[Tensor] = None) -> Tensor:
+        """Run the S denoising steps of the next frame, made with ``action`` ``(B,)`` (the
+        caches are only read)."""
         raise NotImplementedError
 
-    def write(self, frames: Tensor, t: Tensor) -> Optional[Tensor]:
+    def write(self, frames: Tensor, t: Tensor, actions: Optional[Tensor]) -> Optional[Tensor]:
         raise NotImplementedError
 
-    def write_one(self, frame: Tensor) -> Tensor:
+    def write_one(self, frame: Tensor, *action: Tensor) -> Tensor:
         raise NotImplementedError
 
     def written(self, out: Optional[Tensor]) -> None:
         """Keep what a write returned (SCD: the next frame's context)."""
+
+    # ------------------------------------------------------------------ conditions
+
+    def ids(self, action: Optional[Tensor], labels: Optional[Tensor]) -> tuple[Tensor, ...]:
+        """The condition ids the model takes, as positional tensors (what a CUDA graph
+        can capture): ``(action, labels)`` without the ones it does not have."""
+        cfg = self.model.cfg
+        return tuple(ids for ids, size in ((action, cfg.actions), (labels, cfg.classes)) if size)
+
+    def unpack(self, ids: tuple[Tensor, ...]) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Inverse of :meth:`ids`: ``(action or None, labels or None)``."""
+        cfg, rest = self.model.cfg, list(ids)
+        action = rest.pop(0) if cfg.actions else None
+        return action, rest.pop(0) if cfg.classes else None
+
+    def guided(self, call: Callable[..., Tensor], action: Optional[Tensor]) -> Callable[..., Tensor]:
+        """``call(x, t, *args, *ids) -> v`` as ``(x, t, *args) -> v`` for the frame made with
+        ``action``: with ``cond_guidance = s != 1``, the conditioned and null rows go
+        through ``call`` in one batched call and ``v = v_null + s·(v_cond − v_null)``."""
+        ids = self.ids(action, self.labels)
+        s = self.cond_guidance
+        if s == 1.0:
+            return lambda x, t, *args: call(x, t, *args, *ids)
+        both = tuple(torch.cat([i, n]) for i, n in zip(ids, self.ids(self.null_action, self.null_labels)))
+
+        def velocity(x: Tensor, t: Tensor, *args: Tensor) -> Tensor:
+            v_cond, v_null = call(*(torch.cat([a, a]) for a in (x, t, *args)), *both).chunk(2)  # 2 × (B, ...)
+            return v_null + s * (v_cond - v_null)
+
+        return velocity
 
     # ------------------------------------------------------------------ the frame loop
 
@@ -129,26 +196,36 @@ class Session:
         return self.sampler.noise_to(frames, self.context_noise, self.generator), t
 
     @torch.no_grad()
-    def begin(self, prompt: Optional[Tensor]) -> None:
-        """Commit the prompt frames ``(B, F0, C, H, W)`` (clean; noised here), if any."""
+    def begin(self, prompt: Optional[Tensor], prompt_actions: Optional[Tensor] = None) -> None:
+        """Commit the prompt frames ``(B, F0, C, H, W)`` (clean; noised here), if any, with
+        the actions ``(B, F0)`` that led to them."""
         if prompt is not None:
             frames, t = self.noised(prompt.to(self.device, self.dtype))
-            self.written(self.write(frames, t))
+            actions = None if prompt_actions is None else prompt_actions.to(self.device)
+            self.written(self.write(frames, t, actions))
 
     @torch.no_grad()
-    def commit(self, frame: Tensor) -> None:
-        """Append a finished frame ``(B, C, H, W)``: noised to ``context_noise``, then
-        written once through the model (replayed from a CUDA graph when it may be)."""
+    def commit(self, frame: Tensor, action: Optional[Tensor] = None) -> None:
+        """Append a finished frame ``(B, C, H, W)`` made with ``action`` ``(B,)``: noised to
+        ``context_noise``, then written once through the model (replayed from a CUDA
+        graph when it may be)."""
         frames, t = self.noised(frame[:, None])  # (B, 1, C, H, W), (B, 1)
         graph = self._write_graph()
-        self.written(graph(frames[:, 0]) if graph is not None else self.write(frames, t))
+        if graph is not None:
+            self.written(graph(frames[:, 0], *(() if action is None else (action,))))
+        else:
+            self.written(self.write(frames, t, None if action is None else action[:, None]))
         self.frames_done += 1
 
     @torch.no_grad()
-    def step(self) -> Tensor:
-        """The next frame ``(B, C, H, W)``: :meth:`denoise`, then :meth:`commit`."""
-        frame = self.denoise()
-        self.commit(frame)
+    def step(self, action: Optional[Tensor] = None) -> Tensor:
+        """The next frame ``(B, C, H, W)``, made with ``action`` ``(B,)`` (the ids of the
+        action that leads to it; required when the model has actions): :meth:`denoise`,
+        then :meth:`commit`."""
+        check_ids("action", action, self.model.cfg.actions, "actions", (self.batch_size,))
+        action = None if action is None else action.to(self.device)
+        frame = self.denoise(action)
+        self.commit(frame, action)
         return frame
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -196,15 +273,20 @@ class Generates:
                  generator: Optional[torch.Generator] = None, prompt: Optional[Tensor] = None,
                  cache: bool = True, guidance: float = 1.0,
                  callback: Optional[Callable[[int, Tensor], None]] = None,
-                 context_noise: float = 0.0, sampler: Optional[Sampler] = None) -> Tensor:
+                 context_noise: float = 0.0, sampler: Optional[Sampler] = None,
+                 actions: Optional[Tensor] = None, labels: Optional[Tensor] = None,
+                 prompt_actions: Optional[Tensor] = None, cond_guidance: float = 1.0) -> Tensor:
         """``num_frames`` new frames ``(B, num_frames, C, H, W)`` after the optional
-        ``prompt (B, F0, C, H, W)``; ``callback(i, frame)`` sees each frame as it is made."""
-        check_generation_args(self, batch_size, steps, prompt, num_frames, context_noise)
+        ``prompt (B, F0, C, H, W)``; ``actions (B, num_frames)``: ``actions[:, i]`` leads to
+        new frame ``i``; ``labels (B,)``; ``callback(i, frame)`` sees each frame as it is made."""
+        check_generation_args(self, batch_size, steps, prompt, num_frames, context_noise, prompt_actions,
+                              labels, cond_guidance, actions, check_actions=True)
         session = self.stream(batch_size, steps, prompt=prompt, generator=generator, cache=cache,
-                              guidance=guidance, context_noise=context_noise, sampler=sampler)
+                              guidance=guidance, context_noise=context_noise, sampler=sampler,
+                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
         frames = []
         for i in range(num_frames):
-            frames.append(session.step())
+            frames.append(session.step(None if actions is None else actions[:, i]))
             if callback is not None:
                 callback(i, frames[-1])
         return torch.stack(frames, dim=1)

@@ -116,6 +116,17 @@ def video_strip(video: Tensor, scale: int = 1) -> np.ndarray:
     return img.repeat(scale, 0).repeat(scale, 1) if scale > 1 else img
 
 
+def sample_conditions(cfg, count: int, frames: int, seed: int) -> dict[str, Tensor]:
+    """For a conditioned model: seeded random actions ``(count, frames)`` (the same every
+    time) and labels ``0, 1, 2, ...`` (one class per row, cycling)."""
+    out: dict[str, Tensor] = {}
+    if cfg.actions:
+        out["actions"] = torch.randint(0, cfg.actions, (count, frames), generator=torch.Generator().manual_seed(seed))
+    if cfg.classes:
+        out["labels"] = torch.arange(count) % cfg.classes
+    return out
+
+
 class SampleStrip(L.Callback):
     """Every ``every_n_steps`` (and when training ends) generate ``count`` clips of
     ``frames`` frames with ``steps`` denoising steps and write
@@ -165,8 +176,8 @@ class SampleStrip(L.Callback):
         was_training = net.training
         net.eval()
         try:
-            video = net.generate(self.count, self.frames, self.steps,
-                                 generator=torch.Generator().manual_seed(self.seed))  # (B, F, C, H, W)
+            video = net.generate(self.count, self.frames, self.steps, generator=torch.Generator().manual_seed(self.seed),
+                                 **sample_conditions(net.cfg, self.count, self.frames, self.seed))  # (B, F, C, H, W)
         finally:
             net.train(was_training)
         scale = max(1, 64 // video.shape[-1])

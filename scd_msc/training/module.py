@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict
-from scd_msc.diffusion import FlowMatching, training_loss
+from scd_msc.conditions import check_conditions
+from scd_msc.diffusion import FlowMatching, null_dropout, training_loss
 from scd_msc.models import model_from_config
 from scd_msc.training.optim import build_optimizer
 
@@ -47,10 +48,22 @@ class SCDLitModule(L.LightningModule):
             raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
                                      "lower train.lr or raise train.warmup_steps")
 
+    def _conditions(self, batch: dict, generator: torch.Generator | None,
+                    drop: float) -> tuple[Tensor | None, Tensor | None]:
+        """The batch's ``actions (B, F)`` / ``label (B,)`` the model is conditioned on,
+        each id replaced by the null id with probability ``drop`` (guidance training)."""
+        m = self.model.cfg
+        actions = batch["actions"] if m.actions else None
+        labels = batch["label"] if m.classes else None
+        check_conditions(m, actions, labels, *batch["video"].shape[:2])
+        return (null_dropout(actions, m.actions, drop, generator),
+                null_dropout(labels, m.classes, drop, generator))
+
     def _shared_step(self, batch: dict, stage: str, generator: torch.Generator | None = None) -> Tensor:
         video = batch["video"]  # (B, F, C, H, W) in [-1, 1]
-        loss = training_loss(self.model, video, self.flow, generator)["loss"]
         train = stage == "train"
+        actions, labels = self._conditions(batch, generator, self.cfg.train.cond_dropout if train else 0.0)
+        loss = training_loss(self.model, video, self.flow, generator, actions, labels)["loss"]
         if train:  # (validation passes may differ in length per rank: no vote there)
             self._check_finite(loss)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train,

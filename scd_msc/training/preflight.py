@@ -82,11 +82,33 @@ def check_shards(data: DataConfig, key: str) -> None:
                          f"{data.channels}×{data.image_size}×{data.image_size}")
 
 
+def check_conditions(cfg: ExperimentConfig) -> None:
+    """A model conditioned on actions or classes needs shards that carry them, with ids
+    that fit its embedding tables (``model.actions`` / ``model.classes``)."""
+    m = cfg.model
+    if not (m.actions or m.classes):
+        return
+    from scd_msc.data.conditions import shard_conditions
+
+    conds = shard_conditions(cfg.data.train_shards)
+    where = f"data.train_shards={cfg.data.train_shards!r}"
+    for name, size, have, known in (("actions", m.actions, conds.actions, conds.num_actions),
+                                    ("classes", m.classes, conds.labels, conds.num_classes)):
+        if not size:
+            continue
+        if not have:
+            raise ValueError(f"model.{name}={size}: {where} carries no {name} ({conds}); expected shards "
+                             f"with {name} (scd-msc make-shards atari|doom) or model.{name}=0")
+        if known is not None and known > size:
+            raise ValueError(f"model.{name}={size}: {where} names {known} {name}; expected model.{name}={known}")
+
+
 def preflight(cfg: ExperimentConfig) -> None:
     """Every check above; a ValueError for the first that fails. Writes nothing."""
     check_writable_folder(cfg.train.out_dir, "train.out_dir")
     check_accelerator(cfg.train)
     check_backend(cfg)
     check_shards(cfg.data, "train_shards")
+    check_conditions(cfg)
     if cfg.data.val_shards and cfg.train.val_every_n_steps > 0:
         check_shards(cfg.data, "val_shards")
