@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scd_msc.checks import positive_int
+
 from .synthetic import bouncing_shapes, moving_digits
 from .video import iter_video_frames, video_info
 
@@ -147,8 +149,7 @@ def video_folder_clips(path: str | Path, num_frames: int, size: int, clips: int 
     read (all or part) are logged and listed in ``report``.
     """
     stride = num_frames if stride is None else stride
-    if stride < 1:
-        raise ValueError(f"stride={stride!r}: expected a positive integer")
+    positive_int("stride", stride)
     files = find_videos(path)
     if not files:
         raise ValueError(f"path={str(path)!r}: expected video files ({', '.join(VIDEO_EXTENSIONS)}), found none")
