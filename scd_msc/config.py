@@ -36,6 +36,7 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from scd_msc import checks
 from scd_msc.data.config import AUTO, DataConfig
 from scd_msc.data.dataset import expand_shards
 from scd_msc.data.probe import ShardInfo, probe_shards
@@ -98,28 +99,24 @@ class TrainConfig:
     cond_dropout: float = 0.1  # conditioned models: each action / label id -> null with this probability
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_choice("train.strategy", self.strategy, STRATEGIES)
-        _check_choice("train.accelerator", self.accelerator, ACCELERATORS)
+        checks.choice("train.precision", self.precision, PRECISIONS)
+        checks.choice("train.strategy", self.strategy, STRATEGIES)
+        checks.choice("train.accelerator", self.accelerator, ACCELERATORS)
         for name in ("max_steps", "accumulate_grad_batches", "num_nodes", "sample_count", "sample_frames",
                      "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 1")
+            checks.positive_int(f"train.{name}", getattr(self, name))
         for name in ("warmup_steps", "val_every_n_steps", "sample_every_n_steps", "keep_checkpoints", "seed",
                      "timing_warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected an integer >= 0")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr={self.lr!r}: expected a float > 0")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"train.weight_decay={self.weight_decay!r}, train.grad_clip={self.grad_clip!r}: "
-                             "expected floats >= 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"train.betas={list(self.betas)!r}: expected two floats in [0, 1)")
-        if not 0 <= self.cond_dropout < 1:
-            raise ValueError(f"train.cond_dropout={self.cond_dropout!r}: expected a float in [0, 1)")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"train.ema_decay={self.ema_decay!r}: expected a float in [0, 1) (0 = off)")
+            checks.non_negative_int(f"train.{name}", getattr(self, name))
+        checks.number("train.lr", self.lr, low=0, low_open=True)
+        checks.number("train.weight_decay", self.weight_decay, low=0)
+        checks.number("train.grad_clip", self.grad_clip, low=0, detail="0 turns clipping off")
+        if len(self.betas) != 2:
+            raise checks.error("train.betas", list(self.betas), "two numbers in [0, 1)")
+        for i, beta in enumerate(self.betas):
+            checks.number(f"train.betas[{i}]", beta, low=0, high=1, high_open=True)
+        checks.number("train.cond_dropout", self.cond_dropout, low=0, high=1, high_open=True)
+        checks.number("train.ema_decay", self.ema_decay, low=0, high=1, high_open=True, detail="0 turns the EMA off")
         if not self.out_dir:
             raise ValueError("train.out_dir='': expected a folder for checkpoints and logs")
 
@@ -133,7 +130,7 @@ class RuntimeConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("runtime.backend", self.backend, BACKENDS + ("auto",))
+        checks.choice("runtime.backend", self.backend, BACKENDS + ("auto",))
 
 
 @dataclass
@@ -158,11 +155,6 @@ class ExperimentConfig:
         if self.train.strategy == "fsdp" and self.train.ema_decay > 0:
             raise ValueError("train.ema_decay > 0 with train.strategy=fsdp: Lightning's EMA callback does not "
                              "support sharded models; set train.ema_decay=0")
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {', '.join(choices)}")
 
 
 # ---------------------------------------------------------------- error messages
@@ -251,8 +243,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     if not isinstance(yaml, DictConfig):
         raise ValueError(f"config file {path!r}: expected a mapping at the top level")
     preset = dots.get("preset", yaml.get("preset", DEFAULT_PRESET))
-    if preset not in PRESETS:
-        raise ValueError(f"config key 'preset'={preset!r}: expected one of {', '.join(PRESETS)}")
+    checks.choice("preset", preset, PRESETS)
     cfg = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
     cfg = _merge(cfg, yaml, f"config file {path!r}")
     cfg = _merge(cfg, dots, "the command-line overrides")

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from scd_msc.checks import number
+
 WEIGHTS = ("auto", "ema", "trained")
 WARMUP_OFFSET = 10  # d_n = min(d, (1 + n) / (WARMUP_OFFSET + n))
 AUTO_WINDOWS = 10  # auto uses the EMA once its window is at most 1/AUTO_WINDOWS of its updates
@@ -59,8 +61,7 @@ def ema_update_fn(decay: float, warmup: bool = True) -> Callable[[Sequence[Tenso
     + (1 - d)·current`` over one group of same-device, same-dtype tensors. ``AveragedModel``
     copies the weights at its first update and calls this from the second one on, with
     ``n`` = updates so far (its ``n_averaged`` buffer, on the tensors' device)."""
-    if not 0 <= decay < 1:
-        raise ValueError(f"ema decay={decay!r}: expected a float in [0, 1)")
+    number("decay", decay, low=0, high=1, high_open=True)
     if not warmup:
         return get_ema_multi_avg_fn(decay)
 

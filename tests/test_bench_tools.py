@@ -110,6 +110,7 @@ def test_bench_latency_without_cuda_names_what_is_missing_in_one_line(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps=0: expected an integer >= 1"),
     (["--batch", "1", "0"], "--batch=[1, 0]: expected integers >= 1"),
+    (["--curve-frames", "0"], "--curve-frames=0: expected an integer >= 1"),
     (["--size", "huge"], "--size='huge': expected one of tiny, small, base"),
 ])
 def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
@@ -117,6 +118,20 @@ def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
 
     assert bench_latency.main([*argv, "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"python -m tools.bench_latency: error: {message}\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps=0: expected an integer >= 1"),
+    (["--warmup", "0"], "--warmup=0: expected an integer >= 1"),
+    (["--devices", "1", "0"], "--devices=[1, 0]: expected integers >= 1"),
+])
+def test_bench_training_bad_arguments_are_one_line(argv, message, capsys):
+    from tools import bench_training
+
+    with pytest.raises(SystemExit) as exit_:
+        bench_training.main(["--configs", "configs/moving_digits_tiny.yaml", *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m tools.bench_training: error: {message}"
 
 
 def test_bench_latency_cpu_smoke_run_writes_its_report(tmp_path):

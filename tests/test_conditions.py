@@ -118,7 +118,8 @@ def test_bad_conditions_are_skipped_and_string_labels_ignored(tmp_path):
     (np.arange(F - 1), None, r"expected integer ids of shape \(12,\)"),
     (np.full(F, 0.5), None, "expected integer ids"),
     (np.full(F, 40), None, r"expected ids in \[0, 40\)"),
-    (None, 3, r"label=3: expected an integer in \[0, 3\)"),
+    (None, 3, r"^label=3: expected an integer in \[0, 2\]$"),
+    (None, -1, r"^label=-1: expected an integer in \[0, 2\]$"),
 ])
 def test_writer_checks_conditions(actions, label, message):
     with pytest.raises(ValueError, match=message):

@@ -65,13 +65,13 @@ def test_round_trip_through_a_plain_dict():
     ("train.compile=maybe", ["'train.compile'", "expects bool, got 'maybe'"]),
     ("train.ema_warmup=1.5", ["'train.ema_warmup'", "expects bool, got '1.5'"]),
     ("data.val_batches=many", ["'data.val_batches'", "expects int or null"]),
-    ("train.precision=fp8", ["train.precision='fp8'", "bf16-mixed"]),
-    ("train.strategy=deepspeed", ["train.strategy", "ddp", "fsdp"]),
-    ("data.batch_size=0", ["data.batch_size=0", "positive"]),
+    ("train.precision=fp8", ["train.precision='fp8': expected one of auto, 32-true, bf16-mixed, "]),
+    ("train.strategy=deepspeed", ["train.strategy='deepspeed': expected one of auto, ddp, fsdp"]),
+    ("data.batch_size=0", ["data.batch_size=0: expected an integer >= 1"]),
     ("data.image_size=30", ["data.image_size=30 does not fit scd-msc-tiny", "model.patch=4",
                             "pass model.patch=3 or pass data.image_size=32"]),
-    ("data.channels=grey", ["data.channels='grey'", "expected a positive integer or auto"]),
-    ("preset=huge", ["'preset'", "scd-msc-tiny"]),
+    ("data.channels=grey", ["data.channels='grey': expected an integer >= 1 or auto"]),
+    ("preset=huge", ["preset='huge': expected one of scd-msc-tiny, "]),
     ("train.lr", ["key=value"]),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, words):
@@ -79,6 +79,45 @@ def test_bad_values_name_the_key_and_the_expectation(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lr=0"], "train.lr=0.0: expected a number > 0"),
+    (["train.lr=nan"], "train.lr=nan: expected a number > 0"),
+    (["train.max_steps=0"], "train.max_steps=0: expected an integer >= 1"),
+    (["train.seed=-1"], "train.seed=-1: expected an integer >= 0"),
+    (["train.betas=[0.9,1.0]"], "train.betas[1]=1.0: expected a number in [0, 1)"),
+    (["train.betas=[0.9]"], "train.betas=[0.9]: expected two numbers in [0, 1)"),
+    (["train.ema_decay=1.0"], "train.ema_decay=1.0: expected a number in [0, 1); 0 turns the EMA off"),
+    (["data.val_batches=0"], "data.val_batches=0: expected an integer >= 1 or None"),
+    (["data.num_workers=-1"], "data.num_workers=-1: expected an integer >= 0"),
+    (["flow.context_noise_max=2"], "flow.context_noise_max=2.0: expected a number in [0, 1]"),
+    (["runtime.sampler.name=dpm"], "runtime.sampler.name='dpm': expected one of euler, heun"),
+    (["runtime.backend=cudnn"], "runtime.backend='cudnn': expected one of reference, flex, natten, auto"),
+    (["model.family=unet"], "model.family='unet': expected one of scd-msc, scd-dense, causal-dit"),
+    (["model.dim=60"], "model.dim=60: expected a multiple of 8·model.heads=32; so that the head dim dim/heads "
+                       "is a multiple of 8 (3-D RoPE)"),
+    (["model.attention.gating=soft"], "model.attention.gating='soft': expected one of branch, head, off"),
+    (["model.attention.hires_heads=5"],
+     "model.attention.hires_heads=5: expected an integer in [0, 4] or None; the layers have 4 heads"),
+    (["model.schedule.base.window=4"], "model.schedule.base.window=4: expected an odd integer >= 1"),
+    (["model.schedule.name=explicit", "model.schedule.layers=[{down: 2}, {stride: 0}]"],
+     "model.schedule.layers[1].stride=0: expected an integer >= 1"),
+    (["model.decoder_window=4"], "model.decoder_window=4: expected an odd integer in [1, 8]; token grid 8×8"),
+    (["model.image_size=30", "data.image_size=30"], "model.image_size=30: expected a multiple of model.patch=4"),
+])
+def test_bad_values_fail_in_one_phrasing(overrides, message):
+    """``key=value: expected what``, the key named by its config path, nested ones too."""
+    with pytest.raises(ValueError) as err:
+        load_config(None, overrides)
+    assert str(err.value) == message
+
+
+def test_the_grid_is_checked_once_the_size_is_known():
+    """``model.patch=3`` (the fix ``data.image_size=30`` suggests) must not be checked against
+    the preset's image_size 32 before the model follows the data's 30."""
+    cfg = load_config(None, ["data.image_size=30", "model.patch=3"])
+    assert (cfg.model.image_size, cfg.model.patch, cfg.model.grid) == (30, 3, 10)
 
 
 def test_a_typo_in_the_yaml_names_the_file(tmp_path):

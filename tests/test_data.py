@@ -80,13 +80,19 @@ def test_digit_count_and_odd_sizes():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"channels": 2}, "channels=2"), ({"num_digits": 4}, "num_digits=4"), ({"size": 4}, "size=4"),
-    ({"num_frames": 0}, "num_frames=0"),
+    ({"channels": 2}, "channels=2: expected one of 1, 3"),
+    ({"num_digits": 4}, r"num_digits=4: expected an integer in \[1, 3\]"),
+    ({"size": 4}, "size=4: expected an integer >= 8"), ({"num_frames": 0}, "num_frames=0: expected an integer >= 1"),
+    ({"num_frames": True}, "num_frames=True: expected an integer >= 1"),
+    ({"digit_size": 40}, r"digit_size=40: expected an integer in \[1, 32\]"),
 ])
 def test_generator_argument_errors(kwargs, message):
     args = {"num_frames": F, "size": S, "rng": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         moving_digits(**args)
+    if "digit_size" not in kwargs:  # the checks both generators share
+        with pytest.raises(ValueError, match=message.replace("num_digits", "num_shapes")):
+            bouncing_shapes(**{k.replace("num_digits", "num_shapes"): v for k, v in args.items()})
 
 
 # ---------------------------------------------------------------- video helpers
@@ -193,7 +199,9 @@ def test_cli_writes_shards(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["mnist"], "source='mnist': expected one of moving-digits, bouncing-shapes, videos, atari, doom, latents"),
-    (["moving-digits", "--frames", "0"], "frames=0: expected a positive integer"),
+    (["moving-digits", "--frames", "0"], "frames=0: expected an integer >= 1"),
+    (["moving-digits", "--size", "4"], "size=4: expected an integer >= 8; the smallest canvas of the moving-digits "
+                                       "generator"),
     (["moving-digits", "--format", "gif"], "fmt='gif': expected one of npy, mp4"),
     (["moving-digits", "--out", "FILE/sub"], "is a file"),
     (["videos"], "path=None: expected a folder of videos"),
@@ -202,7 +210,7 @@ def test_cli_writes_shards(tmp_path, capsys):
     (["latents", "--encoder", "no_such_module_xyz:f"], "cannot import module"),
     (["latents", "--encoder", "math:no_such_fn"], "has no attribute"),
     (["moving-digits", "--encoder", "math:sqrt"], "--encoder: only used by the latents source"),
-    (["moving-digits", "--channels", "2"], "channels"),
+    (["moving-digits", "--channels", "2"], "channels=2: expected one of 1, 3"),
 ])
 def test_cli_argument_errors(tmp_path, capsys, extra, message):
     (tmp_path / "FILE").write_text("x")

@@ -161,8 +161,14 @@ def test_expand_shards(digit_shards, tmp_path):
         expand_shards(str(tmp_path / "*.tar"))
     with pytest.raises(ValueError, match="does not exist"):
         expand_shards(folder + "/shard-{000000..000009}.tar")
-    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+    with pytest.raises(ValueError, match=r"^rank=2: expected an integer in \[0, 1\]; world_size=2$"):
         ClipDataset(digit_shards, F, 1, S, rank=2, world_size=2)
+    with pytest.raises(ValueError, match=r"^world_size=0: expected an integer >= 1$"):
+        ClipDataset(digit_shards, F, 1, S, rank=0, world_size=0)
+    with pytest.raises(ValueError, match=r"^clip_frames=0: expected an integer >= 1$"):
+        ClipDataset(digit_shards, 0, 1, S)
+    with pytest.raises(ValueError, match=r"^seed=-1: expected an integer >= 0$"):
+        ClipDataset(digit_shards, F, 1, S, seed=-1)
     one = expand_shards(digit_shards)[:1]  # fewer shards than ranks: no rank is left empty
     assert len(list(ClipDataset(one, F, 1, S, rank=1, world_size=2, resampled=False))) == 3
 

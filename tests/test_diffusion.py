@@ -227,18 +227,20 @@ def test_callback_and_sampler_object() -> None:
 # ------------------------------------------------------------------------ bad inputs
 _V, _VC, _NZ, _X = (lambda x, t: x), (lambda x, t, c: x), torch.zeros(2, 3), torch.zeros(2, 3, 4)
 BAD_CALLS = [  # (call, message the ValueError must match)
-    *[(lambda s=s: sample_euler(_V, _NZ, s), f"steps.*{s!r}") for s in (0, -1, 2.5, True)],
-    *[(lambda s=s: timestep_schedule(4, s), "shift") for s in (0.0, -1.0, float("nan"))],
+    *[(lambda s=s: sample_euler(_V, _NZ, s), f"^steps={s!r}: expected an integer >= 1$") for s in (0, -1, 2.5, True)],
+    *[(lambda s=s: timestep_schedule(4, s), f"^shift={s!r}: expected a number > 0$")
+      for s in (0.0, -1.0, float("nan"))],
     (lambda: sample_heun(_V, _NZ, 4, guidance=2.0), "guidance"),  # guidance needs a context
     (lambda: sample_euler(_VC, _NZ, 4, 1.0, 2.0, context=_NZ, perturb_scale=0.1), "Generator"),
-    (lambda: sample_euler(_VC, _NZ, 4, context=_NZ, perturb_scale=-1.0), "perturb_scale"),
-    *[(lambda k=k, v=v: FlowConfig(**{k: v}), k) for k, v in [("logit_normal_std", 0.0),
-      ("context_noise_max", 1.5), ("decoder_multi_batch", 0), ("decoder_multi_batch", 2.0)]],
-    (lambda: SamplerConfig(timestep_shift=-2.0), "timestep_shift"),
+    (lambda: sample_euler(_VC, _NZ, 4, context=_NZ, perturb_scale=-1.0), r"^perturb_scale=-1.0: expected a number >= 0$"),
+    *[(lambda k=k, v=v: FlowConfig(**{k: v}), rf"^flow.{k}={v!r}: expected {what}$") for k, v, what in [
+        ("logit_normal_std", 0.0, "a number > 0"), ("context_noise_max", 1.5, r"a number in \[0, 1\]"),
+        ("decoder_multi_batch", 0, "an integer >= 1"), ("decoder_multi_batch", 2.0, "an integer >= 1")]],
+    (lambda: SamplerConfig(timestep_shift=-2.0), r"^runtime.sampler.timestep_shift=-2.0: expected a number > 0$"),
     (lambda: FlowMatching.add_noise(_X, torch.zeros(3), _X), "prefix"),
     (lambda: FlowMatching.add_noise(_X, torch.zeros(2, 3), torch.zeros(2, 3, 5)), "eps shape"),
     (lambda: FlowMatching.loss(_X, torch.zeros(2, 3, 1)), "pred_v shape"),
-    (lambda: SamplerConfig(name="dpm"), "sampler"),
+    (lambda: SamplerConfig(name="dpm"), "^runtime.sampler.name='dpm': expected one of euler, heun$"),
 ]
 
 

@@ -54,7 +54,7 @@ def test_warmup_decay_ramps_to_the_decay_and_stays():
     # (1 + n) / (10 + n) reaches 0.99 at n = 9 / (1 - 0.99) - 10 = 890
     assert warmup_decay(0.99, 889).item() < 0.99 and warmup_decay(0.99, 890).item() == pytest.approx(0.99)
     assert warmup_decay(0.99, torch.tensor(10**6)).item() == pytest.approx(0.99)
-    with pytest.raises(ValueError, match=r"ema decay=1.0: expected a float in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"^decay=1.0: expected a number in \[0, 1\)$"):
         ema_update_fn(1.0)
 
 

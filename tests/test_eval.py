@@ -56,7 +56,7 @@ def test_eval_writes_report(tmp_path, shards, capsys):
 def test_eval_errors(tmp_path, shards, capsys):
     base = ["eval", "--preset", "scd-msc-tiny", "--out", str(tmp_path / "r"), "--steps", "1"]
     cases = [(["--shards", shards[16], "--context", "2", "--horizon", "2"], "skipped: wrong_size=3"),
-             (["--shards", shards[32], "--context", "0", "--horizon", "2"], "--context=0"),
+             (["--shards", shards[32], "--context", "0", "--horizon", "2"], "--context=0: expected an integer >= 1"),
              (["--shards", shards[32], "--context", "2", "--horizon", "2", "--context-noise", "-0.5"],
               "--context-noise=-0.5: expected a number in [0, 1)"),
              (["--shards", shards[32], "--context", "4", "--horizon", "8"], "skipped: too_short=3")]

@@ -153,6 +153,12 @@ def test_replaying_a_clip_gives_the_same_frames(request, source):
     np.testing.assert_array_equal(replay_clip(clip["meta"], clip["actions"]), clip["frames"])
 
 
+def test_only_game_clips_replay():
+    with pytest.raises(ValueError, match=r"^source='moving-digits': expected one of atari, doom; "
+                                         "only game clips can be replayed$"):
+        replay_clip({"source": "moving-digits"}, np.zeros(F, np.int64))
+
+
 def test_doom_action_i_leads_to_frame_i(doom):
     """Changing ``actions[k]`` leaves frames ``< k`` bit-identical and changes frame ``k``."""
     clip, k = doom[2], 3
@@ -227,9 +233,9 @@ def test_latent_shards_of_game_clips_keep_actions(tmp_path):
                                      f"{', '.join(SCENARIOS)}, freedoom2_map01,"),
     (["doom", "--games", "pong"], "--games: only used by the atari source, not 'doom'"),
     (["moving-digits", "--workers", "2"], "--workers: only used by the atari and doom sources"),
-    (["doom", "--workers", "0"], "workers=0: expected a positive integer"),
-    (["atari", "--clips-per-rollout", "0"], "clips_per_rollout=0: expected a positive integer"),
-    (["doom", "--channels", "2"], "channels=2: expected 1 (grey) or 3 (RGB)"),
+    (["doom", "--workers", "0"], "workers=0: expected an integer >= 1"),
+    (["atari", "--clips-per-rollout", "0"], "clips_per_rollout=0: expected an integer >= 1"),
+    (["doom", "--channels", "2"], "channels=2: expected one of 1, 3"),
 ])
 def test_game_argument_errors(tmp_path, capsys, extra, message):
     source, *rest = extra

@@ -110,11 +110,14 @@ def test_missing_output_folders_are_created_with_the_first_frame(tmp_path):
 
 
 ERRORS = [
-    (["--preset", "nope"], "--preset='nope': unknown preset; known presets: scd-msc-tiny"),
+    (["--preset", "nope"], "--preset='nope': expected one of scd-msc-tiny, scd-msc-small, "),
     (["--checkpoint", "CKPT"], "exactly one of them, got both"),
     (["--frames", "0"], "--frames=0: expected an integer >= 1"),
     (["--steps", "0"], "--steps=0: expected an integer >= 1"),
-    (["--prompt-frames", "0", "--prompt-shards", "S32"], "--prompt-frames=0"),
+    (["--prompt-frames", "0", "--prompt-shards", "S32"], "--prompt-frames=0: expected an integer >= 1"),
+    (["--batch", "0"], "--batch=0: expected an integer >= 1"),
+    (["--guidance", "inf"], "--guidance=inf: expected a finite number"),
+    (["--fps", "0"], "--fps=0.0: expected a number > 0"),
     (["--out", "FILE/sub/v.mp4"], "expected a folder, but"),
     (["--out", "OUT/v.avi"], "expected a file name ending in .mp4 or .gif"),
     (["--prompt-shards", "S16", "--prompt-frames", "2"], "skipped: wrong_size=3"),

@@ -108,20 +108,37 @@ def test_pyramid_schedule_pools_more_in_deeper_layers():
     assert [s.down for s in build_schedule(MSCScheduleConfig(name="uniform"), 3)] == [2, 2, 2]
 
 
-@pytest.mark.parametrize("cfg,match", [
-    (MSCScheduleConfig(name="zigzag"), "schedule.name must be one of"),
-    (MSCScheduleConfig(base=MSCLayerSpec(window=4)), "window must be odd"),
-    (MSCScheduleConfig(base=MSCLayerSpec(stride=0)), "stride must be an int >= 1"),
-    (MSCScheduleConfig(name="explicit"), "needs layers with 2 entries"),
+@pytest.mark.parametrize("kw,message", [
+    (dict(name="zigzag"), "model.schedule.name='zigzag': expected one of uniform, pyramid, explicit"),
+    (dict(base=MSCLayerSpec(window=4)), "model.schedule.base.window=4: expected an odd integer >= 1"),
+    (dict(base=MSCLayerSpec(stride=0)), "model.schedule.base.stride=0: expected an integer >= 1"),
+    (dict(down_max=1), "model.schedule.down_max=1: expected an integer >= 2; model.schedule.base.down=2"),
+    (dict(name="explicit", layers=[SPEC, MSCLayerSpec(strided_frames=0)]),
+     "model.schedule.layers[1].strided_frames=0: expected an integer >= 1 or None"),
 ])
-def test_bad_schedule(cfg, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_schedule(kw, message):
+    with pytest.raises(ValueError) as err:
+        MSCScheduleConfig(**kw)
+    assert str(err.value) == message
+    cfg = MSCScheduleConfig()  # changed in place after construction: build_schedule checks again
+    for key, value in kw.items():
+        setattr(cfg, key, value)
+    with pytest.raises(ValueError) as err:
         build_schedule(cfg, depth=2)
+    assert str(err.value) == message
 
 
-@pytest.mark.parametrize("kw,match", [(dict(gating="soft"), "gating must be one of"),
-                                      (dict(hires_heads=5), "hires_heads must be in"),
-                                      (dict(upsample="cubic"), "upsample must be one of")])
-def test_bad_layer_config(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_explicit_schedule_needs_one_spec_per_layer():
+    with pytest.raises(ValueError, match="schedule 'explicit' needs layers with 2 entries, got None"):
+        build_schedule(MSCScheduleConfig(name="explicit"), depth=2)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(gating="soft"), "gating='soft': expected one of branch, head, off"),
+    (dict(hires_heads=5), "hires_heads=5: expected an integer in [0, 4] or None; the layers have 4 heads"),
+    (dict(upsample="cubic"), "upsample='cubic': expected one of nearest, bilinear"),
+])
+def test_bad_layer_config(kw, message):
+    with pytest.raises(ValueError) as err:
         make_layer(**kw)
+    assert str(err.value) == message

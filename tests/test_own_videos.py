@@ -121,7 +121,10 @@ def test_iter_at_rate_drops_and_repeats_by_time():
 def test_fps_must_be_positive(videos, tmp_path, capsys):
     assert cli(["videos", "--path", str(videos), "--out", str(tmp_path / "s"), "--frames", "4", "--size", "16",
                 "--fps", "0"]) == 2
-    assert "scd-msc make-shards: error: fps=0.0: expected a positive number" in capsys.readouterr().err
+    assert "scd-msc make-shards: error: fps=0.0: expected a number > 0" in capsys.readouterr().err
+    assert cli(["videos", "--path", str(videos), "--out", str(tmp_path / "s"), "--frames", "4", "--size", "16",
+                "--stride", "0"]) == 2
+    assert "scd-msc make-shards: error: stride=0: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_probe_reads_json_then_arrays(rgb_shards, tmp_path):

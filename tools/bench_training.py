@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from scd_msc.checks import positive_int, positive_ints
 from scd_msc.config import load_config
 from tools.bench.env import env_info
 from tools.bench.report import command_line, fmt, report_stem, write_report
@@ -72,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args(argv)
     command = command_line(__spec__.name, argv)
-    for name in ("steps", "warmup"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name}={getattr(args, name)}: expected an integer >= 1")
-    if any(d < 1 for d in args.devices):
-        p.error(f"--devices={args.devices}: expected GPU counts >= 1")
+    try:
+        for name in ("steps", "warmup"):
+            positive_int(f"--{name}", getattr(args, name))
+        positive_ints("--devices", args.devices)
+    except ValueError as err:
+        p.error(str(err))
     import torch
 
     if not torch.cuda.is_available():

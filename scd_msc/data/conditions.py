@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scd_msc.checks import integer
+
 
 @dataclass(frozen=True)
 class Conditions:
@@ -75,8 +77,7 @@ def clip_conditions(frames: int, actions: np.ndarray | None, label: int | None,
 
         fields["actions.npy"] = npy_bytes(actions.astype(np.int64))
     if label is not None:
-        if not isinstance(label, (int, np.integer)) or label < 0 or (class_names and label >= len(class_names)):
-            raise ValueError(f"label={label!r}: expected an integer in [0, {len(class_names) or 'inf'})")
+        integer("label", label, low=0, high=len(class_names) - 1 if class_names else None)
         meta["label"] = int(label)
     if action_names:
         meta["action_names"] = list(action_names)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Union
 
+from scd_msc.checks import integer, non_negative_int, positive_int
+
 if TYPE_CHECKING:
     from .probe import ShardInfo
 
@@ -42,19 +44,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels"):
-            value = getattr(self, name)
-            if value != AUTO and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"data.{name}={value!r}: expected a positive integer or {AUTO}")
+            integer(f"data.{name}", getattr(self, name), low=1, allow=(AUTO,))
         for name in ("clip_frames", "batch_size", "epoch_batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{name}={value!r}: expected a positive integer")
+            positive_int(f"data.{name}", getattr(self, name))
         for name in ("num_workers", "seed", "shuffle_buffer"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"data.{name}={value!r}: expected a non-negative integer")
-        if self.val_batches is not None and (not isinstance(self.val_batches, int) or self.val_batches < 1):
-            raise ValueError(f"data.val_batches={self.val_batches!r}: expected a positive integer or None")
+            non_negative_int(f"data.{name}", getattr(self, name))
+        positive_int("data.val_batches", self.val_batches, allow_none=True)
 
     def with_shape_of(self, info: "ShardInfo") -> "DataConfig":
         """This config with every ``auto`` of ``channels`` / ``image_size`` taken from ``info``."""

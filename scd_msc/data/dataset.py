@@ -40,6 +40,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from scd_msc.checks import integer, non_negative_int, positive_int
+
 from .decode import ClipSpec, SkipCounter, SkipSample, decode_sample
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,8 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
 
 def node_shards(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
     """Explicit node splitting: shards ``rank, rank + world_size, ...`` of ``urls``."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank!r}, world_size={world_size!r}: expected 0 <= rank < world_size")
+    positive_int("world_size", world_size)
+    integer("rank", rank, low=0, high=world_size - 1, detail=f"world_size={world_size}")
     return list(urls[rank::world_size])
 
 
@@ -104,10 +106,8 @@ class ClipDataset(IterableDataset):
                  shuffle_buffer: int = 64, resize: bool = False, max_consecutive_skips: int = 1000):
         super().__init__()
         for name, value in (("clip_frames", clip_frames), ("channels", channels), ("image_size", image_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive integer")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed={seed!r}: expected a non-negative integer")
+            positive_int(name, value)
+        non_negative_int("seed", seed)
         self.urls = expand_shards(shards)
         self.rank_urls = node_shards(self.urls, rank, world_size)
         if len(self.urls) < world_size:  # an empty rank would stall the others (DDP collectives)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from scd_msc.checks import choice, integer, number, positive_int
 from scd_msc.paths import check_writable_folder
 
 from .conditions import clip_conditions
@@ -109,29 +109,19 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: expected a positive integer")
-
-
 def validate(source: str, frames: int, size: int, clips: int | None, shard_size: int, fmt: str,
              **kwargs) -> None:
     """Raise a ``ValueError`` for any bad ``make_shards`` argument, before any work is done."""
-    if source not in SOURCES:
-        raise ValueError(f"source={source!r}: expected one of {', '.join(SOURCES)}")
-    _positive("frames", frames)
-    _positive("size", size)
-    _positive("shard_size", shard_size)
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt={fmt!r}: expected one of {', '.join(FORMATS)}")
+    choice("source", source, SOURCES)
+    positive_int("frames", frames)
+    positive_int("size", size)
+    positive_int("shard_size", shard_size)
+    choice("fmt", fmt, FORMATS)
     pixels = kwargs.get("pixels", "moving-digits") if source == "latents" else source
-    if pixels not in PIXEL_SOURCES:
-        raise ValueError(f"pixels={pixels!r}: expected one of {', '.join(PIXEL_SOURCES)}")
-    _positive("clips", clips, allow_none=pixels == "videos")
-    if pixels in GENERATORS and size < 8:
-        raise ValueError(f"size={size!r}: expected >= 8 for the {pixels} generator")
+    choice("pixels", pixels, PIXEL_SOURCES)
+    positive_int("clips", clips, allow_none=pixels == "videos")
+    if pixels in GENERATORS:
+        integer("size", size, low=8, detail=f"the smallest canvas of the {pixels} generator")
     if pixels == "videos":
         if not kwargs.get("path"):
             raise ValueError(f"path={kwargs.get('path')!r}: expected a folder of videos for source {source!r}")
@@ -149,20 +139,17 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
     if set(kwargs) - allowed:
         raise ValueError(f"source options {sorted(set(kwargs) - allowed)}: not understood by {pixels!r}, "
                          f"expected some of {sorted(allowed)}")
-    _positive("stride", kwargs.get("stride"), allow_none=True)
-    fps = kwargs.get("fps")
-    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps={fps!r}: expected a positive number")
+    positive_int("stride", kwargs.get("stride"), allow_none=True)
+    number("fps", kwargs.get("fps"), low=0, low_open=True, allow_none=True)
     if pixels in GENERATORS:  # a one-frame dry run checks the values of the generator options
         GENERATORS[pixels](1, size, 0, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     elif pixels in GAME_SOURCES:  # checks every option; the engines only start on the first next()
         game_clips(pixels, frames, size, clips, **{k: v for k, v in kwargs.items() if k in known[pixels]})
-    elif kwargs.get("channels", 3) not in (1, 3):
-        raise ValueError(f"channels={kwargs['channels']!r}: expected 1 (grey) or 3 (RGB)")
+    else:
+        choice("channels", kwargs.get("channels", 3), (1, 3))
     if source == "latents":
         load_callable(kwargs.get("encoder") or "")  # raises a ValueError naming the problem
-        if kwargs.get("latent_dtype", "float16") not in ("float16", "float32"):
-            raise ValueError(f"latent_dtype={kwargs['latent_dtype']!r}: expected float16 or float32")
+        choice("latent_dtype", kwargs.get("latent_dtype", "float16"), ("float16", "float32"))
 
 
 def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int,

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scd_msc.checks import choice, positive_int
+
 from .synthetic import bouncing_shapes, moving_digits
 from .video import iter_video_frames, video_info
 
@@ -57,8 +59,7 @@ class Clip:
 def generator_clips(name: str, num_frames: int, size: int, clips: int, seed: int = 0,
                     fps: float = 8.0, **kwargs) -> Iterator[Clip]:
     """``clips`` clips from the named generator (``moving-digits`` or ``bouncing-shapes``)."""
-    if name not in GENERATORS:
-        raise ValueError(f"source={name!r}: expected one of {sorted(GENERATORS)}")
+    choice("source", name, GENERATORS)
     make = GENERATORS[name]
     for i in range(clips):
         frames = make(num_frames, size, np.random.default_rng([seed, i]), **kwargs)  # (F, H, W, C)
@@ -72,8 +73,7 @@ def game_clips(name: str, num_frames: int, size: int, clips: int, seed: int = 0,
     """
     from .games import GAMES
 
-    if name not in GAMES:
-        raise ValueError(f"source={name!r}: expected one of {', '.join(GAMES)}")
+    choice("source", name, GAMES)
     return GAMES[name](num_frames, size, clips, seed, **kwargs)
 
 
@@ -147,8 +147,7 @@ def video_folder_clips(path: str | Path, num_frames: int, size: int, clips: int 
     read (all or part) are logged and listed in ``report``.
     """
     stride = num_frames if stride is None else stride
-    if stride < 1:
-        raise ValueError(f"stride={stride!r}: expected a positive integer")
+    positive_int("stride", stride)
     files = find_videos(path)
     if not files:
         raise ValueError(f"path={str(path)!r}: expected video files ({', '.join(VIDEO_EXTENSIONS)}), found none")

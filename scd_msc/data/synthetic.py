@@ -17,13 +17,9 @@ import functools
 import numpy as np
 from PIL import Image
 
+from scd_msc.checks import choice, integer
+
 RngLike = np.random.Generator | int
-
-
-def _check(name: str, value: int, low: int, high: int | None = None) -> None:
-    if not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value!r}: expected an integer {expected}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,13 +58,12 @@ def _canvas(num_frames: int, size: int, channels: int, rng: RngLike, count_name:
             count: int | None) -> tuple[np.random.Generator, int]:
     """Check the arguments every generator shares; the generator and the object count
     (``count``, or drawn uniformly from 1..3 as the generator's first draw)."""
-    _check("num_frames", num_frames, 1)
-    _check("size", size, 8)
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 (grey) or 3 (RGB)")
+    integer("num_frames", num_frames, low=1)
+    integer("size", size, low=8)
+    choice("channels", channels, (1, 3))
     rng = np.random.default_rng(rng)
     k = int(rng.integers(1, 4)) if count is None else count
-    _check(count_name, k, 1, 3)
+    integer(count_name, k, low=1, high=3)
     return rng, k
 
 
@@ -93,7 +88,7 @@ def moving_digits(num_frames: int, size: int, rng: RngLike, *, num_digits: int |
     """
     rng, k = _canvas(num_frames, size, channels, rng, "num_digits", num_digits)
     d = max(4, round(0.4 * size)) if digit_size is None else digit_size
-    _check("digit_size", d, 1, size)
+    integer("digit_size", d, low=1, high=size)
     speed = size / 8 if max_speed is None else float(max_speed)
 
     digits = _digit_images()[rng.integers(0, len(_digit_images()), size=k)]  # (K, 8, 8)

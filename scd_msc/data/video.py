@@ -17,6 +17,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from scd_msc.checks import choice, number, positive_int
+
 VideoSource = bytes | str | os.PathLike
 T = TypeVar("T")
 
@@ -39,8 +41,7 @@ def _check_clip(frames: np.ndarray) -> None:
 
 def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
     """Convert uint8 ``(..., C)`` between grey (C=1) and RGB (C=3); ITU-R 601 luma for RGB->grey."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 or 3")
+    choice("channels", channels, (1, 3))
     have = frames.shape[-1]
     if have == channels:
         return frames
@@ -56,8 +57,7 @@ def resize_frames(frames: np.ndarray, size: int, *, crop: bool = True) -> np.nda
     With ``crop`` the largest centred square is cut first (no distortion); without it
     the frames are stretched. Bilinear filtering (PIL, antialiased when shrinking).
     """
-    if size < 1:
-        raise ValueError(f"size={size!r}: expected a positive integer")
+    positive_int("size", size)
     return np.stack([_resize_one(f, size, crop) for f in frames])
 
 
@@ -81,8 +81,7 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, *, codec: str = "libx264", 
     Odd frame sizes use 4:4:4 chroma (4:2:0 needs even sizes). ``crf`` only applies to x264.
     """
     _check_clip(frames)
-    if fps <= 0:
-        raise ValueError(f"fps={fps!r}: expected a positive number")
+    number("fps", fps, low=0, low_open=True)
     rgb = to_channels(frames, 3)
     f, h, w, _ = rgb.shape
     buffer = io.BytesIO()
@@ -122,8 +121,7 @@ def iter_at_rate(timed: Iterable[tuple[float, T]], fps: float, period: float) ->
     (at ``t0 + k / fps``) is the last input frame whose time is <= that, so frames are
     dropped (``fps`` below the input's rate) or repeated (above it). The last input frame
     lasts ``period`` seconds (one frame of the input's rate)."""
-    if not fps > 0:
-        raise ValueError(f"fps={fps!r}: expected a positive number")
+    number("fps", fps, low=0, low_open=True)
     eps = 1e-6  # timestamps are floats of pts·time_base
     tick, t0, prev, prev_t = 0, 0.0, None, 0.0
     for t, frame in timed:
@@ -148,8 +146,7 @@ def iter_video_frames(source: VideoSource, *, channels: int = 3, size: int | Non
     decoded frame). Decoding stops after ``max_frames`` (output frames). Raises
     ``av.FFmpegError`` (a ``ValueError``) on undecodable data.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 or 3")
+    choice("channels", channels, (1, 3))
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
     fmt = "gray" if channels == 1 else "rgb24"
     av = import_pyav()

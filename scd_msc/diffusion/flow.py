@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
+from scd_msc.checks import number, positive_int
 from scd_msc.diffusion._random import rand, randn
 
 _T_EPS = 1e-6  # keeps logit-normal draws strictly inside (0, 1) in float32
@@ -36,13 +37,9 @@ class FlowConfig:
     decoder_multi_batch: int = 1  # K noise draws per encoder pass
 
     def __post_init__(self) -> None:
-        if not self.logit_normal_std > 0:
-            raise ValueError(f"logit_normal_std must be > 0, got {self.logit_normal_std!r}")
-        if not 0.0 <= self.context_noise_max <= 1.0:
-            raise ValueError(f"context_noise_max must be in [0, 1], got {self.context_noise_max!r}")
-        k = self.decoder_multi_batch
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"decoder_multi_batch must be an int >= 1, got {k!r}")
+        number("flow.logit_normal_std", self.logit_normal_std, low=0, low_open=True)
+        number("flow.context_noise_max", self.context_noise_max, low=0, high=1)
+        positive_int("flow.decoder_multi_batch", self.decoder_multi_batch)
 
 
 class FlowMatching:

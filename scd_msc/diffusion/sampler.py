@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
+from scd_msc.checks import choice, number
 from scd_msc.diffusion._random import randn
 from scd_msc.diffusion.samplers import SAMPLERS, StepCallback
 
@@ -29,17 +30,17 @@ class SamplerConfig:
     schedule (> 1 spends more steps at high noise); ``guidance_perturb``: ``eta`` of
     classifier-free guidance by context perturbation (``c + eta·zeta``)."""
 
+    _PREFIX: ClassVar[str] = "runtime.sampler."  # errors name the fields by their config path
+
     name: str = "euler"
     timestep_shift: float = 1.0
     guidance_perturb: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"sampler.name={self.name!r}: expected one of {', '.join(sorted(SAMPLERS))}")
-        if not self.timestep_shift > 0:
-            raise ValueError(f"sampler.timestep_shift={self.timestep_shift!r}: expected a number > 0")
-        if not self.guidance_perturb >= 0:
-            raise ValueError(f"sampler.guidance_perturb={self.guidance_perturb!r}: expected a number >= 0")
+        p = self._PREFIX
+        choice(f"{p}name", self.name, SAMPLERS)
+        number(f"{p}timestep_shift", self.timestep_shift, low=0, low_open=True)
+        number(f"{p}guidance_perturb", self.guidance_perturb, low=0)
 
 
 class Sampler:

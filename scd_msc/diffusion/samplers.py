@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from scd_msc.checks import number, positive_int
 from scd_msc.diffusion._random import randn
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,8 +34,7 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     Keeps 0 and 1 fixed and is monotone; ``shift > 1`` moves every interior point
     towards 1 (more steps spent at high noise), ``shift < 1`` towards 0, ``1`` is identity.
     """
-    if not shift > 0:
-        raise ValueError(f"shift must be > 0, got shift={shift!r}")
+    number("shift", shift, low=0, low_open=True)
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -45,8 +45,7 @@ def timestep_schedule(
 
     Uniform in ``[1, 0]`` then SD3-shifted. Returns float64 on ``device``; samplers cast.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got steps={steps!r}")
+    positive_int("steps", steps)
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)  # (S+1,)
     t = shift_timesteps(t, shift)
     t[0], t[-1] = 1.0, 0.0  # exact ends (shift < 1 gives 1 - 2e-16 at t = 1 in float64)
@@ -82,8 +81,7 @@ def guided_velocity(
 def _check_guidance(
     guidance: float, perturb_scale: float, generator: torch.Generator | None
 ) -> None:
-    if not perturb_scale >= 0:
-        raise ValueError(f"perturb_scale must be >= 0, got perturb_scale={perturb_scale!r}")
+    number("perturb_scale", perturb_scale, low=0)
     if guidance != 1.0 and perturb_scale > 0 and generator is None:
         raise ValueError(
             f"guidance={guidance!r} with perturb_scale={perturb_scale!r} draws zeta ~ N(0, I) and "

@@ -21,7 +21,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from scd_msc.checks import number, positive_int
 from scd_msc.config import RuntimeConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.ema import WeightChoice
@@ -131,23 +131,21 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
 
 def _check_common(args: argparse.Namespace) -> None:
     for name in ("steps", "batch"):
-        inputs.positive(f"--{name}", getattr(args, name))
-    if not 0.0 <= args.context_noise < 1.0:  # nan fails too
-        raise ValueError(f"--context-noise={args.context_noise}: expected a number in [0, 1)")
+        positive_int(f"--{name}", getattr(args, name))
+    number("--context-noise", args.context_noise, low=0, high=1, high_open=True)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Validate, stream the frames to the file(s), print a summary. Returns the exit code."""
     try:
         _check_common(args)
-        inputs.positive("--frames", args.frames)
-        inputs.positive("--prompt-frames", args.prompt_frames)
-        if args.prompt_frames is not None and args.prompt_shards is None:
-            raise ValueError(f"--prompt-frames={args.prompt_frames}: needs --prompt-shards")
-        if not math.isfinite(args.guidance):
-            raise ValueError(f"--guidance={args.guidance}: expected a finite number")
-        if not (math.isfinite(args.fps) and args.fps > 0):
-            raise ValueError(f"--fps={args.fps}: expected a positive number")
+        positive_int("--frames", args.frames)
+        if args.prompt_frames is not None:  # None: not given
+            positive_int("--prompt-frames", args.prompt_frames)
+            if args.prompt_shards is None:
+                raise ValueError(f"--prompt-frames={args.prompt_frames}: needs --prompt-shards")
+        number("--guidance", args.guidance)
+        number("--fps", args.fps, low=0, low_open=True)
         out = check_output_path(args.out)
         k = (args.prompt_frames or 1) if args.prompt_shards else None
         decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
@@ -195,7 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         _check_common(args)
         for name in ("context", "horizon", "clips", "examples"):
-            inputs.positive(f"--{name}", getattr(args, name))
+            positive_int(f"--{name}", getattr(args, name))
         out = check_output_dir(args.out)
         frames = args.context + args.horizon
         decoder = latents.resolve_decoder(args.decoder, args.checkpoint)

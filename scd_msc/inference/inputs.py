@@ -19,16 +19,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from scd_msc.checkpoint import load_checkpoint
+from scd_msc.checks import choice
 from scd_msc.config import RuntimeConfig
 from scd_msc.data import ClipDataset, collate_clips
 from scd_msc.ema import WeightChoice, WeightsError, check_weights
 from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
-
-
-def positive(name: str, value: Optional[int]) -> None:
-    """``value`` must be an int >= 1 (None is allowed: the option was not given)."""
-    if value is not None and value < 1:
-        raise ValueError(f"{name}={value!r}: expected an integer >= 1")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,8 +42,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA (as training's bf16-mixed), float32 on CPU."""
-    if name not in DTYPES:
-        raise ValueError(f"--dtype={name!r}: expected one of {', '.join(DTYPES)}")
+    choice("--dtype", name, DTYPES)
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -68,8 +62,8 @@ class ModelSource:
         if (self.checkpoint is None) == (self.preset is None):
             raise ValueError("--checkpoint/--preset: expected exactly one of them, got "
                              + ("both" if self.checkpoint else "neither"))
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"--preset={self.preset!r}: unknown preset; known presets: {', '.join(PRESETS)}")
+        if self.preset is not None:
+            choice("--preset", self.preset, PRESETS)
         try:
             check_weights(self.weights)
         except WeightsError as err:

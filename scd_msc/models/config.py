@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from scd_msc import checks
 from scd_msc.ops.msc import AttentionConfig
 from scd_msc.ops.schedule import MSCScheduleConfig
 
@@ -51,25 +52,33 @@ class ModelConfig:
     def grid(self) -> int:
         return self.image_size // self.patch
 
-    def validate(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
-        self.attention.validate(self.heads)
-        if self.image_size % self.patch:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")
-        if self.dim % self.heads or (self.dim // self.heads) % 8:
-            raise ValueError(f"dim/heads must be a multiple of 8, got {self.dim}/{self.heads}")
-        for name in ("channels", "enc_depth", "dec_depth", "decoder_down"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    def __post_init__(self) -> None:
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Each field on its own (``attention`` and ``schedule`` checked themselves)."""
+        checks.choice("model.family", self.family, FAMILIES)
+        checks.choice("model.conditioning", self.conditioning, CONDITIONINGS)
+        for name in ("channels", "image_size", "patch", "dim", "heads", "enc_depth", "dec_depth", "decoder_down"):
+            checks.positive_int(f"model.{name}", getattr(self, name))
+        if self.dim % (8 * self.heads):
+            raise checks.error("model.dim", self.dim, f"a multiple of 8·model.heads={8 * self.heads}",
+                               "so that the head dim dim/heads is a multiple of 8 (3-D RoPE)")
+        checks.positive_int("model.dense_window_frames", self.dense_window_frames, allow_none=True)
         for name in ("actions", "classes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0: unconditioned), got {getattr(self, name)}")
-        if self.decoder_window % 2 == 0 or self.decoder_window > self.grid:
-            raise ValueError(f"decoder_window must be odd and <= the token grid {self.grid}, "
-                             f"got {self.decoder_window}")
-        if self.schedule.base.window > self.grid:
-            raise ValueError(f"schedule.base.window ({self.schedule.base.window}) exceeds the token "
-                             f"grid {self.grid}")
+            checks.non_negative_int(f"model.{name}", getattr(self, name), detail="0: unconditioned")
+        self.attention.validate(self.heads)
+
+    def validate(self) -> None:
+        """Every check, those against the token grid too. ``__post_init__`` checks the
+        fields alone: a config loaded with ``data.image_size=auto`` learns its size (and
+        so its grid) after it is built. Builders call this; so does anyone who changed a
+        field in place."""
+        self._check_fields()
+        self.schedule.validate()
+        if self.image_size % self.patch:
+            raise checks.error("model.image_size", self.image_size, f"a multiple of model.patch={self.patch}")
+        grid = f"token grid {self.grid}×{self.grid}"
+        checks.integer("model.decoder_window", self.decoder_window, low=1, high=self.grid, odd=True, detail=grid)
+        checks.integer("model.schedule.base.window", self.schedule.base.window, low=1, high=self.grid, odd=True,
+                       detail=grid)

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from scd_msc.checks import choice
 from scd_msc.models.causal_dit import CausalDiT
 from scd_msc.models.config import FAMILIES, ModelConfig
 from scd_msc.models.scd import SCDModel
@@ -40,8 +41,7 @@ PRESETS = tuple(f"{family}-{size}" for family in FAMILIES for size in SIZES)
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """The :class:`ModelConfig` of preset ``name`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    choice("preset", name, PRESETS)
     family, size = name.rsplit("-", 1)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(overrides) - fields)

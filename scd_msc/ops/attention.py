@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from scd_msc.checks import positive_int
 from scd_msc.ops import checks
 from scd_msc.ops.backends import IMPLS, resolve_backend
 from scd_msc.ops.masks import WindowSpec, covers_all, hires_spec, lowres_spec
@@ -40,7 +41,7 @@ def hires_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, frames: int
     """
     checks.check_qkv(q, k, v, causal)
     checks.check_window(window, q, k, v)
-    checks.check_positive("frames", frames, checks.shapes_of(q, k, v))
+    positive_int("frames", frames, detail=checks.shapes_of(q, k, v))
     return window_attention(q, k, v, hires_spec(window, frames, causal), backend)
 
 
@@ -56,7 +57,7 @@ def lowres_attention(q: Tensor, k: Tensor, v: Tensor, *, stride: int,
     """
     checks.check_qkv(q, k, v, causal)
     shapes = checks.shapes_of(q, k, v)
-    checks.check_positive("stride", stride, shapes)
-    checks.check_positive("frames", frames, shapes, allow_none=True)
+    positive_int("stride", stride, detail=shapes)
+    positive_int("frames", frames, allow_none=True, detail=shapes)
     spec = lowres_spec((q.shape[2], q.shape[3]), stride, frames, k.shape[1], causal)
     return window_attention(q, k, v, spec, backend)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from scd_msc.checks import choice
 from scd_msc.ops.masks import WindowSpec, dense_window_mask, window_mask_mod
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def refusal(name: str, q: Tensor, k: Tensor, spec: WindowSpec, for_auto: bool) -
         elif not q.is_cuda and for_auto:
             return "NATTEN's compiled kernels run on CUDA only"
         return None
-    raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    choice("backend", name, ("auto",) + BACKENDS)  # an unknown name fails here
+    raise AssertionError("backend='auto' is resolved by resolve_backend, not refused")
 
 
 def explain_backends(q: Tensor, k: Tensor, spec: WindowSpec) -> dict[str, str | None]:

@@ -1,12 +1,15 @@
 """Argument checks of the public attention functions.
 
 Every failure is a ``ValueError`` that names the argument, the value it got and what
-was expected, together with the shapes involved.
+was expected, together with the shapes involved; numbers are checked by
+:mod:`scd_msc.checks`.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
+
+from scd_msc import checks
 
 LAYOUT = "(B, F, Hp, Wp, h, d)"
 
@@ -41,24 +44,11 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
         raise ValueError(f"empty input; {_shapes(q, k, v)}")
 
 
-def check_positive(name: str, value: object, shapes: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "an int >= 1" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {expected}, got {value!r}; {shapes}")
-
-
 def check_window(window: object, q: Tensor, k: Tensor, v: Tensor) -> None:
-    shapes = _shapes(q, k, v)
-    check_positive("window", window, shapes)
-    assert isinstance(window, int)
-    if window % 2 == 0:
-        raise ValueError(f"window must be odd, got {window}; {shapes}")
+    """An odd window that fits the token grid (NATTEN's clamped windows need ``w <= Hp, Wp``)."""
     hp, wp = q.shape[2], q.shape[3]
-    if window > min(hp, wp):
-        raise ValueError(
-            f"window={window} is larger than the token grid Hp×Wp={hp}×{wp}; {shapes}")
+    checks.integer("window", window, low=1, high=min(hp, wp), odd=True,
+                   detail=f"token grid Hp×Wp={hp}×{wp}; {_shapes(q, k, v)}")
 
 
 def shapes_of(q: Tensor, k: Tensor, v: Tensor) -> str:

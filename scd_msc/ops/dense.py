@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 from einops import rearrange
 from torch import Tensor, nn
 
+from scd_msc.checks import positive_int
 from scd_msc.ops.attention import window_attention
 from scd_msc.ops.masks import dense_spec
 from scd_msc.ops.msc import MSCAttentionConfig, prepare_qkv
@@ -29,8 +30,7 @@ class DenseAttention(nn.Module):
     def __init__(self, cfg: MSCAttentionConfig, window_frames: Optional[int] = None):
         super().__init__()
         cfg.validate()
-        if window_frames is not None and window_frames < 1:
-            raise ValueError(f"window_frames must be >= 1 or None, got {window_frames}")
+        positive_int("window_frames", window_frames, allow_none=True)
         self.cfg, self.window_frames = cfg, window_frames
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)

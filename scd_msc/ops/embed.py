@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from scd_msc.checks import error
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """t ``(...)`` in [0, 1] -> ``(..., dim)`` sinusoidal features of ``1000·t``."""
@@ -31,7 +33,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 def rope_split(head_dim: int) -> tuple[int, int, int]:
     """Channels of the head dim given to (frame, y, x); each part is even."""
     if head_dim % 8:
-        raise ValueError(f"head_dim must be a multiple of 8 for 3-D RoPE, got {head_dim}")
+        raise error("head_dim", head_dim, "a multiple of 8", "3-D RoPE splits it into (frame, y, x) parts")
     return head_dim // 2, head_dim // 4, head_dim // 4
 
 

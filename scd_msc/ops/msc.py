@@ -12,13 +12,14 @@ width · ``h`` heads · ``d`` head dim · ``r`` low-res down factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from scd_msc import checks
 from scd_msc.ops.attention import hires_attention, lowres_attention
 from scd_msc.ops.embed import rope3d, timestep_embedding
 from scd_msc.ops.schedule import MSCLayerSpec
@@ -34,26 +35,34 @@ UPSAMPLES = ("nearest", "bilinear")
 class AttentionConfig:
     """What every MSC layer of a model shares (``ModelConfig.attention``); per-layer
     numbers come from an :class:`MSCLayerSpec`. Keyword-only, so that a layer's config
-    below takes ``dim, heads`` first."""
+    below takes ``dim, heads`` first. Errors name the fields by their config path
+    (``_PREFIX``); ``hires_heads`` is checked against the heads by :meth:`validate`."""
+
+    _PREFIX: ClassVar[str] = "model.attention."
 
     hires_heads: Optional[int] = None  # None: heads // 2
     gating: str = "branch"  # "branch" | "head" | "off"
     upsample: str = "nearest"  # "nearest" | "bilinear"
     gate_embed_dim: int = 32
 
-    def validate(self, heads: int) -> None:
-        hh = heads // 2 if self.hires_heads is None else self.hires_heads
-        if not 0 <= hh <= heads:
-            raise ValueError(f"hires_heads must be in [0, {heads}], got {self.hires_heads}")
-        if self.gating not in GATINGS:
-            raise ValueError(f"gating must be one of {GATINGS}, got {self.gating!r}")
-        if self.upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, heads: Optional[int] = None) -> None:
+        """Check every field; with ``heads``, also ``hires_heads <= heads``."""
+        p = self._PREFIX
+        checks.integer(f"{p}hires_heads", self.hires_heads, low=0, high=heads, allow=(None,),
+                       detail="" if heads is None else f"the layers have {heads} heads")
+        checks.choice(f"{p}gating", self.gating, GATINGS)
+        checks.choice(f"{p}upsample", self.upsample, UPSAMPLES)
 
 
 @dataclass
 class MSCAttentionConfig(AttentionConfig):
-    """One layer: the shared settings plus width, heads, causality and the backend."""
+    """One layer: the shared settings plus width, heads, causality and the backend.
+    Built in code (``models/layers.py``, the benchmarks), so errors name the arguments."""
+
+    _PREFIX: ClassVar[str] = ""
 
     dim: int = 256
     heads: int = 4
@@ -61,8 +70,9 @@ class MSCAttentionConfig(AttentionConfig):
     backend: str = "auto"
 
     def validate(self) -> None:  # type: ignore[override]
+        checks.positive_int("heads", self.heads)
         if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+            raise checks.error("dim", self.dim, f"a multiple of heads={self.heads}")
         super().validate(self.heads)
 
 

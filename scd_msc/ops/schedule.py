@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
+
+from scd_msc import checks
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,39 @@ class MSCLayerSpec:
     stride: int = 2
     strided_frames: Optional[int] = 8
 
+    def check(self, prefix: str = "") -> None:
+        """Every number is an integer >= 1 (``window`` odd, ``strided_frames`` may be None).
+        Checked by the config that holds the spec, which knows its path (``prefix``, e.g.
+        ``model.schedule.layers[2].``)."""
+        for name in ("down", "window", "frames", "stride"):
+            checks.integer(f"{prefix}{name}", getattr(self, name), low=1, odd=name == "window")
+        checks.positive_int(f"{prefix}strided_frames", self.strided_frames, allow_none=True)
+
 
 @dataclass
 class MSCScheduleConfig:
     """``name`` in :data:`SCHEDULES`; ``base`` is the spec every layer starts from;
     ``down_max`` is the deepest layer's ``r`` for ``pyramid``; ``layers`` (if given)
-    lists every layer explicitly (``explicit``)."""
+    lists every layer explicitly (``explicit``). Errors name the fields by their config
+    path (``_PREFIX``)."""
+
+    _PREFIX: ClassVar[str] = "model.schedule."
 
     name: str = "pyramid"
     base: MSCLayerSpec = field(default_factory=MSCLayerSpec)
     down_max: int = 4
     layers: Optional[list[MSCLayerSpec]] = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        p = self._PREFIX
+        checks.choice(f"{p}name", self.name, SCHEDULES)
+        self.base.check(f"{p}base.")
+        checks.integer(f"{p}down_max", self.down_max, low=self.base.down, detail=f"{p}base.down={self.base.down}")
+        for i, spec in enumerate(self.layers or ()):  # MSCLayerSpecs, or objects with their fields
+            MSCLayerSpec.check(spec, f"{p}layers[{i}].")
 
 
 def _uniform(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
@@ -63,19 +87,6 @@ SCHEDULES: dict[str, Callable[[MSCScheduleConfig, int], list[MSCLayerSpec]]] = {
 
 
 def build_schedule(cfg: MSCScheduleConfig, depth: int) -> list[MSCLayerSpec]:
-    """One spec per layer; validates every number."""
-    if cfg.name not in SCHEDULES:
-        raise ValueError(f"schedule.name must be one of {sorted(SCHEDULES)}, got {cfg.name!r}")
-    if cfg.down_max < cfg.base.down:
-        raise ValueError(f"schedule.down_max ({cfg.down_max}) must be >= base.down ({cfg.base.down})")
-    specs = SCHEDULES[cfg.name](cfg, depth)
-    for i, s in enumerate(specs):
-        for name in ("down", "window", "frames", "stride"):
-            value = getattr(s, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"layer {i}: {name} must be an int >= 1, got {value!r}")
-        if s.window % 2 == 0:
-            raise ValueError(f"layer {i}: window must be odd, got {s.window}")
-        if s.strided_frames is not None and s.strided_frames < 1:
-            raise ValueError(f"layer {i}: strided_frames must be >= 1 or None, got {s.strided_frames}")
-    return specs
+    """One spec per layer (``cfg`` is checked again: it may have changed in place)."""
+    cfg.validate()
+    return SCHEDULES[cfg.name](cfg, depth)

@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from scd_msc.checks import number, positive_int
 from scd_msc.conditions import check_ids
 from scd_msc.diffusion import Sampler
 from scd_msc.streaming.cache import StackCache
@@ -74,11 +75,8 @@ def check_generation_args(model: nn.Module, batch_size: int, steps: int,
     ``(B, num_frames)`` are checked when ``check_actions``: ``generate`` has them all)."""
     cfg = model.cfg
     for name, value in (("batch_size", batch_size), ("steps", steps), ("num_frames", num_frames)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if isinstance(context_noise, bool) or not isinstance(context_noise, (int, float)) \
-            or not 0.0 <= context_noise < 1.0:
-        raise ValueError(f"context_noise must be a number in [0, 1), got {context_noise!r}")
+        positive_int(name, value)
+    number("context_noise", context_noise, low=0, high=1, high_open=True)
     if prompt is not None:
         expect = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
         if prompt.dim() != 5 or prompt.shape[0] != batch_size or tuple(prompt.shape[2:]) != expect[1:]:

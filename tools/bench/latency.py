@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from scd_msc.checks import choice, positive_int, positive_ints
 from scd_msc.config import TrainConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.models import SIZES, build_model, count_parameters
@@ -223,12 +224,9 @@ def check_args(args: argparse.Namespace) -> str:
     was expected. The numbers need CUDA; a CPU runs only when asked for (``--device cpu``)."""
     for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames",
                  "train_iters"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
-    if min(args.batch) < 1:
-        raise ValueError(f"--batch={args.batch}: expected integers >= 1")
-    if args.size not in SIZES:
-        raise ValueError(f"--size={args.size!r}: expected one of {', '.join(SIZES)}")
+        positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    positive_ints("--batch", args.batch)
+    choice("--size", args.size, SIZES)
     check_writable_folder(args.out, "--out")
     if args.device != "cpu" and not torch.cuda.is_available():
         raise ValueError(f"no CUDA GPU (torch {torch.__version__} sees none): the latency benchmark "

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from scd_msc.checks import choice
+
 from .atari import atari_clips, atari_engine
 from .doom import doom_clips, doom_engine
 from .rollout import HeldPolicy, Rollout
@@ -30,8 +32,7 @@ def replay_clip(meta: dict, actions: np.ndarray) -> np.ndarray:
     ``meta``: the sample's json (engine seed, ``prefix``, game or scenario, ...);
     ``actions``: its ``actions.npy``. The engine runs in a spawned process.
     """
-    if meta.get("source") not in _ENGINES:
-        raise ValueError(f"source={meta.get('source')!r}: expected a pixel clip of {', '.join(_ENGINES)}")
+    choice("source", meta.get("source"), _ENGINES, "only game clips can be replayed")
     engine, crop = _ENGINES[meta["source"]](meta)
     name = meta.get("game") or meta.get("scenario")
     task = Rollout(engine, HeldPolicy((0,)), (0, 0), 0, len(actions), meta["height"], meta["channels"], crop, name)

@@ -34,6 +34,8 @@ from typing import Protocol
 
 import numpy as np
 
+from scd_msc.checks import choice, positive_int
+
 from ..video import resize_frames, to_channels
 
 HOLD = (3, 9)      # agent steps one drawn action is held
@@ -80,10 +82,8 @@ def check_options(num_frames: int, size: int, clips: int, workers: int | None, c
     workers = (os.cpu_count() or 1) if workers is None else workers
     for name, value in (("num_frames", num_frames), ("size", size), ("clips", clips), ("workers", workers),
                         ("clips_per_rollout", clips_per_rollout)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected a positive integer")
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: expected 1 (grey) or 3 (RGB)")
+        positive_int(name, value)
+    choice("channels", channels, (1, 3))
     return workers
 
 
