@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from scd_msc.models import seeded_init
 from scd_msc.ops import explain_backends, hires_spec
 from scd_msc.ops.backends import BACKENDS, BackendUnavailableError
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig
@@ -42,8 +43,8 @@ def run_demo(frames: int = 8, grid: int = 16, dim: int = 128, heads: int = 4,
     for name, reason in explain_backends(probe, probe, hires_spec(5, 3, True)).items():
         print(f"  auto {'would use' if reason is None else 'refuses'} {name:9s} {reason or ''}")
     print()
-    torch.manual_seed(0)
-    layer = MSCAttention(MSCAttentionConfig(dim=dim, heads=heads, backend="reference"), spec).to(device)
+    with seeded_init(0):  # the same layer every run; the caller's RNG untouched
+        layer = MSCAttention(MSCAttentionConfig(dim=dim, heads=heads, backend="reference"), spec).to(device)
     with torch.no_grad():
         ref = layer(x, t, fi)
         print(f"  {'backend':10s} {'ms/forward':>10s} {'max |diff| vs reference':>24s}")

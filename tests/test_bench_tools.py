@@ -164,7 +164,7 @@ def test_bench_latency_does_not_import_lightning():
 def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_path):
     """A GIF written by ``generate``'s writers (videos tiled side by side) splits back into
     the exact videos; a video that doubles in brightness after its prompt has mass ratio 2."""
-    from scd_msc.inference.writers import GifWriter, to_uint8
+    from scd_msc.media import GifWriter, to_uint8
     from tools import quality_report as qr
 
     g = torch.Generator().manual_seed(0)
@@ -189,7 +189,7 @@ def test_quality_report_end_to_end_mass_bar_is_scd_msc_s_and_variants_are_tabled
     """From hand-made eval folders, GIFs and shards: SCD-MSC keeps the training mass (PASS),
     the DiT doubles it (reported, not gating), a variant row carries its eval and run."""
     from scd_msc.data.shards import make_shards
-    from scd_msc.inference.writers import GifWriter
+    from scd_msc.media import GifWriter
     from tools import quality_report as qr
 
     make_shards("moving-digits", tmp_path / "train", 16, 32, clips=8, shard_size=8, seed=0, progress=False)

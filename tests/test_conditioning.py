@@ -12,7 +12,6 @@ import webdataset as wds
 
 from scd_msc import build_model
 from scd_msc.config import load_config
-from scd_msc.data.conditions import clip_conditions
 from scd_msc.data.shards import clip_sample
 from scd_msc.data.sources import Clip
 from scd_msc.data.synthetic import moving_digits
@@ -159,7 +158,7 @@ def test_missing_or_bad_conditions_raise_one_clear_error(family):
 
 
 def test_null_ids_are_accepted_and_dropout_replaces_about_p():
-    model, c = tiny("causal-dit"), conditions()
+    model = tiny("causal-dit")
     null = model.generate(B, 2, 1, generator=gen(), actions=torch.full((B, 2), A), labels=torch.full((B,), Y))
     assert torch.isfinite(null).all()
     ids_ = torch.zeros(20_000, dtype=torch.long)

@@ -240,7 +240,7 @@ def test_pyav_is_only_needed_for_video_files():
         builtins.__import__ = no_av
         import numpy as np
         import scd_msc.cli, scd_msc.inference.cli, scd_msc.training.train, scd_msc.data
-        from scd_msc.data.video import encode_mp4
+        from scd_msc.media import encode_mp4
         try:
             encode_mp4(np.zeros((2, 8, 8, 1), np.uint8))
         except ImportError as err:

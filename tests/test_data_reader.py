@@ -222,6 +222,84 @@ def test_skip_counts_reach_the_main_process_from_a_worker(dirty_shards):
                               f"decode_error=2, too_short=1, wrong_channels=1, wrong_size=1 (of {read} read)")
 
 
+class EpochProbe(torch.utils.data.IterableDataset):
+    """Yields, from the process that iterates it, its epoch and whether SIGINT and SIGTERM are ignored."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = None
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        import signal
+
+        yield [self.epoch, *(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM))]
+
+
+def test_epoch_loader_sets_the_epoch_per_pass_and_its_workers_ignore_signals():
+    """Pass k reads epoch k in fresh workers that ignore SIGINT/SIGTERM (the main process
+    handles them and saves last.ckpt) and are gone when the pass ends."""
+    import multiprocessing
+
+    from scd_msc.data.datamodule import EpochLoader
+
+    loader = EpochLoader(EpochProbe(), batch_size=None, num_workers=1)
+    passes = [list(loader) for _ in range(3)]
+    assert passes == [[[k, True, True]] for k in range(3)]
+    assert multiprocessing.active_children() == []
+    in_process = EpochLoader(EpochProbe(), batch_size=None, num_workers=0)
+    assert [x for _ in range(2) for x in in_process] == [[0, False, False], [1, False, False]]  # handlers kept
+
+
+def test_epochs_of_a_fit_draw_other_clips_and_a_rerun_the_same(digit_shards):
+    """Fresh loader workers every epoch: each epoch's shard draws and offsets differ (the
+    epoch is pickled into the workers), and a second identical fit reads the same clips."""
+    class Record(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, _):
+            self.seen.setdefault(self.current_epoch, []).append((batch["key"], batch["video"].sum().item()))
+            return (batch["video"].mean() - self.w) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit() -> dict[int, list]:
+        probe = Record()
+        trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(probe, datamodule=make_module(digit_shards, num_workers=2, val_shards=""))
+        return probe.seen
+
+    first, again = fit(), fit()
+    assert sorted(first) == [0, 1, 2] and all(len(first[e]) == 4 for e in first)
+    assert first[0] != first[1] and first[1] != first[2] and first[0] != first[2]
+    assert again == first
+
+
+def test_skip_counts_add_up_over_passes(dirty_shards):
+    """Workers start from zero every pass; the tally adds each worker's finished passes."""
+    from scd_msc.training.skips import SkipLog
+
+    shards, _ = dirty_shards
+    dm = ShardDataModule(DataConfig(train_shards="::".join(shards), val_shards="::".join(shards), clip_frames=F,
+                                    image_size=S, channels=1, batch_size=2, num_workers=1, val_batches=None))
+    one, two = SkipLog(), SkipLog()
+    loader = dm.val_dataloader()
+    for batch in loader:
+        one.update("val", batch)
+    for _ in range(2):
+        for batch in loader:
+            two.update("val", batch)
+    assert one.totals("val")["decode_error"] == 2
+    assert two.totals("val") == {k: 2 * n for k, n in one.totals("val").items()}
+
+
 def test_datamodule_in_a_trainer(digit_shards):
     class Probe(L.LightningModule):
         def __init__(self):

@@ -194,3 +194,63 @@ def test_sample_strips_switch_to_the_ema_when_auto_does(tmp_path):
     assert picked == ["trained"] * 19 + ["ema"] * 2
     no_ema = SampleStrip(str(tmp_path), 1, 1, 1, 1)
     assert no_ema.pick_network(1, module) == (module.model, "trained")
+
+
+def test_ema_callback_validates_on_the_average_and_saves_both(tmp_path):
+    """One update per optimizer step; validation runs on the average and gets the trained
+    weights back after it, also when interrupted mid-validation; a checkpoint holds the
+    trained weights under model.*, the average under ema_model.* and its update count,
+    and loading it restores the average and the count."""
+    import types
+
+    from scd_msc.config import load_config
+    from scd_msc.training.callbacks import EMA
+    from scd_msc.training.module import SCDLitModule
+
+    def weights(net: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg = load_config(None, ["train.ema_decay=0.5"])
+    module, ema = SCDLitModule(cfg), EMA(0.5)
+    ema.setup(None, module, "fit")
+    trainer = types.SimpleNamespace(global_step=0)
+    for step in range(1, 4):
+        with torch.no_grad():  # an optimizer step
+            for p in module.parameters():
+                p.add_(0.1 * step)
+        trainer.global_step = step
+        ema.on_train_batch_end(trainer, module, None, None, step)
+    ema.on_train_batch_end(trainer, module, None, None, 4)  # a batch without an optimizer step (accumulation)
+    assert int(ema.average.n_averaged) == 3
+    trained, average = weights(module.model), weights(ema.network)
+    assert not same(trained, average)
+
+    ema.on_validation_epoch_start(trainer, module)
+    assert same(weights(module.model), average)
+    ema.on_validation_epoch_end(trainer, module)
+    assert same(weights(module.model), trained) and same(weights(ema.network), average)
+    ema.on_validation_epoch_start(trainer, module)
+    ema.on_exception(trainer, module, KeyboardInterrupt())  # Ctrl-C mid-validation
+    assert same(weights(module.model), trained) and same(weights(ema.network), average)
+    ema.on_exception(trainer, module, KeyboardInterrupt())  # not validating: nothing to give back
+    assert same(weights(module.model), trained)
+
+    ckpt = {"state_dict": module.state_dict()}
+    ema.on_save_checkpoint(trainer, module, ckpt)
+    assert same({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}, trained)
+    assert same({k[len("ema_model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema_model.")},
+                average)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 3 and ema.state_dict() == {"latest_update_step": 3}
+
+    torch.manual_seed(1)
+    resumed, ema2 = SCDLitModule(cfg), EMA(0.5)
+    ema2.setup(None, resumed, "fit")
+    resumed.on_load_checkpoint(ckpt)  # as Trainer.fit(ckpt_path=...) does: the module, then the callback
+    resumed.load_state_dict(ckpt["state_dict"])
+    ema2.on_load_checkpoint(None, resumed, ckpt)
+    ema2.load_state_dict({"latest_update_step": 3})
+    assert same(weights(resumed.model), trained) and same(weights(ema2.network), average)
+    assert int(ema2.average.n_averaged) == 3

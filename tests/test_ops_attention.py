@@ -288,3 +288,96 @@ def test_noncausal_needs_equal_frames():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="causal=False needs as many query as key frames"):
         lowres_attention(q[:, :1], k, v, stride=1, causal=False)
+
+
+def test_auto_logs_its_choice_once_per_pattern_and_grid(caplog):
+    """One INFO line per (pattern, grid, device, grad mode) naming the choice and every
+    refusal's reason; repeated calls and other frame counts (a stream's growing cache)
+    log nothing more."""
+    import logging
+
+    from scd_msc.ops import backends
+
+    backends._announce.cache_clear()
+    spec = hires_spec(3, 2, True)
+    with caplog.at_level(logging.INFO, logger="scd_msc.ops.backends"):
+        for frames in (3, 3, 4):
+            q, k, _ = rand_qkv((1, frames, 5, 7, 2, 8), dtype=torch.float32)
+            assert resolve_backend("auto", q, k, spec) == "reference"
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert len(lines) == 1, lines
+        reasons = explain_backends(q, k, spec)
+        assert lines[0] == (f"auto: using reference for {spec} on a 5×7 grid (cpu); refused natten: "
+                            f"{reasons['natten']}; refused flex: {reasons['flex']}")
+        q, k, _ = rand_qkv((1, 3, 5, 7, 2, 8), dtype=torch.float32, grad=True)
+        resolve_backend("auto", q, k, spec)  # with grad: another line (natten's reason differs)
+        resolve_backend("auto", q, k, hires_spec(5, 2, True))  # another pattern: another line
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(lines) == 3 and "(cpu, with grad)" in lines[1] and "kernel=(2, 5, 5)" in lines[2], lines
+
+
+def test_compiled_calls_raise_the_recompile_limit_only_while_they_run():
+    """Flex compiles a graph per mask, size and mode; past dynamo's recompile limit (8 by
+    default) it would silently run eager. The limit is raised around each call and the
+    process-wide setting is left as it was."""
+    from torch._dynamo.testing import CompileCounter
+
+    from scd_msc.ops.backends import with_recompile_limit
+
+    before = torch._dynamo.config.recompile_limit
+    counter = CompileCounter()
+    double = with_recompile_limit(torch.compile(lambda x: x * 2, backend=counter, dynamic=False), before + 4)
+    for n in range(1, before + 4):  # before + 3 shapes: each its own graph
+        assert torch.equal(double(torch.ones(n)), torch.full((n,), 2.0))
+        assert torch._dynamo.config.recompile_limit == before
+    assert counter.frame_count == before + 3
+
+
+NO_NATTEN = """
+import builtins, sys
+sys.modules["natten"] = None  # as if not installed: find_spec gives None, import fails
+real = builtins.__import__
+def no_natten(name, *args, **kwargs):
+    if name == "natten" or name.startswith("natten."):
+        raise ModuleNotFoundError("No module named 'natten'")
+    return real(name, *args, **kwargs)
+builtins.__import__ = no_natten
+
+import torch
+from scd_msc.models import build_model
+from scd_msc.ops import BackendUnavailableError, explain_backends, hires_spec
+
+torch.manual_seed(0)
+model = build_model("scd-msc-tiny", backend="auto")
+video = torch.rand(2, 3, 1, 32, 32) * 2 - 1  # (B, F, C, H, W)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+loss = model.training_loss(video, torch.Generator().manual_seed(0))["loss"]
+loss.backward()
+opt.step()
+frame = model.generate(1, 1, 2, generator=torch.Generator().manual_seed(0))
+print("trained", bool(torch.isfinite(loss)), "frame", tuple(frame.shape), bool(torch.isfinite(frame).all()))
+q = torch.zeros(1, 2, 5, 5, 2, 8)
+print("auto refuses natten:", explain_backends(q, q, hires_spec(3, 2, True))["natten"])
+try:
+    build_model("scd-msc-tiny", backend="natten").generate(1, 1, 1)
+except BackendUnavailableError as err:
+    print("natten:", err)
+print("imported natten:", "natten" in sys.modules and sys.modules["natten"] is not None)
+"""
+
+
+def test_without_natten_the_package_trains_and_generates_and_refuses_natten():
+    """NATTEN is an extra: blocked as if not installed, a tiny model trains a step and
+    streams a frame with ``auto``; ``backend='natten'`` is refused in one line that says
+    what to install."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NO_NATTEN], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "trained True frame (1, 1, 1, 32, 32) True", proc.stdout
+    assert lines[1] == "auto refuses natten: natten is not installed: pip install --no-build-isolation natten"
+    assert lines[2] == ("natten: backend 'natten' cannot run this call: natten is not installed: "
+                        "pip install --no-build-isolation natten")
+    assert lines[3:] == ["imported natten: False"]

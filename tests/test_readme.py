@@ -35,7 +35,7 @@ from braceexpand import braceexpand
 from scd_msc.cli import build_parser
 from scd_msc.config import load_config
 from scd_msc.data import bouncing_shapes
-from scd_msc.data.video import encode_mp4
+from scd_msc.media import encode_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

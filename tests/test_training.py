@@ -101,7 +101,7 @@ def short_run(shards, dirty_train, tmp_path_factory):
 
 
 def test_short_run_leaves_no_loader_worker_running(short_run):
-    """Persistent train/val workers are shut down by train() itself, not at interpreter exit."""
+    """Train/val loader workers are shut down by train() itself (every pass ends its own), not at interpreter exit."""
     assert short_run[2] == []
 
 
@@ -184,6 +184,51 @@ def test_auto_picks_the_weights_with_the_lower_validation_loss(shards, tmp_path)
         noise = torch.Generator().manual_seed(cfg.train.seed)  # SampleStrip's
         video = load_model(last, weights=w).generate(1, 2, 1, generator=noise)  # (1, 2, 1, S, S)
         assert np.array_equal(strip, video_strip(video, 2)) == (w == auto.weights.weights), w
+
+
+def test_training_noise_comes_from_the_modules_generator(shards, tmp_path):
+    """The training noise is drawn from the module's own generator, on its device, seeded
+    from [train.seed, rank, start step] when training starts: the first step's loss is
+    the objective's with that generator, and code that reseeds the global RNG before every
+    batch changes no loss."""
+    import copy
+
+    import lightning as L
+
+    from scd_msc.data import ShardDataModule
+    from scd_msc.diffusion import training_loss
+    from scd_msc.training.module import SCDLitModule
+
+    cfg = load_config(None, overrides(shards, tmp_path))
+
+    class Meddle(L.Callback):
+        def __init__(self, seed: int):
+            self.seed, self.losses, self.first = seed, [], None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            assert pl_module.noise_generator.device == pl_module.device
+            if self.first is None:  # the weights and clips of step 0
+                self.first = copy.deepcopy(pl_module.model), batch["video"].clone()
+            torch.manual_seed(self.seed + batch_idx)  # someone else using the global RNG
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(outputs["loss"].item())
+
+    def fit(seed: int) -> Meddle:
+        torch.manual_seed(0)  # the same init
+        module, meddle = SCDLitModule(cfg), Meddle(seed)
+        trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            callbacks=[meddle])
+        trainer.fit(module, datamodule=ShardDataModule(cfg.data))
+        return meddle
+
+    a, b = fit(1), fit(2)
+    assert len(a.losses) == 3 and a.losses == b.losses
+    model, video = a.first
+    seed = int(np.random.SeedSequence([cfg.train.seed, 0, 0]).generate_state(1)[0])
+    expect = training_loss(model, video, cfg.flow, torch.Generator().manual_seed(seed))["loss"]
+    assert a.losses[0] == pytest.approx(expect.item(), rel=1e-6)
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_path):
@@ -380,6 +425,36 @@ def test_interrupt_writes_last_ckpt_at_the_current_step(shards, tmp_path, sig):
     if sig == signal.SIGINT:
         assert "Epoch 0:" in log and "Detected KeyboardInterrupt" not in log
     assert load_model(str(out / "checkpoints" / "last.ckpt")).cfg.family == "scd-msc"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_to_the_process_group_writes_last_ckpt(shards, tmp_path, sig):
+    """SIGTERM to the whole process group (``timeout``, ``kill -- -PGID``, SLURM at its time
+    limit) or Ctrl-C in a terminal reaches the loader workers too: they ignore it, the main
+    process writes last.ckpt at the current step and exits 128 + signal with its one-line
+    message."""
+    out = tmp_path / "run"
+    args = overrides(shards, out, **{"data.num_workers": 1, "train.max_steps": 500,
+                                      "train.checkpoint_every_n_steps": 1000, "train.sample_every_n_steps": 2,
+                                      "train.sample_count": 1, "train.sample_frames": 1, "train.sample_steps": 1})
+    with open(tmp_path / "group.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "scd_msc", "train", *args], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        wait_for(out / "samples" / "step_0000002.png", proc)  # training is under way, its worker too
+        os.killpg(proc.pid, sig)
+        assert proc.wait(timeout=60) == 128 + sig
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    last = out / "checkpoints" / "last.ckpt"
+    step = ckpt_step(last)
+    assert 2 <= step < 500, step
+    log = open(tmp_path / "group.log").read()
+    messages = [x for x in log.splitlines() if x.startswith("scd-msc train:")]
+    assert messages == [f"scd-msc train: interrupted at step {step}; checkpoint: {last} (continue with --resume auto)"], \
+        log[-3000:]
+    assert "Traceback" not in log and "killed by signal" not in log, log[-3000:]
 
 
 DDP_SCRIPT = textwrap.dedent("""

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from scd_msc.data.dataset import ClipDataset
+from scd_msc.media import save_gif
 from tools.bench.env import env_info
 from tools.bench.report import command_line, fmt, markdown_table, report_stem, write_report
 
@@ -63,8 +64,7 @@ def comparison_gif(videos: dict[str, np.ndarray], count: int, path: Path, gap: i
             row[:, :, i * (w + gap):i * (w + gap) + w] = video[i]
         rows += [row, np.ones((t, gap, row.shape[2]), np.float32)]
     frames = (np.concatenate(rows[:-1], axis=1) * 255).round().astype(np.uint8)  # (T, rows·(H+gap)-gap, ...)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=125, loop=0)
+    save_gif(list(frames[..., None]), path, fps=8)
 
 
 def training_mass(shards: str, frames: int, size: int, clips: int) -> dict[str, float]:

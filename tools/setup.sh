@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: torch first (so nothing pulls another build),
-# NATTEN without build isolation (it builds against the installed torch), then scd_msc
-# with its test extras and the game engines (ale-py, vizdoom) that the game-source tests play.
+# NATTEN (extra natten, optional for users; installed here so the tests cover that backend)
+# without build isolation (it builds against the installed torch), then scd_msc with its
+# test extras and the game engines (ale-py, vizdoom) that the game-source tests play.
 # TORCH_SPEC overrides the torch requirement (default: the CPU build used by CI).
 # Prints one "setup: ..." line per step; pip itself stays quiet unless something fails.
 set -euo pipefail

@@ -18,8 +18,8 @@ _EXPORTS = {
     "ShardSummary": "shards", "make_shards": "shards",
     "SOURCES": "sources", "encode_latents": "sources", "load_callable": "sources",
     "bouncing_shapes": "synthetic", "moving_digits": "synthetic",
-    "decode_video": "video", "encode_mp4": "video", "iter_video_frames": "video",
-    "resize_frames": "video", "to_channels": "video",
+    "decode_video": "video", "iter_video_frames": "video", "resize_frames": "video",
+    "encode_mp4": "scd_msc.media", "to_channels": "scd_msc.media",  # writing lives in scd_msc/media.py
     "ShardDataModule": "datamodule",
 }
 
@@ -28,5 +28,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

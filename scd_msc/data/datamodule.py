@@ -3,9 +3,21 @@
 
 Pixels are in [-1, 1]; latent shards give latents as stored. Rank and world size come
 from the attached trainer (or are passed in) and are handed to the dataset explicitly.
+
+Loader workers are not persistent: every pass over a loader (a training epoch, a
+validation run) starts fresh workers, each with a copy of the dataset that carries the
+pass's epoch (:class:`EpochLoader`), and shuts them down when the pass ends, so nothing
+is left for interpreter shutdown. (Persistent workers + pin-memory threads left to
+interpreter shutdown made ``scd-msc train`` hang at exit on GPUs.) The workers ignore
+SIGINT and SIGTERM (:func:`ignore_interrupts`): a signal sent to the whole process
+group (``timeout``, ``kill -- -PGID``, SLURM at its time limit) is handled by the main
+process alone, which saves ``last.ckpt`` and then ends the pass.
 """
 
 from __future__ import annotations
+
+import signal
+from typing import Any
 
 import lightning as L
 import webdataset as wds
@@ -14,6 +26,35 @@ from torch.utils.data import DataLoader
 from .config import AUTO, DataConfig
 from .dataset import ClipDataset, collate_clips
 from .probe import probe_shards
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """``worker_init_fn`` of the loaders: the worker ignores SIGINT and SIGTERM. Without
+    it a group-wide signal kills the workers first and training dies in the DataLoader
+    ("worker ... killed by signal") before Lightning can save ``last.ckpt``. The main
+    process ends the workers through the DataLoader's queues when the pass ends; torch's
+    watchdog ends them if the main process dies. (A worker stuck inside a call is then
+    no longer ended by the DataLoader's last-resort SIGTERM; SIGKILL still does.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over a :class:`ClipDataset` that sets the dataset's epoch before each
+    pass: pass ``k`` (the ``k``-th ``iter()``, from 0) reads epoch ``k``. Workers are not
+    persistent, so each pass pickles the dataset, epoch included, into fresh workers, and
+    shard draws and clip offsets differ per pass (as ``ClipDataset`` does by itself when
+    it is iterated in-process). A resumed run starts again from epoch 0 with another
+    seed (``training/train.py`` adds the start step to ``data.seed``)."""
+
+    def __init__(self, dataset: ClipDataset, **kwargs: Any):
+        super().__init__(dataset, worker_init_fn=ignore_interrupts, persistent_workers=False, **kwargs)
+        self.passes = 0
+
+    def __iter__(self):
+        self.dataset.set_epoch(self.passes)
+        self.passes += 1
+        return super().__iter__()
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -34,7 +75,6 @@ class ShardDataModule(L.LightningDataModule):
             config = config.with_shape_of(probe_shards(config.train_shards))
         self.config = config
         self._rank, self._world_size = rank, world_size
-        self._loaders: list[DataLoader] = []  # every torch DataLoader made, for teardown
 
     def _place(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -49,32 +89,16 @@ class ShardDataModule(L.LightningDataModule):
                            resampled=resampled, seed=c.seed, shuffle_buffer=c.shuffle_buffer,
                            resize=c.resize, max_consecutive_skips=c.max_consecutive_skips)
 
-    def _loader(self, dataset: ClipDataset) -> wds.WebLoader:
+    def _loader(self, dataset: ClipDataset) -> wds.DataPipeline:
         c = self.config
-        # persistent workers keep each worker's dataset copy, so its epoch counter (the
-        # seed of shard draws and offsets) advances instead of replaying epoch 0.
-        loader = wds.WebLoader(dataset, batch_size=c.batch_size, num_workers=c.num_workers,
-                               collate_fn=collate_clips, pin_memory=c.pin_memory,
-                               persistent_workers=c.num_workers > 0)
-        self._loaders += [stage for stage in loader.pipeline if isinstance(stage, DataLoader)]
-        return loader
+        return wds.DataPipeline(EpochLoader(dataset, batch_size=c.batch_size, num_workers=c.num_workers,
+                                            collate_fn=collate_clips, pin_memory=c.pin_memory))
 
-    def teardown(self, stage: str) -> None:
-        """Shut the persistent workers (and pin-memory threads) down when fit ends. Left
-        to interpreter shutdown, ``scd-msc train`` on GPUs hung after its last checkpoint
-        (2×H200); py-spy on an H100 showed it in the DataLoader's worker clean-up."""
-        for loader in self._loaders:
-            iterator = getattr(loader, "_iterator", None)  # torch keeps it when workers persist
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-                iterator._shutdown_workers()
-                loader._iterator = None
-        self._loaders.clear()
-
-    def train_dataloader(self) -> wds.WebLoader:
+    def train_dataloader(self) -> wds.DataPipeline:
         n = self.config.epoch_batches
         return self._loader(self._dataset(self.config.train_shards, True)).with_epoch(n).with_length(n, silent=True)
 
-    def val_dataloader(self) -> wds.WebLoader | list:
+    def val_dataloader(self) -> wds.DataPipeline | list:
         if not self.config.val_shards:
             return []
         loader = self._loader(self._dataset(self.config.val_shards, False))

@@ -10,8 +10,9 @@ Two modes:
   random offset. All randomness comes from ``numpy.random.default_rng([seed, rank,
   worker, epoch])``: runs are reproducible and ranks read disjoint shards whenever
   ``len(shards) >= world_size`` (otherwise every rank reads every shard, with a
-  warning). The epoch counter advances on every ``iter()`` (keep
-  DataLoader workers persistent, as ``ShardDataModule`` does) or is set by ``set_epoch``.
+  warning). The epoch counter advances on every ``iter()`` of this object or is set
+  by ``set_epoch``; DataLoader workers iterate copies, so a loader sets the epoch before
+  each pass (``ShardDataModule``'s ``EpochLoader`` does).
 * **finite** (validation / evaluation): every shard of this rank and worker once, in
   order, offset 0.
 
@@ -21,10 +22,11 @@ resampler seeds itself from the clock and the node splitter would then only deal
 draws of independent random streams, so ranks could read the same shard at once.
 
 Unusable samples (see ``decode.REASONS``) and unreadable or truncated tar files are
-skipped and counted in ``dataset.skipped`` (per worker process), never fatal. The
-counts live in the worker processes, so every sample carries its worker's cumulative
-counts (``sample["skipped"]``: ``{"worker": id, "used": n, <reason>: n}``) and a batch
-those of its last sample; ``training/skips.py`` keeps the latest per worker.
+skipped and counted in ``dataset.skipped`` (per pass: each ``iter()`` starts from zero),
+never fatal. The counts live in the worker processes, so every sample carries its
+worker's counts so far in this pass (``sample["skipped"]``: ``{"worker": id, "pass":
+epoch, "used": n, <reason>: n}``) and a batch those of its last sample;
+``training/skips.py`` sums them over workers and passes.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class ClipDataset(IterableDataset):
         worker, num_workers = self._worker()
         epoch = self._iterations if self.epoch is None else self.epoch
         self._iterations += 1
+        self.skipped = SkipCounter(self.skipped.max_consecutive, self.skipped.quiet)  # counts of this pass
         rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
         urls = self.rank_urls
         if len(urls) >= num_workers or not self.resampled:
@@ -144,11 +147,11 @@ class ClipDataset(IterableDataset):
         if self.resampled and self.shuffle_buffer > 1:
             shuffle_rng = random.Random(int(rng.integers(2**63)))
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=shuffle_rng)(samples)
-        yield from self._decode(samples, rng if self.resampled else None)
+        yield from self._decode(samples, rng if self.resampled else None, epoch)
         if not self.resampled and self.skipped.total and not self.skipped.quiet:
             log.info("rank %d worker %d: finished pass, skipped %s", self.rank, worker, self.skipped.summary())
 
-    def _decode(self, samples, rng: np.random.Generator | None) -> Iterator[dict]:
+    def _decode(self, samples, rng: np.random.Generator | None, epoch: int) -> Iterator[dict]:
         worker = self._worker()[0]
         for sample in samples:
             try:
@@ -157,7 +160,7 @@ class ClipDataset(IterableDataset):
                 self.skipped.skip(skip.reason, f"{sample.get('__key__')}@{sample.get('__url__')}", skip.detail)
                 continue
             self.skipped.ok()
-            out["skipped"] = {"worker": worker, **self.skipped.snapshot()}
+            out["skipped"] = {"worker": worker, "pass": epoch, **self.skipped.snapshot()}
             yield out
 
 

@@ -27,7 +27,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from scd_msc.checks import choice, integer, number, positive_int
-from scd_msc.paths import check_writable_folder
+from scd_msc.media import check_writable_folder, encode_mp4
 
 from .conditions import clip_conditions
 from .sources import (
@@ -45,7 +45,6 @@ from .sources import (
     load_callable,
     video_folder_clips,
 )
-from .video import encode_mp4
 
 FORMATS = ("npy", "mp4")
 SHARD_PATTERN = "shard-%06d.tar"

@@ -1,8 +1,9 @@
-"""PyAV helpers: encode uint8 clips to mp4 bytes, decode video bytes or files, resize.
+"""PyAV helpers: decode video bytes or files, resample by timestamp, resize.
 
-Frames are uint8 ``(F, H, W, C)`` with ``C = 1`` (grey) or ``C = 3`` (RGB). A grey clip
-is written as an RGB video (mp4 has no grey profile that every decoder reads) and read
-back as grey with ``channels=1``.
+Frames are uint8 ``(F, H, W, C)`` with ``C = 1`` (grey) or ``C = 3`` (RGB). Writing
+(``encode_mp4``, GIFs, the frame-by-frame mp4 writer) and grey/RGB conversion
+(``to_channels``) live in :mod:`scd_msc.media`. A grey clip is written as an RGB video
+and read back as grey with ``channels=1``.
 """
 
 from __future__ import annotations
@@ -11,44 +12,16 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from scd_msc.checks import choice, number, positive_int
+from scd_msc.media import import_pyav
 
 VideoSource = bytes | str | os.PathLike
 T = TypeVar("T")
-
-
-def import_pyav():
-    """PyAV, imported on first use: npy shards and the models never need it."""
-    try:
-        import av
-    except ImportError as err:
-        raise ImportError("PyAV is needed to read or write video files and mp4 samples: pip install av") from err
-    return av
-
-
-def _check_clip(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
-            or frames.shape[-1] not in (1, 3) or frames.shape[0] < 1:
-        got = getattr(frames, "dtype", type(frames).__name__), getattr(frames, "shape", None)
-        raise ValueError(f"frames (dtype, shape)={got}: expected uint8 (F>=1, H, W, C in {{1, 3}})")
-
-
-def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
-    """Convert uint8 ``(..., C)`` between grey (C=1) and RGB (C=3); ITU-R 601 luma for RGB->grey."""
-    choice("channels", channels, (1, 3))
-    have = frames.shape[-1]
-    if have == channels:
-        return frames
-    if have == 1:
-        return np.repeat(frames, 3, axis=-1)
-    luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.rint(luma).clip(0, 255).astype(np.uint8)[..., None]
 
 
 def resize_frames(frames: np.ndarray, size: int, *, crop: bool = True) -> np.ndarray:
@@ -73,47 +46,6 @@ def _resize_one(frame: np.ndarray, size: int, crop: bool) -> np.ndarray:
     image = Image.fromarray(frame[..., 0] if c == 1 else frame)
     out = np.asarray(image.resize((size, size), Image.BILINEAR))
     return out[..., None] if c == 1 else out
-
-
-def encode_mp4(frames: np.ndarray, fps: float = 8.0, *, codec: str = "libx264", crf: int = 18) -> bytes:
-    """Encode uint8 ``(F, H, W, C)`` to mp4 bytes (H.264 by default, ``mpeg4`` as fallback).
-
-    Odd frame sizes use 4:4:4 chroma (4:2:0 needs even sizes). ``crf`` only applies to x264.
-    """
-    _check_clip(frames)
-    number("fps", fps, low=0, low_open=True)
-    rgb = to_channels(frames, 3)
-    f, h, w, _ = rgb.shape
-    buffer = io.BytesIO()
-    av = import_pyav()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream(_available_codec(codec), rate=_fraction(fps))
-        stream.width, stream.height = w, h
-        even = h % 2 == 0 and w % 2 == 0
-        stream.pix_fmt = "yuv420p" if even or stream.codec_context.name != "libx264" else "yuv444p"
-        if stream.codec_context.name == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for frame in rgb:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():  # flush delayed frames
-            container.mux(packet)
-    return buffer.getvalue()
-
-
-def _available_codec(codec: str) -> str:
-    av = import_pyav()
-    for name in (codec, "mpeg4"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:  # noqa: BLE001 -- PyAV raises several types for a missing codec
-            continue
-    raise RuntimeError(f"codec={codec!r}: neither it nor 'mpeg4' can encode in this PyAV build")
-
-
-def _fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
 
 
 def iter_at_rate(timed: Iterable[tuple[float, T]], fps: float, period: float) -> Iterator[T]:

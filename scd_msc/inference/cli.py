@@ -36,7 +36,8 @@ from scd_msc.diffusion import Sampler
 from scd_msc.ema import WeightChoice
 from scd_msc.inference import inputs, latents
 from scd_msc.inference.generate import stream_to_sinks
-from scd_msc.inference.writers import check_output_dir, check_output_path, open_sinks
+from scd_msc.inference.writers import open_sinks
+from scd_msc.media import check_output_path, check_writable_folder
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
         _check_common(args)
         for name in ("context", "horizon", "clips", "examples"):
             positive_int(f"--{name}", getattr(args, name))
-        out = check_output_dir(args.out)
+        out = check_writable_folder(args.out, "--out")
         frames = args.context + args.horizon
         decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
         prep, _ = _prepare_model(args, frames, 1, args.shards, "--shards")

@@ -25,7 +25,8 @@ from typing import Any, Iterator, Optional
 from torch import Tensor
 from tqdm import tqdm
 
-from scd_msc.inference.writers import FrameSink, close_all, to_uint8
+from scd_msc.inference.writers import FrameSink, close_all
+from scd_msc.media import to_uint8
 from scd_msc.streaming import StreamingSession
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -23,7 +23,7 @@ from scd_msc.checks import choice
 from scd_msc.config import RuntimeConfig
 from scd_msc.data import ClipDataset, collate_clips
 from scd_msc.ema import WeightChoice, WeightsError, check_weights
-from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config
+from scd_msc.models import PRESETS, ModelConfig, model_from_config, preset_config, seeded_init
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,8 +106,7 @@ def load(source: ModelSource, device: torch.device, seed: int = 0,
         model, choice, runtime = loaded.model, loaded.weights, loaded.config.runtime
     else:
         runtime = RuntimeConfig()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_init(seed):
             model = model_from_config(preset_config(source.preset), runtime.backend)
     return Loaded(model.to(device=device, dtype=dtype).eval(), choice, runtime)
 

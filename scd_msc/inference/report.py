@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 
 from scd_msc.inference.evaluate import EvalResult, finite
-from scd_msc.inference.writers import save_gif
+from scd_msc.media import save_gif, save_png, to_uint8
 
 GAP = 2  # pixels between tiles
 GAP_VALUE = 255  # white
@@ -67,12 +66,6 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _uint8(frames: torch.Tensor) -> np.ndarray:
-    """``(..., C, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, C)``."""
-    x = frames.float().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return np.moveaxis(x.numpy(), -3, -1)
-
-
 def _pad(images: np.ndarray) -> np.ndarray:
     """``(..., H, W, C)`` -> with a ``GAP``-pixel white border at the bottom and right."""
     pad = [(0, 0)] * (images.ndim - 3) + [(0, GAP), (0, GAP), (0, 0)]
@@ -83,7 +76,7 @@ def strip(result: EvalResult) -> np.ndarray:
     """uint8 image ``(rows, cols, C)``: per clip a truth row over a generated row, one
     tile per frame, a wider gap after the context and between clips."""
     pair = torch.stack([result.truth, result.generated], dim=1)  # (E, 2, F, C, H, W)
-    tiles = _pad(_uint8(pair))  # (E, 2, F, H+g, W+g, C)
+    tiles = _pad(to_uint8(pair, "... c h w -> ... h w c"))  # (E, 2, F, H+g, W+g, C)
     k, (h, c) = result.context, (tiles.shape[3], tiles.shape[5])
     rows = []
     for clip in tiles:
@@ -97,7 +90,7 @@ def strip(result: EvalResult) -> np.ndarray:
 def strip_frames(result: EvalResult) -> list[np.ndarray]:
     """One uint8 image per time step: the example clips stacked, ``[truth | generated]``."""
     pair = torch.stack([result.truth, result.generated], dim=1)  # (E, 2, F, C, H, W)
-    tiles = _pad(_uint8(pair))  # (E, 2, F, H+g, W+g, C)
+    tiles = _pad(to_uint8(pair, "... c h w -> ... h w c"))  # (E, 2, F, H+g, W+g, C)
     grid = rearrange(tiles, "e r f h w c -> f (e h) (r w) c")
     return list(grid)
 
@@ -108,7 +101,6 @@ def write_report(result: EvalResult, info: dict[str, Any], out: Path, fps: float
     summary = summary_dict(result, info)
     (out / "eval.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / "eval.md").write_text(markdown(summary))
-    image = strip(result)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / "strip.png")
+    save_png(strip(result), out / "strip.png")
     save_gif(strip_frames(result), out / "strip.gif", fps)
     return summary

@@ -7,9 +7,12 @@ and patching, so parameter counts agree within a few percent (``scd-msc params``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from scd_msc.checks import choice
@@ -60,6 +63,17 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Module:
 def build_model(name: str, backend: str = "auto", **overrides: Any) -> nn.Module:
     """``build_model("scd-msc-tiny", backend="reference", dim=128)`` -> a model."""
     return model_from_config(preset_config(name, **overrides), backend)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Modules built inside the block get the initial weights of ``seed``; the caller's
+    global RNG state is restored after it. torch's module initialisers (``nn.Linear``,
+    ``nn.Conv2d``, ...) draw from the global CPU RNG and take no generator, so this is
+    the one place that seeds it, for the block only (``torch.random.fork_rng``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def count_parameters(model: nn.Module) -> int:

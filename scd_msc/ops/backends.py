@@ -7,7 +7,8 @@
 * ``natten`` — ``natten.functional.na3d``; native Hopper/CUTLASS kernels when NATTEN
   was built with its library (``libnatten``), else NATTEN's uncompiled flex fallback.
 * ``auto`` — the first of natten, flex, reference that can run the call, including its
-  backward when inputs require grad; each refusal is logged with its reason.
+  backward when inputs require grad; its choice and each refusal's reason are logged
+  at INFO, once per pattern, grid, device and grad mode.
 
 Every backend computes softmax(q·kᵀ/√d + mask)·v over the layout of ``masks.py``.
 Shapes: ``B`` batch · ``F`` frames · ``Hp, Wp`` grid · ``h`` heads · ``d`` head dim.
@@ -60,19 +61,36 @@ def _has_flex() -> bool:
 FLEX_RECOMPILE_LIMIT = 64
 
 
+def with_recompile_limit(compiled: Callable[..., Tensor], limit: int) -> Callable[..., Tensor]:
+    """``compiled`` (a ``torch.compile``'d function), called with dynamo's recompile limit
+    raised to at least ``limit`` for the duration of each call and restored after it.
+
+    Dynamo decides whether to recompile or to fall back to eager when a call misses its
+    graph cache, i.e. during the call, reading ``torch._dynamo.config`` then; so a patch
+    around the call is enough, and the process-wide setting stays the user's (library
+    code does not assign it; an entry point that wants another limit may). Inside an
+    outer ``torch.compile`` (compiled blocks) the call is traced into the outer graph and
+    the outer budget applies, so nothing is patched there."""
+    raise_limit = torch._dynamo.config.patch("recompile_limit", limit)  # made once: ~7 µs a call, not ~30
+
+    @functools.wraps(compiled)
+    def call(*args, **kwargs) -> Tensor:
+        if torch.compiler.is_compiling() or limit <= torch._dynamo.config.recompile_limit:
+            return compiled(*args, **kwargs)
+        with raise_limit:
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_flex() -> Callable[..., Tensor]:
     """Compiled FlexAttention. Each mask, size, dtype and grad/autocast mode is its own
     graph; dynamo's default recompile limit (8) would otherwise drop to the unfused
-    path (full score matrix) in the middle of training, so it is raised once here."""
+    path (full score matrix) in the middle of training, so each call raises it."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))
-            break
-    return torch.compile(flex_attention, dynamic=False)
+    return with_recompile_limit(torch.compile(flex_attention, dynamic=False), FLEX_RECOMPILE_LIMIT)
 
 
 # Kernel tiles (query, key) for the forward-only path: narrower key blocks skip more of
@@ -216,14 +234,34 @@ def explain_backends(q: Tensor, k: Tensor, spec: WindowSpec) -> dict[str, str | 
     return {name: refusal(name, q, k, spec, for_auto=True) for name in AUTO_ORDER}
 
 
+@functools.lru_cache(maxsize=1024)
+def _announce(line: str) -> None:
+    """Log ``line`` at INFO the first time it comes. ``auto`` resolves on every attention
+    call (layers × steps); the line names the choice, the refusals, the pattern, the grid,
+    the device and grad mode, so each is logged once. Frame counts are left out: a
+    stream's key/value frames grow with every frame until its cache is full (without
+    bound for an unbounded low-res window), and a refusal that depends on them says so.
+    A bounded cache of immutable strings, not a registry: past 1024 distinct lines the
+    oldest may be logged again. (Per-layer state would log one line per layer.)"""
+    log.info("%s", line)
+
+
 def resolve_backend(name: str, q: Tensor, k: Tensor, spec: WindowSpec) -> str:
-    """The concrete backend for ``name``; explicit names never fall back."""
+    """The concrete backend for ``name``; explicit names never fall back. ``auto`` logs
+    its choice and the reasons for its refusals once per pattern, grid, device and grad
+    mode (at INFO, :func:`_announce`)."""
     if name == "auto":
+        refused = []
         for candidate in AUTO_ORDER:
             reason = refusal(candidate, q, k, spec, for_auto=True)
             if reason is None:
+                if not torch.compiler.is_compiling():  # logged by the eager call; no graph break
+                    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+                    _announce(f"auto: using {candidate} for {spec} on a {q.shape[2]}×{q.shape[3]} grid "
+                              f"({q.device.type}{', with grad' if grad else ''})"
+                              + "".join(f"; refused {c}: {r}" for c, r in refused))
                 return candidate
-            log.debug("auto: refused %s: %s", candidate, reason)
+            refused.append((candidate, reason))
         raise AssertionError("reference never refuses")
     reason = refusal(name, q, k, spec, for_auto=False)
     if reason is not None:

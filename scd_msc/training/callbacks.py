@@ -6,6 +6,7 @@ Shapes: ``B`` clips · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Optional
@@ -13,47 +14,41 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from PIL import Image
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from scd_msc.ema import WeightChoice, choose_weights, ema_update_fn
+from scd_msc.media import save_gif, save_png, to_channels, to_uint8
 
 log = logging.getLogger(__name__)
 
 
-class EMA(WeightAveraging):
-    """Lightning's weight-averaging callback with a warm-up EMA, saving in the layout of
-    ``scd_msc/checkpoint.py``.
+class EMA(L.Callback):
+    """An exponential moving average of the trained weights with a warm-up
+    (``ema_update_fn(decay, warmup)``; ``scd_msc/ema.py`` says why the warm-up, and why not a
+    delayed start), saved in the layout of ``scd_msc/checkpoint.py``.
 
-    The average is updated after every optimizer step by ``ema_update_fn(decay, warmup)``
-    (``scd_msc/ema.py`` says why the warm-up, and why not a delayed start). Lightning's
-    ``EMAWeightAveraging`` hard-wires a constant-decay ``avg_fn`` (and ``AveragedModel``
-    takes one of ``avg_fn``/``multi_avg_fn``), so this extends its parent, whose default
-    ``should_update`` (every optimizer step, never at epoch ends) is what
-    ``EMAWeightAveraging`` does with its defaults.
-
-    Lightning's own layout puts the *average* under ``model.`` and the trained weights
-    aside; here ``state_dict`` keeps the trained weights under ``model.`` and adds the
-    average under ``ema_model.`` (its update count in ``averaging_state["n_averaged"]``),
-    so ``load_model(path, weights="trained" | "ema" | "auto")`` can pick either.
-    Validation runs on the average (as in Lightning); the module keeps its trained
+    A plain callback around ``torch.optim.swa_utils.AveragedModel`` (the average of the
+    whole LightningModule, its buffers included), built when fit starts and updated after
+    every optimizer step. Lightning's ``EMAWeightAveraging`` hard-wires a constant-decay
+    ``avg_fn``, and its parent ``WeightAveraging`` puts the *average* under ``model.``;
+    here ``state_dict`` keeps the trained weights under ``model.`` and adds the average
+    under ``ema_model.`` (its update count in ``averaging_state["n_averaged"]``), so
+    ``load_model(path, weights="trained" | "ema" | "auto")`` can pick either.
+    Validation runs on the average (the module's weights are swapped with it and swapped
+    back after, also when validation is interrupted); the module keeps its trained
     weights when training ends.
     """
 
     def __init__(self, decay: float, warmup: bool = True):
-        super().__init__(multi_avg_fn=ema_update_fn(decay, warmup))
         self.decay = decay
+        self.update_fn = ema_update_fn(decay, warmup)
+        self.average: Optional[AveragedModel] = None  # around the LightningModule, from fit start
+        self._latest_update_step = 0  # the global step of the latest update (one per optimizer step)
         self._swapped = False  # the module holds the average (during validation)
-
-    @property
-    def average(self) -> Optional[AveragedModel]:
-        """The ``AveragedModel`` around the LightningModule (``None`` before fit starts)."""
-        return self._average_model
 
     @property
     def network(self) -> Optional[nn.Module]:
@@ -65,21 +60,47 @@ class EMA(WeightAveraging):
         updates = None if self.average is None else int(self.average.n_averaged)
         return choose_weights("auto", self.average is not None, updates, self.decay)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # pl_module.device is already the training device here
+            self.average = AveragedModel(pl_module, device=pl_module.device, multi_avg_fn=self.update_fn,
+                                         use_buffers=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        # with gradient accumulation a batch need not end with an optimizer step
+        if self.average is not None and trainer.global_step > self._latest_update_step:
+            self.average.update_parameters(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    @torch.no_grad()
+    def _swap(self, pl_module: L.LightningModule) -> None:
+        """Exchange the module's weights (and buffers) with the average's, in place."""
+        assert self.average is not None
+        mine = itertools.chain(pl_module.parameters(), pl_module.buffers())
+        average = itertools.chain(self.average.module.parameters(), self.average.module.buffers())
+        for current, averaged in zip(mine, average, strict=True):
+            held = averaged.detach().clone()
+            averaged.copy_(current)
+            current.copy_(held)
+        self._swapped = not self._swapped
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_epoch_start(trainer, pl_module)
-        self._swapped = self.average is not None
+        if self.average is not None:
+            self._swap(pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_epoch_end(trainer, pl_module)
-        self._swapped = False
+        if self._swapped:
+            self._swap(pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self._swapped:  # interrupted mid-validation: give the module its trained weights back
-            self._swap_models(pl_module)
-            self._swapped = False
+            self._swap(pl_module)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pass  # keep the trained weights in the module; the average is saved as ema_model.*
+    def state_dict(self) -> dict[str, Any]:
+        return {"latest_update_step": self._latest_update_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._latest_update_step = state_dict["latest_update_step"]
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -108,11 +129,7 @@ class EMA(WeightAveraging):
 
 def video_strip(video: Tensor, scale: int = 1) -> np.ndarray:
     """``(B, F, C, H, W)`` in [-1, 1] -> uint8 image ``(B·H, F·W, 3)``: one row per clip."""
-    b, f, c, h, w = video.shape
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    x = x.expand(b, f, 3, h, w) if c == 1 else x[:, :, :3]  # grey -> RGB
-    x = x.permute(0, 3, 1, 4, 2).reshape(b * h, f * w, 3)  # (B·H, F·W, 3)
-    img = x.numpy()
+    img = to_channels(to_uint8(video[:, :, :3], "b f c h w -> (b h) (f w) c"), 3)  # grey -> RGB
     return img.repeat(scale, 0).repeat(scale, 1) if scale > 1 else img
 
 
@@ -184,11 +201,11 @@ class SampleStrip(L.Callback):
         strip = video_strip(video, scale)  # (B·H, F·W, 3)
         os.makedirs(self.dir, exist_ok=True)
         path = os.path.join(self.dir, f"step_{step:07d}")
-        Image.fromarray(strip).save(path + ".png")
+        save_png(strip, path + ".png")
         w = video.shape[-1] * scale
-        frames = [Image.fromarray(np.concatenate(np.split(strip[:, i * w:(i + 1) * w], self.count, 0), 1))
+        frames = [np.concatenate(np.split(strip[:, i * w:(i + 1) * w], self.count, 0), 1)
                   for i in range(self.frames)]  # clips side by side, (H, B·W, 3) each
-        frames[0].save(path + ".gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+        save_gif(frames, path + ".gif", fps=8)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(f"samples/{weights}", strip, step, dataformats="HWC")
@@ -199,7 +216,17 @@ class LastCheckpoint(L.Callback):
     """Writes ``<dirpath>/last.ckpt`` when training ends (if the newest checkpoint is older
     than the final step) and on Ctrl-C / SIGTERM, so an interrupted run can resume
     (``--resume auto``). Lightning writes checkpoints atomically (temporary file, then
-    rename), so a SIGKILL leaves the previous ``last.ckpt`` intact."""
+    rename), so a SIGKILL leaves the previous ``last.ckpt`` intact.
+
+    Why not Lightning's own: ``OnExceptionCheckpoint`` saves on *every* exception (a nan
+    loss or a bug too, whose state should not be resumed over the last good one), on
+    every rank even for a Ctrl-C that reached the ranks at different points (a
+    collective save would hang), and deletes its file at teardown, so it cannot be a
+    ``last.ckpt`` that outlives the run. ``ModelCheckpoint(save_on_exception=True)`` also
+    saves on every exception (and a step file besides), and its ``save_last`` writes at
+    the end only when nothing was saved before, not when the final step is newer than the
+    last save. ``ModelCheckpoint(save_last=True)`` still writes ``last.ckpt`` with every
+    step checkpoint; this callback only adds the end and the interrupts."""
 
     def __init__(self, dirpath: str):
         self.path = os.path.join(dirpath, "last.ckpt")

@@ -37,6 +37,7 @@ class SCDLitModule(L.LightningModule):
         self.cfg = cfg
         self.model = model_from_config(cfg.model, cfg.runtime.backend)
         self.flow = FlowMatching(cfg.flow)
+        self.noise_generator: Optional[torch.Generator] = None  # the training noise draws, seeded in on_train_start
 
     def _check_finite(self, loss: Tensor) -> None:
         """Stop the run on a nan/inf training loss, on every rank at once (none left
@@ -71,7 +72,7 @@ class SCDLitModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, "train", self.noise_generator)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the same noise draws at every validation, so val/loss curves are comparable
@@ -79,9 +80,10 @@ class SCDLitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # noise draws differ per rank and do not replay after a resume; model init
-        # (seeded once in train.py) is the same on every rank
+        # (seeded once in train.py) is the same on every rank. The generator lives on the
+        # module's device, so the draws stay there (no host round trip per step).
         seed = np.random.SeedSequence([self.cfg.train.seed, self.global_rank, self.global_step])
-        torch.manual_seed(int(seed.generate_state(1)[0]))
+        self.noise_generator = torch.Generator(self.device).manual_seed(int(seed.generate_state(1)[0]))
 
     def configure_optimizers(self) -> dict:
         optimizer, schedule = build_optimizer(self.model, self.cfg.train)

@@ -3,7 +3,7 @@
 A run that cannot train should fail in seconds, with one line naming the config key,
 its value and what was expected, and leave no run folder behind:
 
-* ``train.out_dir``: a folder can be created there (``scd_msc/paths.py``);
+* ``train.out_dir``: a folder can be created there (``scd_msc/media.py``);
 * ``train.accelerator``: ``gpu``/``cuda``/``mps`` only where that device is visible;
 * ``runtime.backend``: a backend named explicitly can run *with gradients* on the training
   device (NATTEN without its compiled library has no backward; FlexAttention is
@@ -23,7 +23,7 @@ from scd_msc.data.config import DataConfig
 from scd_msc.data.decode import SkipCounter
 from scd_msc.ops.backends import refusal
 from scd_msc.ops.masks import hires_spec
-from scd_msc.paths import check_writable_folder
+from scd_msc.media import check_writable_folder
 
 PROBE_SAMPLES = 64  # samples read per shard set before it is called unusable
 

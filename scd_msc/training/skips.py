@@ -1,9 +1,12 @@
 """Skipped-sample counts of the shard readers, brought from the loader workers to the logs.
 
 The readers count unusable samples per reason (``scd_msc.data.decode.REASONS``) in
-their DataLoader worker processes. Every batch carries its worker's cumulative counts
-(``batch["skipped"]``, see ``scd_msc/data/dataset.py``); :class:`SkipLog` keeps the
-newest per worker and stage and logs the sums each step (``metrics.csv``, TensorBoard)::
+their DataLoader worker processes, from zero in every pass over the loader (workers are
+not persistent: a training epoch or a validation run starts fresh ones). Every batch
+carries its worker's counts so far in its pass (``batch["skipped"]``, see
+``scd_msc/data/dataset.py``); :class:`SkipLog` keeps the newest per worker and stage,
+adds a worker's counts to the finished passes when its next pass begins, and logs the
+sums each step (``metrics.csv``, TensorBoard)::
 
     data/train_used, data/train_skipped, data/train_skipped_<reason>   (on_step)
     data/val_used,   data/val_skipped,   data/val_skipped_<reason>     (per validation)
@@ -28,23 +31,34 @@ from lightning.pytorch.utilities import rank_zero_only
 from scd_msc.data.decode import REASONS
 
 
+def _counts(snapshot: dict[str, int]) -> dict[str, int]:
+    """The counts of a ``batch["skipped"]`` snapshot, without its worker and pass ids."""
+    return {k: v for k, v in snapshot.items() if k not in ("worker", "pass")}
+
+
 class SkipLog(L.Callback):
     """Log the readers' skip counts per stage; print a summary when training ends."""
 
     def __init__(self) -> None:
         self.latest: dict[str, dict[int, dict[str, int]]] = {"train": {}, "val": {}}
+        self.finished: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}  # ended passes
 
     def update(self, stage: str, batch: Any) -> None:
-        """Keep ``batch["skipped"]`` (if any) as the newest counts of its worker."""
+        """Keep ``batch["skipped"]`` (if any) as the newest counts of its worker; a new
+        pass of that worker adds the counts of its previous one to the finished passes."""
         counts = batch.get("skipped") if isinstance(batch, dict) else None
         if counts:
-            self.latest[stage][int(counts["worker"])] = counts
+            worker = int(counts["worker"])
+            previous = self.latest[stage].get(worker)
+            if previous is not None and previous.get("pass") != counts.get("pass"):
+                self.finished[stage].update(_counts(previous))
+            self.latest[stage][worker] = counts
 
     def totals(self, stage: str) -> Counter[str]:
-        """``used`` and per-reason counts, summed over the stage's workers."""
-        total: Counter[str] = Counter()
+        """``used`` and per-reason counts, summed over the stage's workers and passes."""
+        total: Counter[str] = Counter(self.finished[stage])
         for counts in self.latest[stage].values():
-            total.update({k: v for k, v in counts.items() if k != "worker"})
+            total.update(_counts(counts))
         return total
 
     def metrics(self, stage: str) -> dict[str, float]:

@@ -36,7 +36,7 @@ from scd_msc.checks import choice, positive_int, positive_ints
 from scd_msc.config import TrainConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.models import SIZES, build_model, count_parameters
-from scd_msc.paths import check_writable_folder
+from scd_msc.media import check_writable_folder
 from scd_msc.streaming import StreamingSession
 from scd_msc.training.optim import build_optimizer
 from tools.bench.report import command_line, report_stem, write_report

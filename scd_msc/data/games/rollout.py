@@ -35,8 +35,9 @@ from typing import Protocol
 import numpy as np
 
 from scd_msc.checks import choice, positive_int
+from scd_msc.media import to_channels
 
-from ..video import resize_frames, to_channels
+from ..video import resize_frames
 
 HOLD = (3, 9)      # agent steps one drawn action is held
 GAP = (0, 64)      # unrecorded agent steps before each clip
