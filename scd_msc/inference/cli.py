@@ -98,7 +98,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` arguments to ``parser`` (a subcommand parser)."""
     _add_model_arguments(parser)
-    parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern)")
+    parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern); a conditioned "
+                        "model gets each clip's own actions and label, and is also scored with the actions "
+                        "shuffled across clips")
     parser.add_argument("--context", type=int, required=True, help="prompt frames k given to the model")
     parser.add_argument("--horizon", type=int, required=True, help="frames n generated and scored")
     parser.add_argument("--clips", type=int, default=16, help="clips scored (the first M; default 16)")
