@@ -257,3 +257,17 @@ def test_shuffled_actions_come_from_other_clips():
     lone = shuffled_actions(actions[:1], actions[1:], torch.Generator())  # a batch of one: the batch before
     assert lone.shape == (1, 3) and any(torch.equal(lone[0], r) for r in actions[1:])
     assert shuffled_actions(actions[:1], None, torch.Generator()) is None
+
+
+def test_a_latent_session_passes_the_action_on():
+    """``DecodedSession.step(action)`` (latent models) hands the action to the model's session."""
+    from scd_msc.inference.latents import DecodedSession, FrameDecoder
+
+    class Session:
+        def step(self, action=None):
+            self.action = action
+            return torch.zeros(2, 4, 8, 8)
+
+    inner, action = Session(), torch.tensor([1, 3])
+    pixels = DecodedSession(inner, FrameDecoder("x:y", lambda z: z[:, :3])).step(action)
+    assert inner.action is action and pixels.shape == (2, 3, 8, 8)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from scd_msc.config import RuntimeConfig
 from scd_msc.diffusion import Sampler

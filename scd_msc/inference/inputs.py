@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 import webdataset as wds
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from scd_msc.checkpoint import load_checkpoint
