@@ -192,12 +192,12 @@ def run_generate(args: argparse.Namespace) -> int:
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance,
                                     context_noise=args.context_noise, sampler=prep.sampler,
-                                    **conditions.stream_kwargs(conds["prompt_actions"], conds["labels"],
+                                    **conditions.stream_kwargs(conds.prompt_actions, conds.labels,
                                                             args.cond_guidance))
         if decoder is not None:  # frames and prompt are latents: write their pixels
             session = latents.DecodedSession(session, decoder)
             prompt = None if device_prompt is None else decoder.clip(device_prompt)  # (B, k, C, H, W)
-        actions = conds["actions"]
+        actions = conds.actions
         if actions is not None:  # saved before the first frame: an interrupted run can be replayed too
             saved = conditions.save_actions(actions, out)
     except ValueError as err:
@@ -212,8 +212,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if actions is not None:
         print(f"wrote {saved}: the actions {tuple(actions.shape)} of the generated frames "
               f"(replay: --actions {saved} --seed {args.seed})")
-    if conds["labels"] is not None:
-        print(f"labels: {','.join(str(i) for i in conds['labels'].tolist())}")
+    if conds.labels is not None:
+        print(f"labels: {','.join(str(i) for i in conds.labels.tolist())}")
     return report.exit_code
 
 

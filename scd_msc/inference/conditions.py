@@ -25,6 +25,7 @@ Shapes: ``B`` batch · ``F`` frames.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -129,12 +130,12 @@ def check_shard_names(cfg: ModelConfig, shards: str, arg: str) -> None:
                              f"(ModelConfig.{what}={size}); expected shards of the set it was trained on")
 
 
-def missing(flag: str, what: str, size: int, how: str) -> ValueError:
+def _missing(flag: str, what: str, size: int, how: str) -> ValueError:
     return ValueError(f"{flag}: missing; this model is conditioned on {size} {what} "
                       f"(ModelConfig.{what}={size}, {_ids_range(size)}): pass {how}")
 
 
-def unused(flag: str, value: str, what: str) -> ValueError:
+def _unused(flag: str, value: str, what: str) -> ValueError:
     return ValueError(f"{flag}={value!r}: this model has no {what} (ModelConfig.{what}=0); drop {flag}")
 
 
@@ -156,28 +157,39 @@ def stream_kwargs(prompt_actions: Optional[Tensor], labels: Optional[Tensor],
     return kwargs | ({"cond_guidance": cond_guidance} if cond_guidance != 1.0 else {})
 
 
+@dataclass
+class GenerateConditions:
+    """What ``generate`` conditions on: ``actions (B, F)`` of the new frames, ``labels (B,)``,
+    ``prompt_actions (B, F0)`` of the prompt frames; None where the model has no such
+    condition (or there is no prompt)."""
+
+    actions: Optional[Tensor] = None
+    labels: Optional[Tensor] = None
+    prompt_actions: Optional[Tensor] = None
+
+
 def for_generate(cfg: ModelConfig, actions: Optional[str], labels: Optional[str], batch: int, frames: int,
-                 seed: int, prompt: Optional[dict], prompt_shards: Optional[str]) -> dict[str, Optional[Tensor]]:
-    """``generate``'s conditions: ``actions (B, F)`` of the new frames (``--actions``),
-    ``labels (B,)`` (``--labels``, else the prompt clips' own) and ``prompt_actions (B, F0)``
-    (the prompt clips' own): ``prompt`` is the batch read from ``--prompt-shards``."""
+                 seed: int, prompt: Optional[dict], prompt_shards: Optional[str]) -> GenerateConditions:
+    """``generate``'s conditions from ``--actions``, ``--labels`` and the prompt clips
+    ``prompt`` (the batch read from ``--prompt-shards``: their actions, and their labels
+    unless ``--labels`` is given)."""
     if not cfg.actions and actions is not None:
-        raise unused("--actions", actions, "actions")
+        raise _unused("--actions", actions, "actions")
     if not cfg.classes and labels is not None:
-        raise unused("--labels", labels, "classes")
-    out: dict[str, Optional[Tensor]] = {"actions": None, "labels": None, "prompt_actions": None}
+        raise _unused("--labels", labels, "classes")
+    out = GenerateConditions()
     if prompt is not None:
-        out["prompt_actions"], out["labels"] = clip_conditions(cfg, prompt, "--prompt-shards", prompt_shards,
-                                                               labels=labels is None)
+        out.prompt_actions, out.labels = clip_conditions(cfg, prompt, "--prompt-shards", prompt_shards,
+                                                         labels=labels is None)
     if cfg.actions and actions is None:
-        raise missing("--actions", "actions", cfg.actions, "--actions random or --actions FILE.npy "
-                      f"(integer ids of shape ({frames},) or ({batch}, {frames}))")
-    if cfg.classes and labels is None and out["labels"] is None:
-        raise missing("--labels", "classes", cfg.classes, "--labels ID[,ID...] or --labels random "
-                      "(or --prompt-shards whose clips carry labels)")
+        raise _missing("--actions", "actions", cfg.actions, "--actions random or --actions FILE.npy "
+                       f"(integer ids of shape ({frames},) or ({batch}, {frames}))")
+    if cfg.classes and labels is None and out.labels is None:
+        raise _missing("--labels", "classes", cfg.classes, "--labels ID[,ID...] or --labels random "
+                       "(or --prompt-shards whose clips carry labels)")
     if cfg.actions:
-        out["actions"] = (random_actions(cfg.actions, batch, frames, seed) if actions == "random"
-                          else load_actions(actions, cfg.actions, batch, frames))
+        out.actions = (random_actions(cfg.actions, batch, frames, seed) if actions == "random"
+                       else load_actions(actions, cfg.actions, batch, frames))
     if cfg.classes and labels is not None:
-        out["labels"] = parse_labels(labels, cfg.classes, batch, seed)
+        out.labels = parse_labels(labels, cfg.classes, batch, seed)
     return out
