@@ -153,7 +153,7 @@ def test_missing_or_bad_conditions_raise_one_clear_error(family):
     with pytest.raises(ValueError, match=r"actions: this model has no actions \(ModelConfig.actions=0\); "
                                          r"expected None"):
         plain.generate(B, N, 1, actions=c["actions"])
-    with pytest.raises(ValueError, match=r"cond_guidance=2.0: this model has no actions or classes"):
+    with pytest.raises(ValueError, match=r"cond_guidance=2.0: expected 1.0; this model has no actions or classes"):
         plain.generate(B, N, 1, cond_guidance=2.0)
 
 

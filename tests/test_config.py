@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -23,12 +25,40 @@ def test_every_config_file_loads(path):
     assert isinstance(cfg, ExperimentConfig)
     family = cfg.preset.rsplit("-", 1)[0]
     assert cfg.model.family == family
-    expected = {"moving_digits": "scd-msc", "causal_dit": "causal-dit", "scd_dense": "scd-dense", "videos": "scd-msc"}
+    expected = {"moving_digits": "scd-msc", "causal_dit": "causal-dit", "scd_dense": "scd-dense", "videos": "scd-msc",
+                "doom": "scd-msc", "atari": "scd-msc"}
     name = os.path.basename(path)
     assert any(name.startswith(k) and family == v for k, v in expected.items()), (name, family)
     assert (cfg.data.image_size, cfg.data.channels) == (cfg.model.image_size, cfg.model.channels)
     assert cfg.data.train_shards and cfg.train.out_dir.startswith("runs/")
     assert cfg.data.val_shards or cfg.train.val_every_n_steps == 0  # no validation without held-out shards
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_lists_the_make_shards_commands_of_its_shards(path):
+    """The `scd-msc make-shards` lines at the top write the train and val shards the config
+    reads (as many as a brace pattern names), the val shards from another seed."""
+    from braceexpand import braceexpand
+
+    from scd_msc.cli import build_parser
+
+    lines = re.findall(r"^#\s+(scd-msc make-shards .*)$", open(path).read(), re.M)
+    made = {os.path.normpath(a.out): a for a in (build_parser().parse_args(shlex.split(x)[1:]) for x in lines)}
+    cfg = load_config(path, [])
+    used = {"train": cfg.data.train_shards, "val": cfg.data.val_shards}
+    for split, pattern in used.items():
+        if not pattern:
+            continue
+        folder = os.path.normpath(os.path.dirname(pattern))
+        assert folder in made, (split, pattern, sorted(made))
+        names = list(braceexpand(pattern))
+        if len(names) > 1:
+            args = made[folder]
+            assert len(names) == -(-args.clips // args.shard_size), (split, pattern)
+    if used["val"]:
+        train, val = (made[os.path.normpath(os.path.dirname(used[k]))] for k in ("train", "val"))
+        same = ("source", "frames", "size", "channels", "games", "scenarios")
+        assert val.seed != train.seed and all(getattr(val, k) == getattr(train, k) for k in same)
 
 
 def test_config_files_cover_the_three_sizes_and_families():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from scd_msc.cli import main
 from scd_msc.data import ClipDataset, make_shards
-from scd_msc.inference.evaluate import evaluate, frame_metrics
+from scd_msc.inference.evaluate import PSNR_MAX, evaluate, frame_metrics
 from scd_msc.inference.report import write_report
 
 K, N = 3, 4  # context and horizon: 7 of the 8 frames of each clip
@@ -46,11 +47,16 @@ def test_eval_writes_report(tmp_path, shards, capsys):
     assert summary["mean_psnr_1_8"] == pytest.approx(sum(r["psnr"] for r in rows) / N, rel=1e-5)
     per_clip = summary["clip_psnr_1_8"]  # the same mean, clip by clip (for paired comparisons)
     assert len(per_clip) == 3 and summary["mean_psnr_1_8"] == pytest.approx(sum(per_clip) / 3, rel=1e-5)
+    assert summary["shuffled_actions"] is None  # no actions: the true scores and the floor only
+    floor = summary["repeat_last"]
+    assert [r["step"] for r in floor["per_horizon"]] == list(range(1, N + 1)) and len(floor["clip_psnr_1_8"]) == 3
     assert "| 1 |" in (out / "eval.md").read_text()
     strip = Image.open(out / "strip.png")
     assert strip.height > 2 * 3 * 32 and strip.width > (K + N) * 32  # 3 clips × 2 rows, 7 frames
     assert Image.open(out / "strip.gif").n_frames == K + N
-    assert "mean over steps 1..4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean over steps 1..4: PSNR" in printed and "mean over steps 1..4, repeat last context frame" in printed
+    assert "shuffled" not in printed
 
 
 def test_eval_errors(tmp_path, shards, capsys):
@@ -72,7 +78,7 @@ def test_metrics_of_a_perfect_and_a_noisy_prediction():
     truth = torch.rand(2, 3, 1, 32, 32, generator=g) * 2 - 1  # (B, F, C, H, W)
     psnr, ssim = frame_metrics(truth.clone(), truth)
     assert psnr.shape == ssim.shape == (2, 3)
-    assert torch.isinf(psnr).all() and torch.allclose(ssim, torch.ones(2, 3))
+    assert (psnr == PSNR_MAX).all() and torch.allclose(ssim, torch.ones(2, 3))  # identical: 100 dB, not inf
     noisy = truth + 0.1 * torch.randn(truth.shape, generator=g)
     psnr, ssim = frame_metrics(noisy, truth)
     # noise of std 0.1 on [-1, 1] is 0.05 on [0, 1]: PSNR = -10 log10(0.05²) ≈ 26 dB
@@ -89,6 +95,7 @@ class Oracle(nn.Module):
         super().__init__()
         self.clips = clips  # (M, F, C, H, W)
         self.dummy = nn.Parameter(torch.zeros(1))
+        self.cfg = SimpleNamespace(actions=0, classes=0)  # unconditioned
 
     def stream(self, batch_size, steps, prompt=None, generator=None, cache=True, guidance=1.0,
                context_noise=0.0, sampler=None):
@@ -109,13 +116,13 @@ def test_oracle_scores_perfectly(tmp_path, shards):
     batches = [{"video": clips[:2], "key": ["a", "b"]}, {"video": clips[2:], "key": ["c"]}]
     result = evaluate(Oracle(clips), batches, K, steps=1, total=3, examples=2, progress=False)
     assert result.clips == 3 and result.horizon == N
-    assert torch.isinf(result.psnr).all() and torch.allclose(result.ssim, torch.ones(3, N))
+    assert (result.psnr == PSNR_MAX).all() and torch.allclose(result.ssim, torch.ones(3, N))
     assert torch.equal(result.generated, result.truth)  # the strip's rows agree too
     summary = write_report(result, {"model": {"family": "oracle", "parameters": 1, "channels": 1,
                                               "image_size": 32, "preset": "oracle"},
                                     "shards": "-", "steps": 1, "seed": 0, "device": "cpu"}, tmp_path)
-    assert summary["mean_psnr_1_8"] is None and summary["mean_ssim_1_8"] == pytest.approx(1.0)
-    assert json.loads((tmp_path / "eval.json").read_text())["per_horizon"][0]["psnr"] is None  # JSON has no inf
+    assert summary["mean_psnr_1_8"] == PSNR_MAX and summary["mean_ssim_1_8"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "eval.json").read_text())["per_horizon"][0]["psnr"] == PSNR_MAX
 
 
 def test_eval_in_bfloat16_records_the_dtype_and_scores_close_to_float32(tmp_path, shards):

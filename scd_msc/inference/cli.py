@@ -16,6 +16,8 @@ Examples::
         --prompt-shards 'shards/val/*.tar' --prompt-frames 4 --batch 4
     scd-msc eval --checkpoint run/last.ckpt --shards 'shards/val/*.tar' --context 4 --horizon 12 \\
         --clips 64 --steps 20 --out eval/scd-msc
+    scd-msc generate --checkpoint runs/doom_tiny/checkpoints/last.ckpt --frames 32 --steps 10 \\
+        --actions random --labels 0 --out doom.mp4   # a conditioned model: conditions.py
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from scd_msc.checks import number, positive_int
+from scd_msc.checks import error, number, positive_int
 from scd_msc.config import RuntimeConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.ema import WeightChoice
-from scd_msc.inference import inputs, latents
+from scd_msc.inference import conditions, inputs, latents
 from scd_msc.inference.generate import stream_to_sinks
 from scd_msc.inference.writers import open_sinks
 from scd_msc.media import check_output_path, check_writable_folder
+from scd_msc.models import ModelConfig
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +59,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
                         "(default 0: clean); for models trained with flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--cond-guidance", type=float, default=1.0, metavar="S",
+                        help="classifier-free guidance on the actions and labels of a conditioned model: "
+                        "v_null + S·(v_cond − v_null) (default 1.0: off)")
     parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
                         help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
                         "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
@@ -74,7 +80,16 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--prompt-frames", type=int, default=None,
                         help="frames k of each prompt clip (default 1; needs --prompt-shards)")
     parser.add_argument("--batch", type=int, default=1, help="videos made at once, tiled side by side")
-    parser.add_argument("--guidance", type=float, default=1.0, help="CFG scale (1.0 = off)")
+    parser.add_argument("--actions", default=None, metavar="random|FILE.npy",
+                        help="the actions of the generated frames, for a model conditioned on actions: random "
+                        "(each id held for 3-9 frames, seeded by --seed) or a .npy of integer ids, shape "
+                        "(--frames,) or (--batch, --frames); actions[:, i] leads to frame i. They are saved "
+                        "next to the video as OUT.actions.npy. The prompt's actions come from --prompt-shards")
+    parser.add_argument("--labels", default=None, metavar="ID[,ID...]|random",
+                        help="class ids of a class-conditioned model: one for every video, one per video, or "
+                        "random (default: the prompt clips' own labels)")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="CFG by perturbing the context (SCD families; 1.0 = off)")
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole history every frame (slow reference)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the files (default 8)")
@@ -84,7 +99,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` arguments to ``parser`` (a subcommand parser)."""
     _add_model_arguments(parser)
-    parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern)")
+    parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern); a conditioned "
+                        "model gets each clip's own actions and label, and is also scored with the actions "
+                        "shuffled across clips")
     parser.add_argument("--context", type=int, required=True, help="prompt frames k given to the model")
     parser.add_argument("--horizon", type=int, required=True, help="frames n generated and scored")
     parser.add_argument("--clips", type=int, default=16, help="clips scored (the first M; default 16)")
@@ -109,8 +126,8 @@ class _Prepared:
 
 
 def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_count: int,
-                   shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[Tensor]]:
-    """Model source, device, checkpoint and the first clips (checked against the
+                   shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[dict]]:
+    """Model source, device, checkpoint and the first clips (a batch, checked against the
     model's channels and size); a preset is only built once the clips are known good."""
     source = inputs.ModelSource(args.checkpoint, args.preset, args.weights)
     source.check()
@@ -134,6 +151,13 @@ def _check_common(args: argparse.Namespace) -> None:
     for name in ("steps", "batch"):
         positive_int(f"--{name}", getattr(args, name))
     number("--context-noise", args.context_noise, low=0, high=1, high_open=True)
+    number("--cond-guidance", args.cond_guidance)
+
+
+def _check_cond_guidance(args: argparse.Namespace, cfg: ModelConfig) -> None:
+    if args.cond_guidance != 1.0 and not (cfg.actions or cfg.classes):
+        raise error("--cond-guidance", args.cond_guidance, "1.0",
+                    "this model has no actions or classes to guide on (model.actions=0, model.classes=0)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -150,20 +174,30 @@ def run_generate(args: argparse.Namespace) -> int:
         out = check_output_path(args.out)
         k = (args.prompt_frames or 1) if args.prompt_shards else None
         decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
-        prep, prompt = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
-        latents.check_frames(prep.model.cfg, decoder, prep.device)
-        if args.guidance != 1.0 and prep.model.cfg.family == "causal-dit":
+        prep, clips = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
+        cfg = prep.model.cfg
+        latents.check_frames(cfg, decoder, prep.device)
+        if args.guidance != 1.0 and cfg.family == "causal-dit":
             raise ValueError(f"--guidance={args.guidance}: the causal-dit family has no context to "
                              "perturb; expected 1.0")
+        _check_cond_guidance(args, cfg)
+        conds = conditions.for_generate(cfg, args.actions, args.labels, args.batch, args.frames, args.seed,
+                                        clips, args.prompt_shards)
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         dtype = next(prep.model.parameters()).dtype
-        device_prompt = None if prompt is None else prompt.to(prep.device, dtype)  # (B, k, C, H, W)
+        prompt = None if clips is None else clips["video"]  # (B, k, C, H, W)
+        device_prompt = None if prompt is None else prompt.to(prep.device, dtype)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
                                     cache=not args.no_cache, guidance=args.guidance,
-                                    context_noise=args.context_noise, sampler=prep.sampler)
+                                    context_noise=args.context_noise, sampler=prep.sampler,
+                                    **conditions.stream_kwargs(conds.prompt_actions, conds.labels,
+                                                            args.cond_guidance))
         if decoder is not None:  # frames and prompt are latents: write their pixels
             session = latents.DecodedSession(session, decoder)
             prompt = None if device_prompt is None else decoder.clip(device_prompt)  # (B, k, C, H, W)
+        actions = conds.actions
+        if actions is not None:  # saved before the first frame: an interrupted run can be replayed too
+            saved = conditions.save_actions(actions, out)
     except ValueError as err:
         print(f"scd-msc generate: error: {err}", file=sys.stderr)
         return 2
@@ -171,8 +205,13 @@ def run_generate(args: argparse.Namespace) -> int:
         print("scd-msc generate: interrupted before the first frame; nothing written", file=sys.stderr)
         return 130
     report = stream_to_sinks(session, args.frames, open_sinks(out, args.gif, args.fps), prompt=prompt,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, actions=actions)
     print(report.summary())
+    if actions is not None:
+        print(f"wrote {saved}: the actions {tuple(actions.shape)} of the generated frames "
+              f"(replay: --actions {saved} --seed {args.seed})")
+    if conds.labels is not None:
+        print(f"labels: {','.join(str(i) for i in conds.labels.tolist())}")
     return report.exit_code
 
 
@@ -189,7 +228,7 @@ def _model_info(prep: _Prepared) -> dict[str, Any]:
 def run_eval(args: argparse.Namespace) -> int:
     """Validate, score continuations clip by clip, write the report. Returns the exit code."""
     from scd_msc.inference.evaluate import evaluate
-    from scd_msc.inference.report import fmt, write_report
+    from scd_msc.inference.report import fmt, mean_lines, write_report
 
     try:
         _check_common(args)
@@ -198,9 +237,13 @@ def run_eval(args: argparse.Namespace) -> int:
         out = check_writable_folder(args.out, "--out")
         frames = args.context + args.horizon
         decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
-        prep, _ = _prepare_model(args, frames, 1, args.shards, "--shards")
-        latents.check_frames(prep.model.cfg, decoder, prep.device)
-        batches = inputs.clip_batches(args.shards, frames, prep.model.cfg, min(args.batch, args.clips))
+        prep, first = _prepare_model(args, frames, 1, args.shards, "--shards")
+        cfg = prep.model.cfg
+        latents.check_frames(cfg, decoder, prep.device)
+        _check_cond_guidance(args, cfg)
+        conditions.clip_conditions(cfg, first, "--shards", args.shards)  # the clips carry what the model takes
+        conditions.check_shard_names(cfg, args.shards, "--shards")
+        batches = inputs.clip_batches(args.shards, frames, cfg, min(args.batch, args.clips))
     except ValueError as err:
         print(f"scd-msc eval: error: {err}", file=sys.stderr)
         return 2
@@ -208,7 +251,8 @@ def run_eval(args: argparse.Namespace) -> int:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
-                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler)
+                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler,
+                          cond_guidance=args.cond_guidance, shuffle_seed=args.seed)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130
@@ -218,12 +262,13 @@ def run_eval(args: argparse.Namespace) -> int:
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
             "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device),
-            "clips_requested": args.clips, "decoder": args.decoder}
+            "clips_requested": args.clips, "decoder": args.decoder,
+            "conditions": {"actions": cfg.actions, "classes": cfg.classes, "cond_guidance": args.cond_guidance}}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")
-    print(f"mean over steps 1..{min(8, args.horizon)}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
-          f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}")
+    for line in mean_lines(summary):
+        print(line)
     print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
     if result.interrupted:
         print(f"scd-msc eval: interrupted after {result.clips} of {args.clips} clips; the report covers those",

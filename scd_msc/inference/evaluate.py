@@ -1,14 +1,29 @@
 """Continuation quality on held-out clips, the same protocol for every model family.
 
 For each clip of ``k + n`` frames the first ``k`` are the prompt; the model generates
-``n`` frames with its stream session (caches on, guidance 1.0, context frames committed
-at level ``context_noise``, one seeded generator for the whole run), and generated
-frame ``j`` is compared with ground-truth frame ``k + j``: PSNR and SSIM (torchmetrics,
-on [0, 1] after clamping to [-1, 1] and mapping), per clip and horizon step, then
-averaged over clips per step. Ctrl-C (or SIGTERM) ends the run early with the clips
-scored so far (``EvalResult.interrupted``); a batch is counted whole or not at all. For
-a latent model a ``decoder`` maps the generated and the true latents to pixels, frame by
-frame, and the scores are in pixel space.
+``n`` frames with its stream session (caches on, context guidance 1.0, context frames
+committed at level ``context_noise``, one seeded generator for the whole run), and
+generated frame ``j`` is compared with ground-truth frame ``k + j``: PSNR and SSIM
+(torchmetrics, on [0, 1] after clamping to [-1, 1] and mapping), per clip and horizon
+step, then averaged over clips per step. Three sets of scores, on the same clips:
+
+* **true actions** (``EvalResult.psnr``/``ssim``): a conditioned model gets each clip's
+  own conditions: the prompt's actions as ``prompt_actions``, action ``k + j`` for
+  horizon frame ``j`` (``actions[:, i]`` leads to frame ``i``), the clip's label.
+* **shuffled actions** (``EvalResult.shuffled``, models conditioned on actions): the same
+  clips, prompts, prompt actions, labels and noise, but the horizon actions of another
+  clip of the batch (a seeded derangement: no clip keeps its own; a batch of one clip
+  takes those of a clip of the batch before, and the first such clip has none). How
+  much the model listens to its actions: the gap to the true-action scores.
+* **repeat last** (``EvalResult.repeat_last``): every horizon frame predicted as the last
+  context frame, no model involved: the floor any model must beat.
+
+PSNR of identical frames is infinite; it is counted as ``PSNR_MAX`` (100 dB: an MSE of
+1e-10) so that a clip whose frames stop changing (a game standing still) does not make a
+mean infinite. Ctrl-C (or SIGTERM) ends the run early with the clips scored so far
+(``EvalResult.interrupted``); a batch is counted whole or not at all. For a latent model
+a ``decoder`` maps the generated and the true latents to pixels, frame by frame, and the
+scores are in pixel space.
 
 Shapes: ``B`` batch · ``M`` clips · ``F`` frames · ``k`` context · ``n`` horizon ·
 ``C`` channels · ``H, W`` pixels.
@@ -22,23 +37,24 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
-
-from scd_msc.diffusion import Sampler
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
+from scd_msc.diffusion import Sampler
+from scd_msc.inference.conditions import stream_kwargs
 from scd_msc.inference.generate import InterruptGuard
 
 if TYPE_CHECKING:
     from scd_msc.inference.latents import FrameDecoder
 
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window, shrunk for frames smaller than it
+PSNR_MAX = 100.0  # dB: the PSNR of identical frames (an MSE of 1e-10 on [0, 1])
 
 
 def frame_metrics(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """pred, target ``(B, F, C, H, W)`` in [-1, 1] -> PSNR (dB) and SSIM, each ``(B, F)``.
 
-    PSNR is ``inf`` for identical frames; SSIM is 1.
+    PSNR is ``PSNR_MAX`` for identical frames (not infinite); SSIM is 1.
     """
     if pred.shape != target.shape or pred.dim() != 5:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)}: "
@@ -51,21 +67,61 @@ def frame_metrics(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
     ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none",
                                                kernel_size=kernel)  # (B·F,)
-    return psnr.reshape(b, f), ssim.reshape(b, f)
+    return psnr.clamp(max=PSNR_MAX).reshape(b, f), ssim.reshape(b, f)
+
+
+def finite(x: float) -> Optional[float]:
+    """``x``, or None when it is inf/nan (JSON has neither: no clip was scored)."""
+    return x if math.isfinite(x) else None
+
+
+@dataclass
+class Scores:
+    """PSNR and SSIM ``(M, n)`` of one set (NaN where a clip has no score)."""
+
+    psnr: Tensor
+    ssim: Tensor
+
+    @property
+    def clips(self) -> int:
+        """Clips with scores."""
+        return int((~self.psnr.isnan().all(1)).sum())
+
+    def per_horizon(self) -> list[dict[str, Optional[float]]]:
+        """``[{step, psnr, ssim}]`` (step 1 is the first generated frame), means over clips."""
+        psnr, ssim = self.psnr.nanmean(0), self.ssim.nanmean(0)  # (n,)
+        return [{"step": j + 1, "psnr": finite(psnr[j].item()), "ssim": finite(ssim[j].item())}
+                for j in range(self.psnr.shape[1])]
+
+    def mean_1_8(self) -> tuple[Optional[float], Optional[float]]:
+        """Mean PSNR and SSIM over horizon steps 1..min(8, n) and all clips."""
+        m = min(8, self.psnr.shape[1])
+        return finite(self.psnr[:, :m].nanmean().item()), finite(self.ssim[:, :m].nanmean().item())
+
+    def clip_psnr_1_8(self) -> list[Optional[float]]:
+        """Each clip's mean PSNR over steps 1..8 (for paired comparisons)."""
+        return [finite(v) for v in self.psnr[:, :8].mean(1).tolist()]
+
+    @staticmethod
+    def cat(parts: list["Scores"]) -> "Scores":
+        return Scores(torch.cat([p.psnr for p in parts]), torch.cat([p.ssim for p in parts]))
 
 
 @dataclass
 class EvalResult:
-    """Per-clip metrics and a few example clips (ground truth and generated)."""
+    """Per-clip metrics of the three sets and a few example clips."""
 
     context: int
-    psnr: Tensor  # (M, n)
+    psnr: Tensor  # (M, n) with the true actions (or an unconditioned model)
     ssim: Tensor  # (M, n)
     keys: list[str]
     truth: Tensor  # (E, k + n, C, H, W) the first E clips
     generated: Tensor  # (E, k + n, C, H, W): the prompt frames, then the generated ones
     interrupted: bool = False  # Ctrl-C / SIGTERM ended the run before ``total`` clips
     signum: Optional[int] = None  # the signal that did
+    repeat_last: Optional[Scores] = None  # the last context frame repeated (no model)
+    shuffled: Optional[Scores] = None  # the horizon actions of other clips (models with actions)
+    shuffled_generated: Optional[Tensor] = None  # (E, k + n, C, H, W), when every example has them
 
     @property
     def clips(self) -> int:
@@ -75,21 +131,114 @@ class EvalResult:
     def horizon(self) -> int:
         return self.psnr.shape[1]
 
+    @property
+    def scores(self) -> Scores:
+        """The main scores: true actions."""
+        return Scores(self.psnr, self.ssim)
+
     def per_horizon(self) -> list[dict[str, Optional[float]]]:
-        """``[{step, psnr, ssim}]`` (step 1 is the first generated frame), means over clips."""
-        psnr, ssim = self.psnr.mean(0), self.ssim.mean(0)  # (n,)
-        return [{"step": j + 1, "psnr": finite(psnr[j].item()), "ssim": finite(ssim[j].item())}
-                for j in range(self.horizon)]
+        return self.scores.per_horizon()
 
     def mean_1_8(self) -> tuple[Optional[float], Optional[float]]:
-        """Mean PSNR and SSIM over horizon steps 1..min(8, n) and all clips."""
-        m = min(8, self.horizon)
-        return finite(self.psnr[:, :m].mean().item()), finite(self.ssim[:, :m].mean().item())
+        return self.scores.mean_1_8()
 
 
-def finite(x: float) -> Optional[float]:
-    """``x``, or None when it is inf/nan (JSON has no infinity; PSNR of a perfect match)."""
-    return x if math.isfinite(x) else None
+def derangement(n: int, generator: torch.Generator) -> Tensor:
+    """A seeded permutation of ``0 .. n-1`` without a fixed point (``n >= 2``): one random
+    cycle through a random order, so ``perm[order[i]] = order[i + 1]``."""
+    order = torch.randperm(n, generator=generator)
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)
+    return perm
+
+
+def shuffled_actions(actions: Tensor, previous: Optional[Tensor], generator: torch.Generator) -> Optional[Tensor]:
+    """Horizon actions ``(B, n)`` given to other clips: a derangement of the batch's rows;
+    a batch of one clip takes a row of ``previous`` (the batch before; None: no row)."""
+    if actions.shape[0] >= 2:
+        return actions[derangement(actions.shape[0], generator).to(actions.device)]
+    if previous is None:
+        return None
+    return previous[int(torch.randint(previous.shape[0], (1,), generator=generator))][None]
+
+
+def repeat_last(video: Tensor, context: int) -> Tensor:
+    """The floor's prediction ``(B, n, C, H, W)``: frame ``k - 1`` of ``video (B, k + n, ...)``, ``n`` times."""
+    return video[:, context - 1:context].expand(-1, video.shape[1] - context, -1, -1, -1)
+
+
+@dataclass
+class Scored:
+    """One batch through the protocol: its scores and predictions ``(B, n, C, H, W)``."""
+
+    pixels: Tensor  # (B, k + n, C, H, W) the clips (decoded for a latent model)
+    pred: Tensor
+    true: Scores
+    floor: Scores
+    shuffled: Optional[Scores] = None  # models with actions (NaN for a clip without shuffled actions)
+    pred_shuffled: Optional[Tensor] = None
+
+
+@dataclass
+class Protocol:
+    """The settings of one evaluation and the state that runs across its batches: the
+    noise ``generator`` and, for the shuffled actions, their generator and the previous
+    batch's horizon actions."""
+
+    model: nn.Module
+    context: int
+    steps: int
+    generator: Optional[torch.Generator] = None
+    context_noise: float = 0.0
+    sampler: Optional[Sampler] = None
+    decoder: Optional["FrameDecoder"] = None
+    cond_guidance: float = 1.0
+    shuffle_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.shuffle_generator = torch.Generator().manual_seed(self.shuffle_seed)
+        self.previous: Optional[Tensor] = None
+
+    def continuation(self, video: Tensor, conditions: dict, actions: Optional[Tensor]) -> Tensor:
+        """The model's ``n`` frames ``(B, n, C, H, W)`` after ``video[:, :k]``; horizon frame
+        ``j`` made with ``actions[:, j]`` (``actions (B, n)`` or None). Pixels with a decoder."""
+        dtype = next(self.model.parameters()).dtype
+        session = self.model.stream(video.shape[0], self.steps, prompt=video[:, :self.context].to(dtype),
+                                    generator=self.generator, context_noise=self.context_noise,
+                                    sampler=self.sampler, **conditions)
+        frames = []
+        for j in range(video.shape[1] - self.context):
+            frame = session.step() if actions is None else session.step(actions[:, j])
+            frames.append(frame if self.decoder is None else self.decoder(frame))  # latents -> pixels
+        return torch.stack(frames, dim=1)  # (B, n, C, H, W)
+
+    def score(self, video: Tensor, actions: Optional[Tensor], labels: Optional[Tensor]) -> Scored:
+        """The three sets for clips ``video (B, k + n, C, H, W)`` with their ``actions
+        (B, k + n)`` and ``labels (B,)`` (None: the model does not take them)."""
+        k = self.context
+        conditions = stream_kwargs(None if actions is None else actions[:, :k], labels, self.cond_guidance)
+        start = None if self.generator is None else self.generator.get_state()
+        pred = self.continuation(video, conditions, None if actions is None else actions[:, k:])
+        pixels = video if self.decoder is None else self.decoder.clip(video)  # (B, k + n, C, H, W)
+        target = pixels[:, k:]
+        out = Scored(pixels, pred, Scores(*frame_metrics(pred, target)),
+                     Scores(*frame_metrics(repeat_last(pixels, k), target)))
+        if actions is None:
+            return out
+        other = shuffled_actions(actions[:, k:], self.previous, self.shuffle_generator)
+        self.previous = actions[:, k:]
+        if other is None:
+            nan = torch.full_like(out.true.psnr, math.nan)
+            out.shuffled = Scores(nan, nan.clone())
+            return out
+        after = None if self.generator is None else self.generator.get_state()
+        if start is not None:
+            self.generator.set_state(start)  # the same noise as the true-action run
+        out.pred_shuffled = self.continuation(video, conditions, other)
+        if after is not None:
+            self.generator.set_state(after)
+        out.shuffled = Scores(*frame_metrics(out.pred_shuffled, target))
+        return out
 
 
 @torch.no_grad()
@@ -97,39 +246,45 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              generator: Optional[torch.Generator] = None, examples: int = 4,
              progress: bool = True, context_noise: float = 0.0,
              decoder: Optional["FrameDecoder"] = None,
-             sampler: Optional[Sampler] = None) -> EvalResult:
+             sampler: Optional[Sampler] = None, cond_guidance: float = 1.0,
+             shuffle_seed: int = 0) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
-    (at most ``total`` clips; latents when ``decoder`` is given, and the result holds
-    pixels). Raises ValueError when no clip arrives, KeyboardInterrupt when interrupted
-    before the first clip was scored."""
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    psnrs, ssims, keys, truth, generated = [], [], [], [], []
+    plus ``actions (B, k + n)`` / ``label (B,)`` for a model conditioned on them (at most
+    ``total`` clips; latents when ``decoder`` is given, and the result holds pixels). The
+    shuffled-action run replays the true run's noise; ``shuffle_seed`` seeds the
+    derangements. Raises ValueError when no clip arrives, KeyboardInterrupt when
+    interrupted before the first clip was scored."""
+    device = next(model.parameters()).device
+    cfg = model.cfg
+    protocol = Protocol(model, context, steps, generator, context_noise, sampler, decoder, cond_guidance,
+                        shuffle_seed)
+    true, floor, shuffled = [], [], []  # Scores per batch
+    keys: list[str] = []
+    truth, generated, shuffled_generated = [], [], []  # the first examples, each (k + n, C, H, W)
     bar = tqdm(total=total, unit="clip", desc="eval", disable=not progress)
     interrupted = False
     with InterruptGuard() as guard:
         try:
             for batch in batches:
                 video = batch["video"][: total - len(keys)].to(device)  # (B, k + n, C, H, W)
-                b, horizon = video.shape[0], video.shape[1] - context
-                session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator,
-                                       context_noise=context_noise, sampler=sampler)
-                if decoder is None:
-                    pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
-                else:  # latents -> pixels as they stream: the scores and the strip are in pixel space
-                    pred = torch.stack([decoder(session.step()) for _ in range(horizon)], dim=1)
-                    video = decoder.clip(video)  # (B, k + n, C, H, W)
-                psnr, ssim = frame_metrics(pred, video[:, context:])
+                b = video.shape[0]
+                actions = batch["actions"][:b].to(device) if cfg.actions else None  # (B, k + n)
+                labels = batch["label"][:b].to(device) if cfg.classes else None  # (B,)
+                scored = protocol.score(video, actions, labels)
                 with guard.critical():  # a batch is scored whole or not at all
-                    psnrs.append(psnr)
-                    ssims.append(ssim)
+                    true.append(scored.true)
+                    floor.append(scored.floor)
+                    shuffled += [] if scored.shuffled is None else [scored.shuffled]
                     keys += list(batch["key"][:b])
-                    if len(truth) < examples:
-                        truth += list(video[:examples - len(truth)].cpu())
-                        gen = torch.cat([video[:, :context], pred.float().clamp(-1, 1)], dim=1)  # (B, k + n, C, H, W)
-                        generated += list(gen[:examples - len(generated)].cpu())
+                    take = examples - len(truth)
+                    if take > 0:
+                        truth += list(scored.pixels[:take].float().cpu())
+                        generated += list(_with_prompt(scored.pixels[:take], scored.pred[:take]))
+                        if scored.pred_shuffled is not None:
+                            shuffled_generated += list(_with_prompt(scored.pixels[:take],
+                                                                    scored.pred_shuffled[:take]))
                 bar.update(b)
-                bar.set_postfix(psnr=f"{torch.cat(psnrs).mean().item():.2f}")
+                bar.set_postfix(psnr=f"{torch.cat([s.psnr for s in true]).mean().item():.2f}")
                 if len(keys) >= total:
                     break
         except KeyboardInterrupt:
@@ -140,5 +295,15 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
         if interrupted:
             raise KeyboardInterrupt
         raise ValueError("no clip was evaluated: the shards hold no usable clip")
-    return EvalResult(context, torch.cat(psnrs), torch.cat(ssims), keys,
-                      torch.stack(truth), torch.stack(generated), interrupted, guard.signum)
+    main = Scores.cat(true)
+    return EvalResult(context, main.psnr, main.ssim, keys, torch.stack(truth), torch.stack(generated),
+                      interrupted, guard.signum, repeat_last=Scores.cat(floor),
+                      shuffled=Scores.cat(shuffled) if shuffled else None,
+                      shuffled_generated=(torch.stack(shuffled_generated)
+                                          if len(shuffled_generated) == len(truth) else None))
+
+
+def _with_prompt(pixels: Tensor, pred: Tensor) -> Tensor:
+    """The prompt frames of ``pixels (B, k + n, ...)`` followed by ``pred (B, n, ...)``, on the CPU."""
+    context = pixels.shape[1] - pred.shape[1]
+    return torch.cat([pixels[:, :context].float(), pred.float().clamp(-1, 1)], dim=1).cpu()  # (B, k + n, C, H, W)

@@ -114,10 +114,12 @@ class GenerationReport:
 
 
 def stream_to_sinks(session: StreamingSession, frames: int, sinks: list[FrameSink], prompt: Optional[Tensor] = None,
-                    progress: bool = True) -> GenerationReport:
+                    progress: bool = True, actions: Optional[Tensor] = None) -> GenerationReport:
     """Write the ``prompt (B, F0, C, H, W)`` frames (when given), then ``frames`` frames
-    of ``session`` (``.step() -> (B, C, H, W)``, ``.cache_bytes()``) to every sink, one
-    at a time. Never raises ``KeyboardInterrupt``: the report says it happened."""
+    of ``session`` (``.step(action) -> (B, C, H, W)``, ``.cache_bytes()``) to every sink,
+    one at a time; frame ``i`` is made with ``actions[:, i]`` (``actions (B, frames)``, for a
+    model conditioned on actions). Never raises ``KeyboardInterrupt``: the report says it
+    happened."""
     report = GenerationReport(requested=frames, paths=[s.path for s in sinks])
     bar = tqdm(total=frames, unit="frame", desc="generate", disable=not progress)
     with InterruptGuard() as guard:
@@ -129,9 +131,10 @@ def stream_to_sinks(session: StreamingSession, frames: int, sinks: list[FrameSin
                         for sink in sinks:
                             sink.write(image)
                         report.prompt_frames += 1
-            for _ in range(frames):
+            for i in range(frames):
                 start = time.perf_counter()
-                image = to_uint8(session.step())  # .cpu() inside waits for the device
+                frame = session.step() if actions is None else session.step(actions[:, i])
+                image = to_uint8(frame)  # .cpu() inside waits for the device
                 ms = (time.perf_counter() - start) * 1e3
                 with guard.critical():
                     for sink in sinks:

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 import webdataset as wds
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from scd_msc.checkpoint import load_checkpoint
@@ -129,18 +129,19 @@ def _first_sample_shape(urls: list[str]) -> str:
 
 
 def read_clips(shards: str, arg: str, frames: int, count: int, cfg: ModelConfig,
-               exact: bool = True) -> Tensor:
-    """The first ``count`` usable clips of ``frames`` frames ``(count, frames, C, H, W)``
-    in [-1, 1] from ``shards`` (one ordered pass, offset 0). Clips must have the model's
-    ``channels`` and ``image_size``. With ``exact=False`` fewer clips (at least one) are
-    returned when the shards hold fewer."""
+               exact: bool = True) -> dict:
+    """The first ``count`` usable clips of ``frames`` frames from ``shards`` (one ordered
+    pass, offset 0) as a batch: ``video (count, frames, C, H, W)`` in [-1, 1], ``key``, and
+    ``actions (count, frames)`` / ``label (count,)`` when the shards carry them. Clips must
+    have the model's ``channels`` and ``image_size``. With ``exact=False`` fewer clips (at
+    least one) are returned when the shards hold fewer."""
     try:
         data = ClipDataset(shards, frames, cfg.channels, cfg.image_size, resampled=False)
     except ValueError as err:
         raise ValueError(f"{arg}: {err}") from None
-    clips: list[Tensor] = []
+    clips: list[dict] = []
     for sample in data:
-        clips.append(sample["video"])
+        clips.append(sample)
         if len(clips) == count:
             break
     if not clips or (exact and len(clips) < count):
@@ -149,7 +150,10 @@ def read_clips(shards: str, arg: str, frames: int, count: int, cfg: ModelConfig,
         detail = (f"skipped: {data.skipped.summary()}; {_first_sample_shape(data.urls)}"
                   if data.skipped.total else "no more clips in the shards")
         raise ValueError(f"{arg}={shards!r}: expected {count} clip(s) of {need}, found {len(clips)} ({detail})")
-    return torch.stack(clips)
+    try:
+        return collate_clips(clips)
+    except ValueError as err:  # some clips carry conditions, others not
+        raise ValueError(f"{arg}={shards!r}: {err}") from None
 
 
 def clip_batches(shards: str, frames: int, cfg: ModelConfig, batch: int) -> Iterator[dict]:

@@ -64,8 +64,8 @@ class DecodedSession:
     def __init__(self, session: StreamingSession, decoder: FrameDecoder):
         self.session, self.decoder = session, decoder
 
-    def step(self) -> Tensor:
-        return self.decoder(self.session.step())
+    def step(self, action: Optional[Tensor] = None) -> Tensor:
+        return self.decoder(self.session.step() if action is None else self.session.step(action))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)

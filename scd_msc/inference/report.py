@@ -1,10 +1,16 @@
 """Files written by ``scd-msc eval``: ``eval.json``, ``eval.md``, ``strip.png``, ``strip.gif``.
 
-The strip shows a few clips, two rows each (ground truth, then generated), one column
-per frame; a gap separates the ``k`` context frames (identical in both rows) from the
-``n`` horizon frames. The GIF plays the same pairs over time, ground truth left.
+The strip shows a few clips, two rows each (ground truth, then generated; a third, for a
+model conditioned on actions, generated with the shuffled actions), one column per
+frame; a gap separates the ``k`` context frames (identical in every row) from the
+``n`` horizon frames. The GIF plays the same rows over time, side by side, ground truth left.
 
-Shapes: ``E`` example clips · ``F`` frames · ``C`` channels · ``H, W`` pixels.
+``eval.json`` keeps the true-action scores at the top level (``per_horizon``,
+``mean_psnr_1_8``, ``mean_ssim_1_8``, ``clip_psnr_1_8``: what ``tools/quality_report.py``
+reads) and adds ``repeat_last`` and ``shuffled_actions`` (null without actions), each
+with the same four keys.
+
+Shapes: ``E`` example clips · ``R`` rows per clip · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 """
 
 from __future__ import annotations
@@ -12,38 +18,58 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from einops import rearrange
 
-from scd_msc.inference.evaluate import EvalResult, finite
+from scd_msc.inference.evaluate import PSNR_MAX, EvalResult, Scores
 from scd_msc.media import save_gif, save_png, to_uint8
 
 GAP = 2  # pixels between tiles
 GAP_VALUE = 255  # white
 
 
+def scores_dict(scores: Optional[Scores]) -> Optional[dict[str, Any]]:
+    """The four keys of one set of scores (None stays None)."""
+    if scores is None:
+        return None
+    psnr, ssim = scores.mean_1_8()
+    return {"per_horizon": scores.per_horizon(), "mean_psnr_1_8": psnr, "mean_ssim_1_8": ssim,
+            "clip_psnr_1_8": scores.clip_psnr_1_8(), "clips": scores.clips}
+
+
 def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
     """The content of ``eval.json``: ``info`` (model, arguments) plus the metrics."""
-    psnr, ssim = result.mean_1_8()
+    main = scores_dict(result.scores)
     return {**info, "clips": result.clips, "interrupted": result.interrupted,
             "context": result.context, "horizon": result.horizon,
-            "per_horizon": result.per_horizon(), "mean_psnr_1_8": psnr, "mean_ssim_1_8": ssim,
-            "clip_keys": result.keys, "clip_psnr_1_8": [finite(v) for v in result.psnr[:, :8].mean(1).tolist()],
-            "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips "
-            "per horizon step; null = infinite (identical frames)",
+            "per_horizon": main["per_horizon"], "mean_psnr_1_8": main["mean_psnr_1_8"],
+            "mean_ssim_1_8": main["mean_ssim_1_8"], "clip_keys": result.keys,
+            "clip_psnr_1_8": main["clip_psnr_1_8"],
+            "shuffled_actions": scores_dict(result.shuffled), "repeat_last": scores_dict(result.repeat_last),
+            "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips per horizon step; identical "
+            f"frames count as PSNR {PSNR_MAX:g} dB. Top level: the model with each clip's true actions "
+            "(and label); shuffled_actions: the same clips, prompts and noise with the horizon actions of "
+            "another clip; repeat_last: the last context frame repeated (no model)",
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
 
 
+# the extra sets of eval.json: key, words, table column
+SETS = (("shuffled_actions", "shuffled actions", "shuffled"),
+        ("repeat_last", "repeat last context frame", "repeat-last"))
+
+
 def fmt(x: Any, digits: int) -> str:
-    return "inf" if x is None else f"{x:.{digits}f}"
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """``eval.md``: the setting, then one table row per horizon step."""
+    """``eval.md``: the setting, then one table row per horizon step (columns per set)."""
     model = summary["model"]
+    sets = [(label, summary[key]) for key, _, label in SETS if summary.get(key)]
+    header = ["step", "PSNR (dB)", "SSIM"] + [f"{label} {m}" for label, _ in sets for m in ("PSNR", "SSIM")]
     choice = model.get("weights")  # scd_msc.ema.WeightChoice.as_dict() of a checkpoint
     weights = f", {choice['weights']} weights ({choice['reason']})" if choice else ""
     lines = [f"# Continuation quality: {model.get('preset') or model.get('checkpoint')}", "",
@@ -57,13 +83,37 @@ def markdown(summary: dict[str, Any]) -> str:
              *([f"- **interrupted** (Ctrl-C / SIGTERM) after {summary['clips']} of "
                 f"{summary.get('clips_requested', '?')} clips: every number below covers those {summary['clips']}"]
                if summary.get("interrupted") else []),
-             f"- mean over horizon 1..{min(8, summary['horizon'])}: "
-             f"PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, SSIM {fmt(summary['mean_ssim_1_8'], 4)}",
-             "", "| step | PSNR (dB) | SSIM |", "|---:|---:|---:|"]
-    lines += [f"| {r['step']} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'], 4)} |" for r in summary["per_horizon"]]
-    lines += ["", "Strip: `strip.png` / `strip.gif` (rows: ground truth, generated; "
-              "the gap separates the context from the horizon).", ""]
+             *mean_lines(summary, "- "),
+             "", "| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
+    for i, r in enumerate(summary["per_horizon"]):
+        extra = "".join(f" {fmt(s['per_horizon'][i]['psnr'], 2)} | {fmt(s['per_horizon'][i]['ssim'], 4)} |"
+                        for _, s in sets)
+        lines.append(f"| {r['step']} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'], 4)} |{extra}")
+    rows = "ground truth, generated" + (", generated with shuffled actions" if summary.get("shuffled_actions")
+                                        else "")
+    lines += ["", f"Strip: `strip.png` / `strip.gif` (rows: {rows}; the gap separates the context from the "
+              "horizon).", ""]
     return "\n".join(lines)
+
+
+def mean_lines(summary: dict[str, Any], bullet: str = "") -> list[str]:
+    """One line per set: its mean over horizon steps 1..8 (and the model's lead over it)."""
+    m = min(8, summary["horizon"])
+    main = " (true actions)" if summary.get("shuffled_actions") else ""
+    lines = [f"{bullet}mean over steps 1..{m}{main}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
+             f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}"]
+    for key, what, _ in SETS:
+        s = summary.get(key)
+        if s:
+            lines.append(f"{bullet}mean over steps 1..{m}, {what}: PSNR {fmt(s['mean_psnr_1_8'], 2)} dB, "
+                         f"SSIM {fmt(s['mean_ssim_1_8'], 4)}" + gap(summary, s))
+    return lines
+
+
+def gap(summary: dict[str, Any], other: dict[str, Any]) -> str:
+    """``" (the model leads by +1.23 dB)"``, or "" when either mean is missing."""
+    a, b = summary["mean_psnr_1_8"], other["mean_psnr_1_8"]
+    return "" if a is None or b is None else f" (the model leads by {a - b:+.2f} dB)"
 
 
 def _pad(images: np.ndarray) -> np.ndarray:
@@ -72,11 +122,17 @@ def _pad(images: np.ndarray) -> np.ndarray:
     return np.pad(images, pad, constant_values=GAP_VALUE)
 
 
+def _rows(result: EvalResult) -> torch.Tensor:
+    """``(E, R, F, C, H, W)``: truth, generated and, when there, generated with shuffled actions."""
+    rows = [result.truth, result.generated] + ([] if result.shuffled_generated is None
+                                               else [result.shuffled_generated])
+    return torch.stack(rows, dim=1)
+
+
 def strip(result: EvalResult) -> np.ndarray:
-    """uint8 image ``(rows, cols, C)``: per clip a truth row over a generated row, one
+    """uint8 image ``(rows, cols, C)``: per clip a truth row over the generated row(s), one
     tile per frame, a wider gap after the context and between clips."""
-    pair = torch.stack([result.truth, result.generated], dim=1)  # (E, 2, F, C, H, W)
-    tiles = _pad(to_uint8(pair, "... c h w -> ... h w c"))  # (E, 2, F, H+g, W+g, C)
+    tiles = _pad(to_uint8(_rows(result), "... c h w -> ... h w c"))  # (E, R, F, H+g, W+g, C)
     k, (h, c) = result.context, (tiles.shape[3], tiles.shape[5])
     rows = []
     for clip in tiles:
@@ -88,9 +144,8 @@ def strip(result: EvalResult) -> np.ndarray:
 
 
 def strip_frames(result: EvalResult) -> list[np.ndarray]:
-    """One uint8 image per time step: the example clips stacked, ``[truth | generated]``."""
-    pair = torch.stack([result.truth, result.generated], dim=1)  # (E, 2, F, C, H, W)
-    tiles = _pad(to_uint8(pair, "... c h w -> ... h w c"))  # (E, 2, F, H+g, W+g, C)
+    """One uint8 image per time step: the example clips stacked, ``[truth | generated | ...]``."""
+    tiles = _pad(to_uint8(_rows(result), "... c h w -> ... h w c"))  # (E, R, F, H+g, W+g, C)
     grid = rearrange(tiles, "e r f h w c -> f (e h) (r w) c")
     return list(grid)
 

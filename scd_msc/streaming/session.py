@@ -34,13 +34,12 @@ Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from scd_msc.checks import number, positive_int
+from scd_msc.checks import error, number, positive_int
 from scd_msc.conditions import check_ids
 from scd_msc.diffusion import Sampler
 from scd_msc.streaming.cache import StackCache
@@ -89,12 +88,9 @@ def check_generation_args(model: nn.Module, batch_size: int, steps: int,
     check_ids("labels", labels, cfg.classes, "classes", (batch_size,))
     if check_actions:
         check_ids("actions", actions, cfg.actions, "actions", (batch_size, num_frames))
-    if isinstance(cond_guidance, bool) or not isinstance(cond_guidance, (int, float)) \
-            or not math.isfinite(cond_guidance):
-        raise ValueError(f"cond_guidance must be a finite number, got {cond_guidance!r}")
+    number("cond_guidance", cond_guidance)
     if cond_guidance != 1.0 and not (cfg.actions or cfg.classes):
-        raise ValueError(f"cond_guidance={cond_guidance}: this model has no actions or classes to guide on; "
-                         "expected 1.0")
+        raise error("cond_guidance", cond_guidance, "1.0", "this model has no actions or classes to guide on")
 
 
 class Session:
