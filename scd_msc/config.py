@@ -64,7 +64,9 @@ class TrainConfig:
     ``checkpoints/step_NNNNNNN.ckpt`` (one every ``checkpoint_every_n_steps``) are kept;
     ``last.ckpt`` is always written and not counted, so ``0`` keeps only it. A ``--resume``
     run keeps counting (older step files are removed); a fresh start in the same ``out_dir``
-    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block.
+    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block
+    (``auto``: when training on CUDA). ``activation_checkpointing``: recompute each block's
+    activations in the backward pass (less memory, about a third more compute).
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 
@@ -92,7 +94,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     accelerator: str = "auto"
-    compile: bool = False
+    compile: Union[bool, str] = "auto"
+    activation_checkpointing: bool = False
     progress_bar: bool = True
     timing_warmup: int = 20  # training/timing.py
     cond_dropout: float = 0.1  # conditioned models: each action / label id -> null with this probability
@@ -101,6 +104,8 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, PRECISIONS)
         _check_choice("train.strategy", self.strategy, STRATEGIES)
         _check_choice("train.accelerator", self.accelerator, ACCELERATORS)
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"train.compile={self.compile!r}: expected auto, true or false")
         for name in ("max_steps", "accumulate_grad_batches", "num_nodes", "sample_count", "sample_frames",
                      "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
             if getattr(self, name) < 1:

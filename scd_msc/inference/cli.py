@@ -21,6 +21,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
@@ -55,6 +56,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
                         "(default 0: clean); for models trained with flow.context_noise_max > 0")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--eager", action="store_true", help="opt out of the fast path (on CUDA the "
+                        "per-step calls are compiled and replayed from CUDA graphs by default)")
     parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
                         help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
                         "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
@@ -77,6 +80,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole history every frame (slow reference)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the files (default 8)")
+    parser.add_argument("--report", default=None, metavar="FILE.json",
+                        help="also write the per-frame latency and the fast path's setup time as JSON")
     return parser
 
 
@@ -160,6 +165,7 @@ def run_generate(args: argparse.Namespace) -> int:
         dtype = next(prep.model.parameters()).dtype
         device_prompt = None if prompt is None else prompt.to(prep.device, dtype)  # (B, k, C, H, W)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
+                                    compile=False if args.eager else None,
                                     cache=not args.no_cache, guidance=args.guidance,
                                     context_noise=args.context_noise, sampler=prep.sampler)
         if decoder is not None:  # frames and prompt are latents: write their pixels
@@ -174,6 +180,8 @@ def run_generate(args: argparse.Namespace) -> int:
     report = stream_to_sinks(session, args.frames, open_sinks(out, args.gif, args.fps), prompt=prompt,
                              progress=not args.no_progress)
     print(report.summary())
+    if args.report is not None:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report.exit_code
 
 
@@ -209,7 +217,8 @@ def run_eval(args: argparse.Namespace) -> int:
         generator = torch.Generator(prep.device).manual_seed(args.seed)
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
-                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler)
+                          context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler,
+                          compile=False if args.eager else None)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.diffusion import Sampler
+from scd_msc.streaming.fast import CompileArg
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
@@ -97,7 +98,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              generator: Optional[torch.Generator] = None, examples: int = 4,
              progress: bool = True, context_noise: float = 0.0,
              decoder: Optional["FrameDecoder"] = None,
-             sampler: Optional[Sampler] = None) -> EvalResult:
+             sampler: Optional[Sampler] = None, compile: CompileArg = None) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     (at most ``total`` clips; latents when ``decoder`` is given, and the result holds
     pixels). Raises ValueError when no clip arrives, KeyboardInterrupt when interrupted
@@ -113,7 +114,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                 video = batch["video"][: total - len(keys)].to(device)  # (B, k + n, C, H, W)
                 b, horizon = video.shape[0], video.shape[1] - context
                 session = model.stream(b, steps, prompt=video[:, :context].to(dtype), generator=generator,
-                                       context_noise=context_noise, sampler=sampler)
+                                       context_noise=context_noise, sampler=sampler, compile=compile)
                 if decoder is None:
                     pred = torch.stack([session.step() for _ in range(horizon)], dim=1)  # (B, n, C, H, W)
                 else:  # latents -> pixels as they stream: the scores and the strip are in pixel space

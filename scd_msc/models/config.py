@@ -16,6 +16,7 @@ from scd_msc.ops.schedule import MSCScheduleConfig
 
 FAMILIES = ("scd-msc", "scd-dense", "causal-dit")
 CONDITIONINGS = ("token_concat", "add", "adaln")
+DECODER_CONTEXTS = ("recompute", "prefix")
 
 
 @dataclass
@@ -26,6 +27,9 @@ class ModelConfig:
     ``attention``: what every MSC layer shares; ``schedule``: the encoder's per-layer
     windows; ``decoder_window``/``decoder_down``: the decoder's hi-res window and low-res
     pooling; ``dense_window_frames``: frames a dense encoder / DiT layer attends (None: all).
+    ``decoder_context``: ``recompute`` (the context frame of the decoder's stack is run
+    at every denoising step) or ``prefix`` (it is run once per frame and its keys/values
+    are reused by every step; see :mod:`scd_msc.models.decoder`).
     ``actions``: size of a discrete action set the model is conditioned on (0: none);
     ``classes``: number of class labels (0: none); see :mod:`scd_msc.models.conditions`."""
 
@@ -43,6 +47,7 @@ class ModelConfig:
     decoder_window: int = 3
     decoder_down: int = 2
     conditioning: str = "token_concat"
+    decoder_context: str = "recompute"
     dense_window_frames: Optional[int] = None
     actions: int = 0
     classes: int = 0
@@ -56,6 +61,11 @@ class ModelConfig:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.decoder_context not in DECODER_CONTEXTS:
+            raise ValueError(f"decoder_context must be one of {DECODER_CONTEXTS}, got {self.decoder_context!r}")
+        if self.decoder_context == "prefix" and self.conditioning != "token_concat":
+            raise ValueError(f"decoder_context='prefix' needs conditioning='token_concat' (a context frame to "
+                             f"keep), got conditioning={self.conditioning!r}")
         self.attention.validate(self.heads)
         if self.image_size % self.patch:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")

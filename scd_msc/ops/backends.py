@@ -221,7 +221,8 @@ def resolve_backend(name: str, q: Tensor, k: Tensor, spec: WindowSpec) -> str:
             reason = refusal(candidate, q, k, spec, for_auto=True)
             if reason is None:
                 return candidate
-            log.debug("auto: refused %s: %s", candidate, reason)
+            if not torch.compiler.is_compiling():  # logging does not trace (fullgraph compile)
+                log.debug("auto: refused %s: %s", candidate, reason)
         raise AssertionError("reference never refuses")
     reason = refusal(name, q, k, spec, for_auto=False)
     if reason is not None:
