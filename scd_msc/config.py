@@ -65,7 +65,9 @@ class TrainConfig:
     ``checkpoints/step_NNNNNNN.ckpt`` (one every ``checkpoint_every_n_steps``) are kept;
     ``last.ckpt`` is always written and not counted, so ``0`` keeps only it. A ``--resume``
     run keeps counting (older step files are removed); a fresh start in the same ``out_dir``
-    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block.
+    leaves earlier step files alone. ``compile``: ``torch.compile`` every transformer block
+    (``auto``: when training on CUDA). ``activation_checkpointing``: recompute each block's
+    activations in the backward pass (less memory, about a third more compute).
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
     """
 
@@ -93,7 +95,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     accelerator: str = "auto"
-    compile: bool = False
+    compile: Union[bool, str] = "auto"
+    activation_checkpointing: bool = False
     progress_bar: bool = True
     timing_warmup: int = 20  # training/timing.py
     cond_dropout: float = 0.1  # conditioned models: each action / label id -> null with this probability
@@ -102,6 +105,7 @@ class TrainConfig:
         checks.choice("train.precision", self.precision, PRECISIONS)
         checks.choice("train.strategy", self.strategy, STRATEGIES)
         checks.choice("train.accelerator", self.accelerator, ACCELERATORS)
+        checks.choice("train.compile", self.compile, ("auto", True, False))
         for name in ("max_steps", "accumulate_grad_batches", "num_nodes", "sample_count", "sample_frames",
                      "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
             checks.positive_int(f"train.{name}", getattr(self, name))

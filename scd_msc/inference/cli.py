@@ -23,6 +23,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cond-guidance", type=float, default=1.0, metavar="S",
                         help="classifier-free guidance on the actions and labels of a conditioned model: "
                         "v_null + S·(v_cond − v_null) (default 1.0: off)")
+    parser.add_argument("--eager", action="store_true", help="opt out of the fast path (on CUDA the "
+                        "per-step calls are compiled and replayed from CUDA graphs by default)")
     parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
                         help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
                         "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
@@ -93,6 +96,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole history every frame (slow reference)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the files (default 8)")
+    parser.add_argument("--report", default=None, metavar="FILE.json",
+                        help="also write the per-frame latency and the fast path's setup time as JSON")
     return parser
 
 
@@ -188,6 +193,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompt = None if clips is None else clips["video"]  # (B, k, C, H, W)
         device_prompt = None if prompt is None else prompt.to(prep.device, dtype)
         session = prep.model.stream(args.batch, args.steps, prompt=device_prompt, generator=generator,
+                                    compile=False if args.eager else None,
                                     cache=not args.no_cache, guidance=args.guidance,
                                     context_noise=args.context_noise, sampler=prep.sampler,
                                     **conditions.stream_kwargs(conds.prompt_actions, conds.labels,
@@ -212,6 +218,8 @@ def run_generate(args: argparse.Namespace) -> int:
               f"(replay: --actions {saved} --seed {args.seed})")
     if conds.labels is not None:
         print(f"labels: {','.join(str(i) for i in conds.labels.tolist())}")
+    if args.report is not None:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report.exit_code
 
 
@@ -252,7 +260,8 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(prep.model, batches, args.context, args.steps, args.clips, generator,
                           examples=args.examples, progress=not args.no_progress,
                           context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler,
-                          cond_guidance=args.cond_guidance, shuffle_seed=args.seed)
+                          cond_guidance=args.cond_guidance, shuffle_seed=args.seed,
+                          compile=False if args.eager else None)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
+from scd_msc.streaming.fast import CompileArg
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
@@ -194,6 +195,7 @@ class Protocol:
     decoder: Optional["FrameDecoder"] = None
     cond_guidance: float = 1.0
     shuffle_seed: int = 0
+    compile: CompileArg = None
 
     def __post_init__(self) -> None:
         self.shuffle_generator = torch.Generator().manual_seed(self.shuffle_seed)
@@ -205,7 +207,7 @@ class Protocol:
         dtype = next(self.model.parameters()).dtype
         session = self.model.stream(video.shape[0], self.steps, prompt=video[:, :self.context].to(dtype),
                                     generator=self.generator, context_noise=self.context_noise,
-                                    sampler=self.sampler, **conditions)
+                                    sampler=self.sampler, compile=self.compile, **conditions)
         frames = []
         for j in range(video.shape[1] - self.context):
             frame = session.step() if actions is None else session.step(actions[:, j])
@@ -247,7 +249,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              progress: bool = True, context_noise: float = 0.0,
              decoder: Optional["FrameDecoder"] = None,
              sampler: Optional[Sampler] = None, cond_guidance: float = 1.0,
-             shuffle_seed: int = 0) -> EvalResult:
+             shuffle_seed: int = 0, compile: CompileArg = None) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     plus ``actions (B, k + n)`` / ``label (B,)`` for a model conditioned on them (at most
     ``total`` clips; latents when ``decoder`` is given, and the result holds pixels). The
@@ -257,7 +259,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
     device = next(model.parameters()).device
     cfg = model.cfg
     protocol = Protocol(model, context, steps, generator, context_noise, sampler, decoder, cond_guidance,
-                        shuffle_seed)
+                        shuffle_seed, compile)
     true, floor, shuffled = [], [], []  # Scores per batch
     keys: list[str] = []
     truth, generated, shuffled_generated = [], [], []  # the first examples, each (k + n, C, H, W)

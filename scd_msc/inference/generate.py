@@ -85,6 +85,24 @@ class GenerationReport:
     interrupted: bool = False
     signum: Optional[int] = None
     errors: list[BaseException] = field(default_factory=list)
+    setup_seconds: float = 0.0  # compiling and capturing the fast path
+    setup_frames: int = 0  # the first frames, which paid for it (out of the steady state)
+    fast_path: str = "eager"
+
+    @property
+    def steady_ms(self) -> list[float]:
+        """Per-frame latency after the frames that compiled or captured anything."""
+        return self.ms_per_frame[self.setup_frames:]
+
+    def as_dict(self) -> dict:
+        """The report as plain data (``generate --report FILE.json``)."""
+        steady = self.steady_ms
+        return {"frames": self.frames, "requested": self.requested, "prompt_frames": self.prompt_frames,
+                "interrupted": self.interrupted, "fast_path": self.fast_path,
+                "setup_seconds": self.setup_seconds, "setup_frames": self.setup_frames,
+                "steady_ms_per_frame_median": statistics.median(steady) if steady else None,
+                "steady_ms_per_frame_mean": statistics.mean(steady) if steady else None,
+                "ms_per_frame": self.ms_per_frame, "paths": [str(p) for p in self.paths]}
 
     @property
     def frames(self) -> int:
@@ -103,11 +121,15 @@ class GenerationReport:
         done = f"{self.frames} of {self.requested}" if self.interrupted else f"{self.frames}"
         lines = [("interrupted: " if self.interrupted else "") + f"generated {done} frames"
                  + (f" after {self.prompt_frames} prompt frames" if self.prompt_frames else "")]
-        if ms:
-            steady = statistics.mean(ms[1:]) if len(ms) > 1 else ms[0]
-            lines.append(f"latency: mean {statistics.mean(ms):.1f} ms/frame, median "
-                         f"{statistics.median(ms):.1f} ms/frame (first frame {ms[0]:.1f} ms, "
-                         f"mean without it {steady:.1f} ms)")
+        steady = self.steady_ms
+        if steady:
+            lines.append(f"latency ({self.fast_path}): median {statistics.median(steady):.1f} ms/frame, mean "
+                         f"{statistics.mean(steady):.1f} ms/frame over {len(steady)} frames"
+                         + (f"; compile and capture took {self.setup_seconds:.1f} s in the first "
+                            f"{self.setup_frames} frames, left out" if self.setup_frames else ""))
+        elif ms:
+            lines.append(f"latency ({self.fast_path}): every frame compiled or captured something "
+                         f"({self.setup_seconds:.1f} s); mean {statistics.mean(ms):.1f} ms/frame")
         lines += [f"wrote {p} ({self.prompt_frames + self.frames} frames)" for p in self.paths]
         lines += [f"error closing a file: {err!r}" for err in self.errors]
         return "\n".join(lines)
@@ -150,4 +172,14 @@ def stream_to_sinks(session: StreamingSession, frames: int, sinks: list[FrameSin
                 report.errors = close_all(sinks)
                 bar.close()
     report.paths = [s.path for s in sinks if s.frames]
+    report.setup_seconds = getattr(session, "setup_seconds", 0.0)
+    report.setup_frames = min(getattr(session, "setup_frame", 0), report.frames)
+    report.fast_path = fast_path_name(session)
     return report
+
+
+def fast_path_name(session: StreamingSession) -> str:
+    """``compiled + CUDA graphs``, ``compiled``, ``CUDA graphs`` or ``eager``."""
+    parts = (["compiled"] if getattr(session, "backend", None) is not None else []) + \
+        (["CUDA graphs"] if getattr(session, "graphs", False) else [])
+    return " + ".join(parts) or "eager"

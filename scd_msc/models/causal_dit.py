@@ -24,6 +24,7 @@ from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
+from scd_msc.streaming.fast import CompileArg
 from scd_msc.streaming import DiTSession, Generates, StackCache, check_generation_args, new_stack_cache
 
 
@@ -71,14 +72,16 @@ class CausalDiT(Generates, nn.Module):
                generator: Optional[torch.Generator] = None, cache: bool = True,
                guidance: float = 1.0, context_noise: float = 0.0,
                sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
-               labels: Optional[Tensor] = None, cond_guidance: float = 1.0) -> DiTSession:
+               labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
+               compile: CompileArg = None) -> DiTSession:
         """A session that makes one frame per ``step(action)`` after the optional ``prompt``
         (``prompt_actions`` ``(B, F0)``), ``labels`` ``(B,)`` conditioning every frame;
-        ``cond_guidance``: CFG on the actions and labels."""
+        ``cond_guidance``: CFG on the actions and labels; ``compile``: the fast path
+        (None: compiled and graph-replayed on CUDA, eager elsewhere; False: eager)."""
         check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
                               prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
         if guidance != 1.0:
             raise ValueError(f"guidance={guidance} needs a context to perturb; CausalDiT has none "
                              "(use guidance=1.0)")
         return DiTSession(self, batch_size, steps, sampler or Sampler(), generator, cache, prompt,
-                          context_noise, prompt_actions, labels, cond_guidance)
+                          context_noise, prompt_actions, labels, cond_guidance, compile)

@@ -17,6 +17,7 @@ from scd_msc.ops.schedule import MSCScheduleConfig
 
 FAMILIES = ("scd-msc", "scd-dense", "causal-dit")
 CONDITIONINGS = ("token_concat", "add", "adaln")
+DECODER_CONTEXTS = ("recompute", "prefix")
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ModelConfig:
     ``attention``: what every MSC layer shares; ``schedule``: the encoder's per-layer
     windows; ``decoder_window``/``decoder_down``: the decoder's hi-res window and low-res
     pooling; ``dense_window_frames``: frames a dense encoder / DiT layer attends (None: all).
+    ``decoder_context``: ``recompute`` (the context frame of the decoder's stack is run
+    at every denoising step) or ``prefix`` (it is run once per frame and its keys/values
+    are reused by every step; see :mod:`scd_msc.models.decoder`).
     ``actions``: size of a discrete action set the model is conditioned on (0: none);
     ``classes``: number of class labels (0: none); see :mod:`scd_msc.models.conditions`."""
 
@@ -44,6 +48,7 @@ class ModelConfig:
     decoder_window: int = 3
     decoder_down: int = 2
     conditioning: str = "token_concat"
+    decoder_context: str = "recompute"
     dense_window_frames: Optional[int] = None
     actions: int = 0
     classes: int = 0
@@ -65,6 +70,11 @@ class ModelConfig:
             raise checks.error("model.dim", self.dim, f"a multiple of 8·model.heads={8 * self.heads}",
                                "so that the head dim dim/heads is a multiple of 8 (3-D RoPE)")
         checks.positive_int("model.dense_window_frames", self.dense_window_frames, allow_none=True)
+        checks.choice("model.decoder_context", self.decoder_context, DECODER_CONTEXTS)
+        if self.decoder_context == "prefix" and self.conditioning != "token_concat":
+            raise checks.error("model.decoder_context", self.decoder_context,
+                               "'recompute' unless model.conditioning='token_concat'",
+                               f"a prefix keeps the context frame, which conditioning={self.conditioning!r} has not")
         for name in ("actions", "classes"):
             checks.non_negative_int(f"model.{name}", getattr(self, name), detail="0: unconditioned")
         self.attention.validate(self.heads)

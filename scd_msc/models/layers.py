@@ -7,11 +7,12 @@ token grid · ``N = Hp·Wp`` · ``D`` width · ``p`` patch size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from scd_msc.ops.embed import timestep_embedding
 from scd_msc.ops.msc import AttentionConfig, MSCAttentionConfig
@@ -86,11 +87,18 @@ class Block(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.ada[-1].weight)
         nn.init.zeros_(self.ada[-1].bias)
+        self.checkpointing = False  # training: recompute activations in the backward pass
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
                 cache: Optional[object] = None, write: bool = False) -> Tensor:
         """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x; ``cache``
         and ``write`` go to the attention layer."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, t, cond, frame_index, cache, write, use_reentrant=False)
+        return self._forward(x, t, cond, frame_index, cache, write)
+
+    def _forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
+                 cache: Optional[object], write: bool) -> Tensor:
         mods = self.ada(cond)[:, :, None, None].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = self.norm1(x) * (1 + scale1) + shift1
@@ -107,12 +115,14 @@ def layer_config(dim: int, heads: int, attention: AttentionConfig, causal: bool,
 
 
 def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor,
-               cache: Optional[StackCache] = None, write: bool = False) -> Tensor:
+               cache: Optional[StackCache] = None, write: Union[bool, str] = False) -> Tensor:
     """Apply ``blocks`` to the frames ``h (B, F, Hp, Wp, D)``. Without a cache the frames
     sit at positions ``0..F-1``; with one they follow the frames already written and each
     block reads its own layer cache; ``write`` appends the frames to every layer and
-    advances the cache's position."""
+    advances the cache's position; ``write="reset"`` starts the cache over with them."""
     f = h.shape[1]
+    if cache is not None and write == "reset":
+        cache.restart(h.device)
     fi = torch.arange(f, device=h.device) if cache is None else cache.positions(f, h.device)
     for i, block in enumerate(blocks):
         h = block(h, t, cond, fi, None if cache is None else cache.layers[i], write)

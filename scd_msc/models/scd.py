@@ -25,6 +25,7 @@ from scd_msc.conditions import check_conditions
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.decoder import FrameDecoder
 from scd_msc.models.encoder import CausalEncoder
+from scd_msc.streaming.fast import CompileArg
 from scd_msc.streaming import Generates, SCDSession, StackCache, check_generation_args
 
 
@@ -61,6 +62,21 @@ class SCDModel(Generates, nn.Module):
         ``(B',)`` (frames folded into ``B'``)."""
         return self.decoder(x, t, c, actions, labels)
 
+    def new_decoder_cache(self) -> StackCache:
+        """``decoder_context='prefix'``: the context frame's keys/values in the decoder."""
+        return self.decoder.new_cache()
+
+    def decoder_prefix(self, c: Tensor, cache: StackCache) -> None:
+        """``decoder_context='prefix'``: write the keys/values of context ``c (B, N, D)``
+        into ``cache``, once per frame."""
+        self.decoder.prefix(c, cache)
+
+    def decode_step(self, x: Tensor, t: Tensor, cache: StackCache, actions: Optional[Tensor] = None,
+                    labels: Optional[Tensor] = None) -> Tensor:
+        """``decoder_context='prefix'``: :meth:`decode` with the context's keys/values from
+        ``cache`` (over the noisy frame's tokens only)."""
+        return self.decoder.step(x, t, cache, actions, labels)
+
     def contexts(self, video: Tensor, t_ctx: Optional[Tensor] = None, actions: Optional[Tensor] = None,
                  labels: Optional[Tensor] = None) -> Tensor:
         """The context each frame is decoded from: ``(B, F, N, D)``, frame 0 gets the
@@ -83,12 +99,19 @@ class SCDModel(Generates, nn.Module):
                generator: Optional[torch.Generator] = None, cache: bool = True,
                guidance: float = 1.0, context_noise: float = 0.0,
                sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
-               labels: Optional[Tensor] = None, cond_guidance: float = 1.0) -> SCDSession:
+               labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
+               compile: CompileArg = None) -> SCDSession:
         """A session that makes one frame per ``step(action)`` after the optional ``prompt``
         (``prompt_actions`` ``(B, F0)``: the actions that led to its frames); ``labels``
         ``(B,)`` condition every frame. ``guidance``: CFG by perturbing the context;
-        ``cond_guidance``: CFG on the actions and labels (see :class:`SCDSession`)."""
+        ``cond_guidance``: CFG on the actions and labels (see :class:`SCDSession`).
+        ``compile``: the fast path (None: compiled and graph-replayed on CUDA, eager
+        elsewhere; False: eager; see :mod:`scd_msc.streaming.fast`)."""
         check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
                               prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
+        if guidance != 1.0 and self.cfg.decoder_context == "prefix":
+            raise ValueError(f"guidance={guidance}: guidance by perturbing the context needs "
+                             "decoder_context='recompute' (a prefix model keeps one context per frame); "
+                             "expected 1.0 (cond_guidance works)")
         return SCDSession(self, batch_size, steps, sampler or Sampler(), generator, cache, guidance,
-                          prompt, context_noise, prompt_actions, labels, cond_guidance)
+                          prompt, context_noise, prompt_actions, labels, cond_guidance, compile)

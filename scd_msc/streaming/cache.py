@@ -37,12 +37,14 @@ class FrameKV:
     k: Optional[Tensor] = None
     v: Optional[Tensor] = None
 
-    def extend(self, k: Tensor, v: Tensor, write: bool) -> tuple[Tensor, Tensor]:
+    def extend(self, k: Tensor, v: Tensor, write: Union[bool, str]) -> tuple[Tensor, Tensor]:
         """Cached frames followed by the new ones (what the new queries attend); with
-        ``write`` the tail is kept for the next call, else the cache stays as it was. A
-        read may come with a multiple of the cached batch (guidance stacks the
-        conditioned and the null rows): each group of rows then sees the cached frames."""
-        if self.k is not None:
+        ``write`` the tail is kept for the next call, else the cache stays as it was;
+        ``write="reset"``: the new frames alone are attended and kept (the cache starts
+        over, in place when the shapes allow). A read may come with a multiple of the
+        cached batch (guidance stacks the conditioned and the null rows): each group of
+        rows then sees the cached frames."""
+        if self.k is not None and write != "reset":
             ck, cv = self.k, self.v
             if k.shape[0] != ck.shape[0] and not write:  # (r·B, ...) queries over a (B, ...) cache
                 ck, cv = (c.repeat(k.shape[0] // c.shape[0], *([1] * (c.dim() - 1))) for c in (ck, cv))
@@ -118,6 +120,13 @@ class StackCache:
     def advance(self, count: int) -> None:
         """``count`` frames were written to every layer."""
         self.position.add_(count)
+
+    def restart(self, device: torch.device) -> None:
+        """The next frames are written from position 0 (in place, graph-safe)."""
+        if self.position is None:
+            self.position = torch.zeros((), dtype=torch.long, device=device)
+        else:
+            self.position.zero_()
 
     @property
     def frames_seen(self) -> int:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.diffusion import Sampler
+from scd_msc.streaming.fast import CompileArg
 from scd_msc.streaming.session import Session
 
 
@@ -25,8 +26,9 @@ class DiTSession(Session):
                  generator: Optional[torch.Generator], cache: bool = True,
                  prompt: Optional[Tensor] = None, context_noise: float = 0.0,
                  prompt_actions: Optional[Tensor] = None, labels: Optional[Tensor] = None,
-                 cond_guidance: float = 1.0):
-        super().__init__(model, batch_size, steps, sampler, generator, context_noise, labels, cond_guidance)
+                 cond_guidance: float = 1.0, compile: CompileArg = None):
+        super().__init__(model, batch_size, steps, sampler, generator, context_noise, labels, cond_guidance,
+                         compile)
         self.cache = model.new_cache() if cache else None
         self.history: Optional[Tensor] = None  # (B, F, C, H, W) committed frames, for cache=False
         self.history_actions: Optional[Tensor] = None  # (B, F) the actions that led to them
@@ -39,8 +41,9 @@ class DiTSession(Session):
         action, labels = self.unpack(ids)
         actions = None if action is None else action[:, None]  # (B', 1)
         t = t.to(x.dtype)[:, None]  # (B', 1)
-        if self.cache is not None:
-            return self.model(x[:, None], t, self.cache, False, actions, labels)[:, 0]
+        if self.cache is not None:  # once the cache is full its shapes are fixed: the fast path
+            forward = self.fn("forward") if self.cache.full() else self.model
+            return forward(x[:, None], t, self.cache, False, actions, labels)[:, 0]
         if self.history is None:
             return self.model(x[:, None], t, actions=actions, labels=labels)[:, 0]
         # guidance (B' = 2B) varies only the new frame's conditions, as a cache of the
@@ -74,4 +77,4 @@ class DiTSession(Session):
         """frame ``(B, C, H, W)``, already noised, and its action ``(B,)``: one pass at
         ``t_c`` writes its K/V."""
         actions = action[0][:, None] if action else None  # (B, 1)
-        return self.model(frame[:, None], self.t_commit, self.cache, True, actions, self.labels)
+        return self.fn("forward")(frame[:, None], self.t_commit, self.cache, True, actions, self.labels)

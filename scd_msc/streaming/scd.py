@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.diffusion import Sampler
+from scd_msc.streaming.fast import CompileArg
 from scd_msc.streaming.session import Session
 
 
@@ -30,22 +31,37 @@ class SCDSession(Session):
                  generator: Optional[torch.Generator], cache: bool = True, guidance: float = 1.0,
                  prompt: Optional[Tensor] = None, context_noise: float = 0.0,
                  prompt_actions: Optional[Tensor] = None, labels: Optional[Tensor] = None,
-                 cond_guidance: float = 1.0):
-        super().__init__(model, batch_size, steps, sampler, generator, context_noise, labels, cond_guidance)
+                 cond_guidance: float = 1.0, compile: CompileArg = None):
+        super().__init__(model, batch_size, steps, sampler, generator, context_noise, labels, cond_guidance,
+                         compile)
         self.guidance = guidance
         self.cache = model.new_cache() if cache else None
         self.history: list[Tensor] = []  # committed (noised) frames so far, for cache=False
         self.history_actions: list[Tensor] = []  # and the actions that led to them
-        self.context = model.start_context(batch_size).to(self.dtype)  # (B, N, D)
+        self.context = model.start_context(batch_size).detach().to(self.dtype)  # (B, N, D), like every later one
+        # decoder_context='prefix': the context frame's keys/values, once per frame
+        self.prefix = model.new_decoder_cache() if model.cfg.decoder_context == "prefix" else None
         self.begin(prompt, prompt_actions)
 
     def _decode(self, x: Tensor, t: Tensor, c: Tensor, *ids: Tensor) -> Tensor:
         """The decoder call, all tensors (graph-capturable): x ``(B', C, H, W)``, t ``(B',)``,
         c ``(B', N, D)``, ids ``(B',)`` each (:meth:`Session.ids`)."""
-        return self.model.decode(x, t, c, *self.unpack(ids))
+        return self.fn("decode")(x, t, c, *self.unpack(ids))
+
+    def _write_prefix(self, c: Tensor) -> Tensor:
+        self.fn("decoder_prefix")(c, self.prefix)
+        return c
+
+    def _decode_step(self, x: Tensor, t: Tensor, *ids: Tensor) -> Tensor:
+        """``prefix`` mode: one step over the noisy frame, reading the context's cache."""
+        return self.fn("decode_step")(x, t, self.prefix, *self.unpack(ids))
 
     @torch.no_grad()
     def denoise(self, action: Optional[Tensor] = None) -> Tensor:
+        if self.prefix is not None:  # the context once, then S steps over the noisy tokens only
+            self.stateful("prefix", self._write_prefix, eager_calls=2)(self.context)
+            step = self.guided(self.graphed("decode_step", self._decode_step), action)
+            return self.sampler.sample(step, self.prior(), self.steps, generator=self.generator)
         decode = self.guided(self.graphed("decode", self._decode), action)  # fixed shapes: graphable at once
         return self.sampler.sample(decode, self.prior(), self.steps, guidance=self.guidance,
                                    context=self.context, generator=self.generator)
@@ -66,7 +82,7 @@ class SCDSession(Session):
         """frame ``(B, C, H, W)``, already noised, and its action ``(B,)`` -> next context
         ``(B, N, D)``, through the cache."""
         actions = action[0][:, None] if action else None  # (B, 1)
-        return self.model.encode(frame[:, None], self.t_commit, self.cache, actions, self.labels)[:, -1]
+        return self.fn("encode")(frame[:, None], self.t_commit, self.cache, actions, self.labels)[:, -1]
 
     def written(self, out: Optional[Tensor]) -> None:
         self.context = out

@@ -24,16 +24,22 @@ the committed history keeps its real actions and labels (what a cache of committ
 frames can offer; the recompute path does the same). It composes with guidance by
 context perturbation (SCD's ``guidance``), which perturbs the context of both rows.
 
-CUDA graphs (:meth:`Session.use_cuda_graphs`): the denoising call is captured as soon as
-its shapes are fixed; the commit call, which writes the caches, once every cache window
-is full (its buffers are then written in place and never move) and after one eager
-commit at those shapes.
+The fast path is the default on CUDA (``compile=None``): the per-step model calls are
+compiled once per model (:mod:`scd_msc.streaming.fast`) and replayed from CUDA graphs.
+The denoising call is captured as soon as its shapes are fixed; the commit call, which
+writes the caches, once every cache window is full (its buffers are then written in
+place and never move) and after one commit at those shapes has run (and compiled)
+outside the graph. ``compile=False`` is eager (no compile, no graphs);
+:meth:`Session.use_cuda_graphs` replays graphs of the eager calls. The time spent
+compiling and capturing is :attr:`Session.setup_seconds` (excluded from steady-state
+figures: frames up to :attr:`Session.setup_frame` paid for it).
 
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
@@ -43,6 +49,7 @@ from scd_msc.checks import error, number, positive_int
 from scd_msc.conditions import check_ids
 from scd_msc.diffusion import Sampler
 from scd_msc.streaming.cache import StackCache
+from scd_msc.streaming.fast import CompileArg, compiled, resolve_compile
 from scd_msc.streaming.graphs import GraphedCall
 
 
@@ -111,17 +118,21 @@ class Session:
 
     def __init__(self, model: nn.Module, batch_size: int, steps: int, sampler: Sampler,
                  generator: Optional[torch.Generator], context_noise: float = 0.0,
-                 labels: Optional[Tensor] = None, cond_guidance: float = 1.0):
+                 labels: Optional[Tensor] = None, cond_guidance: float = 1.0, compile: CompileArg = None):
         self.model, self.batch_size, self.steps = model, batch_size, steps
         self.sampler, self.generator = sampler, generator
         self.context_noise = float(context_noise)
         self.cond_guidance = float(cond_guidance)
         self.frames_done = 0
-        self.graphs = False
         self._graphed: dict[str, GraphedCall] = {}
-        self._full_commits = 0  # commits made with every cache window full
+        self._calls: dict[str, int] = {}  # calls of each stateful call at its fixed shapes
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.backend = resolve_compile(compile, self.device)  # torch.compile backend, None: eager
+        self.graphs = self.backend is not None and self.device.type == "cuda"
+        self.setup_seconds = 0.0  # compiling and capturing, this session
+        self.setup_frame = 0  # frames up to this one paid for setup
+        self._first_calls: set[str] = set()
         cfg = model.cfg
         self.frame_shape = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
         # the level committed frames are given: (B, 1), fixed for the session (graph-safe)
@@ -204,9 +215,9 @@ class Session:
         ``context_noise``, then written once through the model (replayed from a CUDA
         graph when it may be)."""
         frames, t = self.noised(frame[:, None])  # (B, 1, C, H, W), (B, 1)
-        graph = self._write_graph()
-        if graph is not None:
-            self.written(graph(frames[:, 0], *(() if action is None else (action,))))
+        write = self._write_call()
+        if write is not None:
+            self.written(write(frames[:, 0], *(() if action is None else (action,))))
         else:
             self.written(self.write(frames, t, None if action is None else action[:, None]))
         self.frames_done += 1
@@ -230,7 +241,31 @@ class Session:
         """Bytes held by the frame caches (0 without a cache)."""
         return 0 if self.cache is None else self.cache.nbytes()
 
-    # ------------------------------------------------------------------ CUDA graphs
+    # ------------------------------------------------------------------ the fast path
+
+    def fn(self, name: str) -> Callable[..., Tensor]:
+        """The model's call ``name`` (``decode``, ``encode``, ``forward``): compiled on the
+        fast path (once per model), else the plain method. For fixed shapes only."""
+        if self.backend is None:
+            return getattr(self.model, name)
+        return self._timed(name, compiled(self.model, name, self.backend))
+
+    def _timed(self, key: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``fn``, whose first call in this session (compile, capture) counts as setup."""
+        if key in self._first_calls:
+            return fn
+
+        def first(*args: Tensor) -> Tensor:
+            start = time.perf_counter()
+            out = fn(*args)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.setup_seconds += time.perf_counter() - start
+            self.setup_frame = self.frames_done + 1
+            self._first_calls.add(key)
+            return out
+
+        return first
 
     def use_cuda_graphs(self) -> "Session":
         """Replay the denoising call, and once the caches are full the commit call, from
@@ -247,17 +282,25 @@ class Session:
             return fn
         if name not in self._graphed:
             self._graphed[name] = GraphedCall(fn)
-        return self._graphed[name]
+        return self._timed(f"graph:{name}", self._graphed[name])
 
-    def _write_graph(self) -> Optional[GraphedCall]:
-        """The graphed :meth:`write_one` once every cache window is full and one eager
-        commit ran at those shapes (capture records without executing); else None."""
-        if not self.graphs or self.cache is None or not self.cache.full():
+    def _write_call(self) -> Optional[Callable[..., Tensor]]:
+        """:meth:`write_one` once every cache window is full (shapes fixed; see
+        :meth:`stateful`); None while the caches grow."""
+        if self.cache is None or not self.cache.full():
             return None
-        self._full_commits += 1
-        if "write" not in self._graphed and self._full_commits >= 2:
-            self._graphed["write"] = GraphedCall(self.write_one, warmup=0)
-        return self._graphed.get("write")
+        return self.stateful("write", self.write_one, eager_calls=1)
+
+    def stateful(self, name: str, fn: Callable[..., Tensor], eager_calls: int) -> Callable[..., Tensor]:
+        """``fn``, a call that writes state in place at fixed shapes, replayed from a CUDA
+        graph once it ran (and compiled) ``eager_calls`` times outside the graph: capture
+        records without executing, so the replay that follows performs the call once."""
+        count = self._calls[name] = self._calls.get(name, 0) + 1
+        if not self.graphs or count <= eager_calls:
+            return fn
+        if name not in self._graphed:
+            self._graphed[name] = GraphedCall(fn, warmup=0)
+        return self._timed(f"graph:{name}", self._graphed[name])
 
 
 class Generates:
@@ -269,7 +312,8 @@ class Generates:
                  callback: Optional[Callable[[int, Tensor], None]] = None,
                  context_noise: float = 0.0, sampler: Optional[Sampler] = None,
                  actions: Optional[Tensor] = None, labels: Optional[Tensor] = None,
-                 prompt_actions: Optional[Tensor] = None, cond_guidance: float = 1.0) -> Tensor:
+                 prompt_actions: Optional[Tensor] = None, cond_guidance: float = 1.0,
+                 compile: CompileArg = None) -> Tensor:
         """``num_frames`` new frames ``(B, num_frames, C, H, W)`` after the optional
         ``prompt (B, F0, C, H, W)``; ``actions (B, num_frames)``: ``actions[:, i]`` leads to
         new frame ``i``; ``labels (B,)``; ``callback(i, frame)`` sees each frame as it is made."""
@@ -277,7 +321,8 @@ class Generates:
                               labels, cond_guidance, actions, check_actions=True)
         session = self.stream(batch_size, steps, prompt=prompt, generator=generator, cache=cache,
                               guidance=guidance, context_noise=context_noise, sampler=sampler,
-                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
+                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance,
+                              compile=compile)
         frames = []
         for i in range(num_frames):
             frames.append(session.step(None if actions is None else actions[:, i]))

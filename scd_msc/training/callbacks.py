@@ -194,6 +194,7 @@ class SampleStrip(L.Callback):
         net.eval()
         try:
             video = net.generate(self.count, self.frames, self.steps, generator=torch.Generator().manual_seed(self.seed),
+                                 compile=False,  # a few strips per run: compiling would cost more than it saves
                                  **sample_conditions(net.cfg, self.count, self.frames, self.seed))  # (B, F, C, H, W)
         finally:
             net.train(was_training)

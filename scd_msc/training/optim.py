@@ -15,11 +15,12 @@ def build_optimizer(model: nn.Module, train: TrainConfig
     """AdamW over ``model``'s trainable parameters (``train.lr``, ``train.betas``):
     ``train.weight_decay`` on parameters of 2 or more dimensions, none on biases and norm
     scales; and a schedule, stepped once per optimizer step, that ramps the learning rate
-    linearly to ``train.lr`` over ``train.warmup_steps`` steps."""
+    linearly to ``train.lr`` over ``train.warmup_steps`` steps. Fused on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases, norms
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.betas[0], train.betas[1]))
+    fused = all(p.is_cuda for p in params)  # one fused kernel for the whole update on CUDA
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.betas[0], train.betas[1]), fused=fused)
     warmup = max(train.warmup_steps, 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     return optimizer, schedule

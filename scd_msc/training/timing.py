@@ -17,6 +17,8 @@ Written at the end of training (and on interrupt) by rank 0 to
     loader_wait_fraction  sum of waits / sum of intervals
     steps_per_s           1000 / step_ms_mean
     samples_per_s         steps_per_s x batch size x world size
+    model_tflops_per_s    model FLOPs per clip (training/flops.py) x samples_per_s
+    mfu                   model_tflops_per_s / (GPUs x the chip's dense bf16 peak), when known
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ import time
 from typing import Any, Optional
 
 import lightning as L
+import torch
+
+from scd_msc.training.flops import peak_tflops
 
 
 class StepTimer(L.Callback):
     """Times steps and loader waits (see the module docstring); logs
     ``time/step_ms`` and ``time/loader_wait_ms`` every step."""
 
-    def __init__(self, out_dir: str, batch_size: int, warmup: int = 20):
+    def __init__(self, out_dir: str, batch_size: int, warmup: int = 20, flops_per_sample: Optional[float] = None):
         self.path = os.path.join(out_dir, "timing.json")
         self.batch_size, self.warmup = batch_size, warmup
+        self.flops_per_sample = flops_per_sample
+        self.peak: Optional[tuple[str, float]] = None  # (GPU name, dense bf16 TFLOP/s), set at fit start
         self.intervals_ms: list[float] = []
         self.waits_ms: list[float] = []
         self._start: Optional[float] = None  # previous step's start
@@ -78,7 +85,25 @@ class StepTimer(L.Callback):
             "loader_wait_ms_mean": statistics.fmean(waits), "loader_wait_ms_p95": waits[int(0.95 * (n - 1))],
             "loader_wait_fraction": sum(waits) / sum(self.intervals_ms),
             "steps_per_s": 1e3 / step_mean, "samples_per_s": 1e3 / step_mean * self.batch_size * world_size,
+            **self._mfu(1e3 / step_mean * self.batch_size * world_size, world_size),
         }
+
+    def _mfu(self, samples_per_s: float, world_size: int) -> dict[str, Any]:
+        if self.flops_per_sample is None:
+            return {}
+        tflops = samples_per_s * self.flops_per_sample / 1e12
+        out: dict[str, Any] = {"model_tflops_per_step_sample": self.flops_per_sample / 1e12,
+                               "model_tflops_per_s": tflops}
+        if self.peak is not None:
+            out.update(gpu=self.peak[0], peak_tflops=self.peak[1], mfu=tflops / (world_size * self.peak[1]))
+        return out
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+            peak = peak_tflops(name)
+            self.peak = None if peak is None else (name, peak)
 
     def _write(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:

@@ -45,6 +45,7 @@ from scd_msc.data.datamodule import ShardDataModule
 from scd_msc.data.probe import probe_shards
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
+from scd_msc.training.flops import training_flops
 from scd_msc.training.module import SCDLitModule
 from scd_msc.training.preflight import preflight, training_device
 from scd_msc.training.run_logs import ProgressBar, RunCSVLogger
@@ -106,6 +107,13 @@ def check_resume(path: str, cfg: ExperimentConfig, arg: Optional[str] = None) ->
     return int(ckpt["global_step"])
 
 
+def compile_blocks(t: TrainConfig) -> bool:
+    """``train.compile``: ``auto`` compiles when the run trains on CUDA."""
+    if t.compile == "auto":
+        return t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return bool(t.compile)
+
+
 def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     t = cfg.train
     ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
@@ -122,7 +130,9 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
         callbacks.append(SampleStrip(t.out_dir, t.sample_every_n_steps, t.sample_count, t.sample_frames,
                                      t.sample_steps, seed=t.seed, ema=ema))
     # last: its step end is stamped after the sample strip is written
-    callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup))
+    frames = cfg.data.clip_frames
+    callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup,
+                               flops_per_sample=training_flops(cfg.model, cfg.flow, 1, frames) * t.accumulate_grad_batches))
     return callbacks
 
 
@@ -220,9 +230,10 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
         module = SCDLitModule(cfg, shards=shards.to_dict())
-        if cfg.train.compile:
-            for block in module.model.modules():
-                if isinstance(block, Block):
+        for block in module.model.modules():
+            if isinstance(block, Block):
+                block.checkpointing = cfg.train.activation_checkpointing
+                if compile_blocks(cfg.train):
                     block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
         # a resumed run reads a new stream of clips instead of replaying the first one
         data = ShardDataModule(dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step))

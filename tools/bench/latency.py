@@ -8,15 +8,21 @@ Run from the repository root::
         --frames 2 --warmup 1 --curve-frames 3 --train-batch 1 --train-frames 2 \
         --train-iters 1 --train-warmup 1 --out /tmp/bench   # CPU smoke run, seconds
 
-Per model and batch size: a session is primed with a ``context``-frame prompt, a few
-frames are made untimed (warm-up; CUDA-graph capture when on), then every frame is
-timed with CUDA events in two parts: the denoising loop (``S`` steps) and the commit
-(SCD: one encoder pass; DiT: one pass at t=0 writing the KV cache). End to end =
-both. A second run of SCD-MSC from an empty cache out to ``curve_frames`` gives latency
-and memory against frame index. The training step (forward + backward + the optimizer
-step of ``scd-msc train``: ``scd_msc.training.optim.build_optimizer``) is timed per
-model on clips of ``train_frames`` frames. Needs CUDA; ``--device cpu`` runs the same
-code on a CPU (fp32) as a smoke test, not a measurement.
+Per model, mode and batch size: a session is primed with a ``context``-frame prompt, a
+few frames are made untimed (warm-up: compile and CUDA-graph capture when on), then
+every frame is timed with CUDA events in two parts: the denoising loop (``S`` steps) and
+the commit (SCD: one encoder pass; DiT: one pass at t=0 writing the KV cache). End to
+end = both. Modes (``--modes``), the same for every family: ``eager``; ``graphs`` (the
+eager calls replayed from CUDA graphs); ``fast`` — what ``model.stream`` and ``scd-msc
+generate`` run by default on CUDA: compiled once per model and graph-replayed.
+``--prefix`` adds the SCD models with ``decoder_context='prefix'``. A second run of
+SCD-MSC from an empty cache out to ``curve_frames`` gives latency and memory against
+frame index; ``scd-msc generate`` itself is timed on the same preset (its own
+steady-state report); kernels per decoder call (per DiT pass) are counted with the
+profiler. The training step (forward + backward + the optimizer step of ``scd-msc
+train``: ``scd_msc.training.optim.build_optimizer``) is timed per model on clips of
+``train_frames`` frames. Needs CUDA; ``--device cpu`` runs the same code on a CPU (fp32)
+as a smoke test, not a measurement.
 
 Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``S`` steps.
 """
@@ -27,19 +33,19 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from scd_msc.checks import choice, positive_int, positive_ints
 from scd_msc.config import TrainConfig
-from scd_msc.diffusion import Sampler
 from scd_msc.models import SIZES, build_model, count_parameters
 from scd_msc.media import check_writable_folder
 from scd_msc.streaming import StreamingSession
 from scd_msc.training.optim import build_optimizer
-from tools.bench.report import command_line, report_stem, write_report
+from tools.bench.kernels import count_kernels, generate_cli_ms
+from tools.bench.latency_report import write_latency_report
+from tools.bench.report import command_line
 from tools.bench.timing import peak_memory_gib, reset_peak_memory, summarize_ms, sync
 
 ENTRY = "tools.bench_latency"  # the module users run: python -m tools.bench_latency
@@ -48,11 +54,26 @@ PROG = f"python -m {ENTRY}"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+MODES = ("eager", "graphs", "fast")
+PREFIX = "+prefix"  # a case name suffix: the SCD model with decoder_context='prefix'
+
+
 def make_model(name: str, args: argparse.Namespace, device: str) -> torch.nn.Module:
-    """Dense models attend the last ``context`` frames, as many as the prompt holds."""
-    over = {} if name.startswith("scd-msc") else {"dense_window_frames": args.context + 1}
-    model = build_model(name, **over)
+    """``name``: a preset, optionally with :data:`PREFIX`. Dense models attend the last
+    ``context`` frames, as many as the prompt holds."""
+    preset, prefix = name.removesuffix(PREFIX), name.endswith(PREFIX)
+    over = {} if preset.startswith("scd-msc") else {"dense_window_frames": args.context + 1}
+    model = build_model(preset, **over, **({"decoder_context": "prefix"} if prefix else {}))
     return model.to(device=device, dtype=DTYPES[args.dtype]).eval()
+
+
+def open_session(model: torch.nn.Module, batch: int, args: argparse.Namespace, mode: str,
+                 generator: torch.Generator, prompt: torch.Tensor | None = None) -> StreamingSession:
+    """A session of ``mode``: eager, eager calls replayed from CUDA graphs, or the
+    default fast path (compiled, graph-replayed)."""
+    session = model.stream(batch, args.steps, prompt=prompt, generator=generator,
+                           compile=None if mode == "fast" else False)
+    return session.use_cuda_graphs() if mode == "graphs" else session
 
 
 def _events(n: int) -> list[torch.cuda.Event]:
@@ -85,21 +106,21 @@ def time_frames(session: StreamingSession, frames: int, device: str) -> tuple[li
 
 
 @torch.no_grad()
-def bench_inference(name: str, batch: int, args: argparse.Namespace, device: str,
-                    graphs: bool) -> dict[str, Any]:
-    model = make_model(name, args, device)
+def bench_inference(name: str, batch: int, args: argparse.Namespace, device: str, mode: str,
+                    model: torch.nn.Module) -> dict[str, Any]:
     cfg = model.cfg
     g = torch.Generator(device=device).manual_seed(0)
     prompt = torch.randn(batch, args.context, cfg.channels, cfg.image_size, cfg.image_size,
                          device=device, dtype=DTYPES[args.dtype], generator=g)
     reset_peak_memory(device)
-    session = model.stream(batch, args.steps, prompt=prompt, generator=g)
-    if graphs:
-        session.use_cuda_graphs()
-    time_frames(session, args.warmup, device)  # warm-up (and graph capture), untimed
+    session = open_session(model, batch, args, mode, g, prompt)
+    start = time.perf_counter()
+    time_frames(session, args.warmup, device)  # warm-up (compile, graph capture), untimed
+    warm_s = time.perf_counter() - start
     den, e2e = time_frames(session, args.frames, device)
     d, e = summarize_ms(den), summarize_ms(e2e)
-    return {"model": name, "graphs": graphs, "batch": batch, "steps": args.steps,
+    return {"model": name, "mode": mode, "batch": batch, "steps": args.steps,
+            "setup_s": round(getattr(session, "setup_seconds", 0.0), 2), "warmup_s": round(warm_s, 2),
             "denoise_ms": d["median_ms"], "denoise_p90_ms": d["p90_ms"],
             "e2e_ms": e["median_ms"], "e2e_p90_ms": e["p90_ms"],
             "frames_per_s": 1e3 * batch / e["median_ms"],
@@ -108,29 +129,25 @@ def bench_inference(name: str, batch: int, args: argparse.Namespace, device: str
 
 
 @torch.no_grad()
-def graph_check(name: str, args: argparse.Namespace, device: str, frames: int = 3) -> float:
-    """Max |graphed − eager| over ``frames`` frames made after capture, same seeds."""
-    model = make_model(name, args, device)
+def mode_check(model: torch.nn.Module, args: argparse.Namespace, device: str, mode: str,
+               frames: int = 3) -> float:
+    """Max |``mode`` − eager| over ``frames`` frames made after warm-up, same seeds."""
     cfg = model.cfg
     outs = []
-    for graphs in (False, True):
+    for m in ("eager", mode):
         g = torch.Generator(device=device).manual_seed(2)
         prompt = torch.randn(1, args.context, cfg.channels, cfg.image_size, cfg.image_size,
                              device=device, dtype=DTYPES[args.dtype], generator=g)
-        session = model.stream(1, args.steps, prompt=prompt, generator=g)
-        if graphs:
-            session.use_cuda_graphs()
+        session = open_session(model, 1, args, m, g, prompt)
         outs.append(torch.stack([session.step() for _ in range(args.warmup + frames)])[-frames:])
     return (outs[0].float() - outs[1].float()).abs().max().item()
 
 
 @torch.no_grad()
-def latency_curve(name: str, args: argparse.Namespace, device: str, graphs: bool) -> dict[str, Any]:
+def latency_curve(name: str, args: argparse.Namespace, device: str, mode: str,
+                  model: torch.nn.Module) -> dict[str, Any]:
     """End-to-end latency, cache bytes and peak memory per frame index, empty cache."""
-    model = make_model(name, args, device)
-    session = model.stream(1, args.steps, generator=torch.Generator(device=device).manual_seed(1))
-    if graphs:
-        session.use_cuda_graphs()
+    session = open_session(model, 1, args, mode, torch.Generator(device=device).manual_seed(1))
     reset_peak_memory(device)
     ms, cache, peak = [], [], []
     for _ in range(args.curve_frames):
@@ -138,7 +155,7 @@ def latency_curve(name: str, args: argparse.Namespace, device: str, graphs: bool
         ms.append(e2e[0])
         cache.append(session.cache_bytes())
         peak.append(peak_memory_gib(device))
-    return {"model": name, "graphs": graphs, "ms": ms, "cache_bytes": cache, "peak_gib": peak}
+    return {"model": name, "mode": mode, "ms": ms, "cache_bytes": cache, "peak_gib": peak}
 
 
 def window_median(values: list[float], at: int, half: int = 4) -> float:
@@ -181,25 +198,6 @@ def bench_training(name: str, args: argparse.Namespace, device: str) -> dict[str
             "peak_gib": peak_memory_gib(device)}
 
 
-def plot_curve(curves: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for c in curves:
-        ax.plot(range(1, len(c["ms"]) + 1), c["ms"], lw=0.8,
-                label=f"{c['model']}{' (CUDA graphs)' if c['graphs'] else ''}")
-    ax.set_xlabel("frame index")
-    ax.set_ylabel("end-to-end ms / frame")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="small", help="preset size of all three families")
     p.add_argument("--steps", type=int, default=50)
@@ -209,7 +207,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed frames per case")
     p.add_argument("--curve-frames", type=int, default=512)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph SCD rows")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="eager; graphs (eager calls replayed); fast (compiled + graphs: the default path)")
+    p.add_argument("--prefix", action="store_true", help="also time the SCD models with decoder_context=prefix")
+    p.add_argument("--cli-frames", type=int, default=48, help="frames scd-msc generate makes (its median "
+                   "leaves out the frames that compiled and captured)")
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-frames", type=int, default=16)
     p.add_argument("--train-iters", type=int, default=10)
@@ -223,7 +225,7 @@ def check_args(args: argparse.Namespace) -> str:
     """The device to time on, or a ValueError naming the argument, its value and what
     was expected. The numbers need CUDA; a CPU runs only when asked for (``--device cpu``)."""
     for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames",
-                 "train_iters"):
+                 "train_iters", "cli_frames"):
         positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     positive_ints("--batch", args.batch)
     choice("--size", args.size, SIZES)
@@ -237,81 +239,29 @@ def check_args(args: argparse.Namespace) -> str:
 def run_bench(args: argparse.Namespace, device: str) -> int:
     if device == "cpu" and args.dtype != "fp32":
         args.dtype = "fp32"  # bf16 matmuls on CPU measure nothing useful
-    names = [f"{f}-{args.size}" for f in ("scd-msc", "scd-dense", "causal-dit")]
-    graphs = [False] + ([True] if device == "cuda" and not args.no_graphs else [])
-    rows = []
-    for batch in args.batch:
-        for name in names:
-            for gr in graphs:
-                rows.append(bench_inference(name, batch, args, device, gr))
+    families = [f"{f}-{args.size}" for f in ("scd-msc", "scd-dense", "causal-dit")]
+    names = families + ([f"{n}{PREFIX}" for n in families[:2]] if args.prefix else [])
+    modes = [m for m in args.modes if device == "cuda" or m == "eager"]  # graphs and inductor: CUDA
+    rows: list[dict[str, Any]] = []
+    checks: dict[str, float] = {}
+    kernels: dict[str, dict[str, float]] = {}
+    for name in names:
+        model = make_model(name, args, device)  # one per case: compiled once, reused by every session
+        for batch in args.batch:
+            for mode in modes:
+                rows.append(bench_inference(name, batch, args, device, mode, model))
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
-    checks = {n: graph_check(n, args, device) for n in names} if True in graphs else {}
-    print("graphed vs eager max |diff|:", checks, flush=True)
-    curves = [latency_curve(names[0], args, device, graphs[-1])]  # graphed when on CUDA
+        checks.update({f"{name} {m}": mode_check(model, args, device, m) for m in modes if m != "eager"})
+        if device == "cuda":
+            kernels[name] = count_kernels(model, args, device, modes)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"{' / '.join(modes[1:]) or '-'} vs eager, max |diff|:", checks, flush=True)
+    curves = [latency_curve(names[0], args, device, modes[-1], make_model(names[0], args, device))]
+    cli = generate_cli_ms(args, device)
     train = [bench_training(n, args, device) for n in (names[0], names[2])]
-    return write_latency_report(args, device, names, rows, curves, train, checks)
-
-
-def write_latency_report(args, device, names, rows, curves, train, checks) -> int:
-    def pick(name, graphs=False, batch=None):
-        batch = args.batch[0] if batch is None else batch
-        return next(r for r in rows if r["model"] == name and r["graphs"] == graphs and r["batch"] == batch)
-
-    best = curves[-1]
-    at32, atn = window_median(best["ms"], min(32, len(best["ms"]))), window_median(best["ms"], len(best["ms"]))
-    scd, dense, dit = (pick(n)["e2e_ms"] for n in names)
-    graphed = curves[-1]["graphs"]
-    gscd, gdense, gdit = (pick(n, graphs=True)["e2e_ms"] if graphed else None for n in names)
-    model0 = build_model(names[0])
-    data = {
-        "scd_msc_ms_per_frame": gscd or scd, "scd_dense_ms_per_frame": gdense or dense,
-        "causal_dit_ms_per_frame": gdit or dit, "cuda_graphs": graphed,
-        "eager_ms_per_frame": {"scd_msc": scd, "scd_dense": dense, "causal_dit": dit},
-        "speedup_vs_causal_dit": (gdit or dit) / (gscd or scd), "speedup_vs_causal_dit_eager": dit / scd,
-        "graphed_vs_eager_max_abs_diff": checks,
-        "scd_msc_growth_32_to_512": (atn - at32) / at32,
-        "scd_msc_peak_gib_32": best["peak_gib"][min(31, len(best["peak_gib"]) - 1)],
-        "scd_msc_peak_gib_last": best["peak_gib"][-1],
-        "scd_msc_cache_bytes_32": best["cache_bytes"][min(31, len(best["cache_bytes"]) - 1)],
-        "scd_msc_cache_bytes_last": best["cache_bytes"][-1],
-        "train_samples_per_s": {t["model"]: t["samples_per_s"] for t in train},
-        "train_speedup": train[0]["samples_per_s"] / train[1]["samples_per_s"],
-        "curves": curves, "train": train,
-    }
-    config = {"presets": names, "tokens_per_frame": model0.cfg.grid ** 2,
-              "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
-              "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
-              "dtype": args.dtype, "batches": args.batch, "timed_frames": args.frames,
-              "warmup_frames": args.warmup, "curve_frames": args.curve_frames,
-              "params_m": {r["model"]: round(r["params_m"], 2) for r in rows if r["batch"] == args.batch[0]},
-              "train": f"batch {args.train_batch} × {args.train_frames} frames, bf16 autocast, "
-                       "AdamW of scd-msc train (build_optimizer)",
-              "dense_attention_window": args.context + 1}
-    stem = report_stem(args.out, "latency", device)
-    plot = stem.with_name(stem.name + ".png")
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    plot_curve(curves, plot)
-    cols = ["model", "graphs", "batch", "denoise_ms", "denoise_p90_ms", "e2e_ms", "e2e_p90_ms",
-            "frames_per_s", "peak_gib", "cache_mib", "params_m"]
-    mode = "CUDA graphs (all three models)" if graphed else "eager"
-    extra = "\n".join([
-        "## Summary (batch 1, end to end, steady-state median; warm-up and graph capture excluded)", "",
-        f"- {mode}: SCD-MSC {gscd or scd:.1f}, SCD-dense {gdense or dense:.1f}, causal DiT {gdit or dit:.1f} ms/frame"
-        f" → SCD-MSC {data['speedup_vs_causal_dit']:.2f}× faster than the causal DiT",
-        f"- eager: SCD-MSC {scd:.1f}, SCD-dense {dense:.1f}, causal DiT {dit:.1f} ms/frame ({dit / scd:.2f}×)",
-        f"- graphed vs eager frames, max |diff|: {checks}",
-        f"- SCD-MSC latency frame 32 → {len(best['ms'])}: {at32:.1f} → {atn:.1f} ms ({100 * (atn - at32) / at32:+.1f}%); "
-        f"cache {data['scd_msc_cache_bytes_32'] / 2**20:.2f} → {data['scd_msc_cache_bytes_last'] / 2**20:.2f} MiB; "
-        f"peak memory {data['scd_msc_peak_gib_32']} → {data['scd_msc_peak_gib_last']} GiB",
-        "- training: " + ", ".join(f"{t['model']} {t['samples_per_s']:.2f} clips/s ({t['step_ms']:.0f} ms/step, "
-                                    f"peak {t['peak_gib']} GiB)" for t in train)
-        + f"; ratio {data['train_speedup']:.2f}×",
-        f"- plot: `{plot.name}`", ""])
-    write_report(stem, "Per-frame latency: SCD-MSC vs SCD-dense vs causal DiT", args.command, config,
-                 rows, extra, data, columns=cols)
-    print(extra)
-    print(f"wrote {stem}.md, .json and {plot.name}")
-    return 0
+    return write_latency_report(args, device, names, modes, rows, curves, train, checks, kernels, cli)
 
 
 def main(argv: list[str] | None = None) -> int:

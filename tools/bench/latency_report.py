@@ -1,0 +1,143 @@
+"""The files of the latency benchmark: ``benchmarks/latency_<gpu>_<date>.{md,json,png}``.
+
+The JSON holds every row and, at the top, the figures other documents cite: ``size``;
+``scd_msc_ms_per_frame``, ``scd_dense_ms_per_frame``, ``causal_dit_ms_per_frame`` (batch
+1, end to end, steady-state median, in the best mode run: ``fast`` when it ran);
+``generate_cli_ms_per_frame`` (``scd-msc generate``'s own steady-state median) and its
+ratio to the benchmark's SCD-MSC figure; ``decoder_kernels_per_call`` per case;
+``compiled``, ``cuda_graphs``; ``scd_msc_growth_32_to_512``; training throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+from scd_msc.diffusion import Sampler
+from scd_msc.models import build_model
+from tools.bench.report import report_stem, write_report
+
+COLUMNS = ["model", "mode", "batch", "denoise_ms", "denoise_p90_ms", "e2e_ms", "e2e_p90_ms", "frames_per_s",
+           "setup_s", "peak_gib", "cache_mib", "params_m"]
+
+
+def window_median(values: list[float], at: int, half: int = 4) -> float:
+    """Median around frame ``at`` (1-based) to damp single-frame noise."""
+    lo, hi = max(0, at - 1 - half), min(len(values), at + half)
+    return statistics.median(values[lo:hi])
+
+
+def plot_curve(curves: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for c in curves:
+        ax.plot(range(1, len(c["ms"]) + 1), c["ms"], lw=0.8, label=f"{c['model']} ({c['mode']})")
+    ax.set_xlabel("frame index")
+    ax.set_ylabel("end-to-end ms / frame")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_latency_report(args: argparse.Namespace, device: str, names: list[str], modes: list[str],
+                         rows: list[dict[str, Any]], curves: list[dict[str, Any]], train: list[dict[str, Any]],
+                         checks: dict[str, float], kernels: dict[str, dict[str, float]],
+                         cli: Optional[dict]) -> int:
+    batch = args.batch[0]
+
+    def e2e(name: str, mode: str) -> Optional[float]:
+        row = next((r for r in rows if r["model"] == name and r["mode"] == mode and r["batch"] == batch), None)
+        return None if row is None else row["e2e_ms"]
+
+    def denoise(name: str, mode: str) -> Optional[float]:
+        row = next((r for r in rows if r["model"] == name and r["mode"] == mode and r["batch"] == batch), None)
+        return None if row is None else row["denoise_ms"]
+
+    best = modes[-1]
+    scd, dense, dit = names[:3]
+    curve = curves[-1]
+    n = len(curve["ms"])
+    at32, atn = window_median(curve["ms"], min(32, n)), window_median(curve["ms"], n)
+    per_mode = {m: {k: e2e(nm, m) for k, nm in zip(("scd_msc", "scd_dense", "causal_dit"), names[:3])}
+                for m in modes}
+    cli_ms = None if cli is None else cli["steady_ms_per_frame_median"]
+    data = {
+        "size": args.size, "mode": best, "compiled": best == "fast", "cuda_graphs": best in ("graphs", "fast"),
+        "scd_msc_ms_per_frame": e2e(scd, best), "scd_dense_ms_per_frame": e2e(dense, best),
+        "causal_dit_ms_per_frame": e2e(dit, best), "ms_per_frame_by_mode": per_mode,
+        "speedup_vs_causal_dit": e2e(dit, best) / e2e(scd, best),
+        "speedup_vs_scd_dense": e2e(dense, best) / e2e(scd, best),
+        "generate_cli_ms_per_frame": cli_ms,
+        "generate_cli_vs_benchmark": None if cli_ms is None else cli_ms / e2e(scd, best),
+        "generate_cli": cli, "decoder_kernels_per_call": kernels, "mode_vs_eager_max_abs_diff": checks,
+        "scd_msc_growth_32_to_512": (atn - at32) / at32, "curve_frames": n,
+        "scd_msc_peak_gib_32": curve["peak_gib"][min(31, n - 1)], "scd_msc_peak_gib_last": curve["peak_gib"][-1],
+        "scd_msc_cache_bytes_32": curve["cache_bytes"][min(31, n - 1)],
+        "scd_msc_cache_bytes_last": curve["cache_bytes"][-1],
+        "train_samples_per_s": {t["model"]: t["samples_per_s"] for t in train},
+        "train_speedup": train[0]["samples_per_s"] / train[1]["samples_per_s"],
+        "curves": curves, "train": train,
+    }
+    prefix = {nm: {"denoise_ms": denoise(nm, best), "e2e_ms": e2e(nm, best),
+                   "denoise_speedup_vs_recompute": denoise(nm.removesuffix("+prefix"), best) / denoise(nm, best)}
+              for nm in names[3:]}
+    if prefix:
+        data["prefix"] = prefix
+    model0 = build_model(scd)
+    config = {"presets": names, "modes": modes, "tokens_per_frame": model0.cfg.grid ** 2,
+              "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
+              "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
+              "dtype": args.dtype, "batches": args.batch, "timed_frames": args.frames,
+              "warmup_frames": args.warmup, "curve_frames": args.curve_frames,
+              "params_m": {r["model"]: round(r["params_m"], 2) for r in rows if r["batch"] == batch},
+              "train": f"batch {args.train_batch} × {args.train_frames} frames, bf16 autocast, "
+                       "AdamW of scd-msc train (build_optimizer)",
+              "dense_attention_window": args.context + 1}
+    stem = report_stem(args.out, "latency", device)
+    plot = stem.with_name(stem.name + ".png")
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot_curve(curves, plot)
+    extra = "\n".join(summary_lines(data, per_mode, modes, names, curve, at32, atn, kernels, prefix, cli, train)
+                      + [f"- plot: `{plot.name}`", ""])
+    write_report(stem, "Per-frame latency: SCD-MSC vs SCD-dense vs causal DiT", args.command, config,
+                 rows, extra, data, columns=COLUMNS)
+    print(extra)
+    print(f"wrote {stem}.md, .json and {plot.name}")
+    return 0
+
+
+def summary_lines(data, per_mode, modes, names, curve, at32, atn, kernels, prefix, cli, train) -> list[str]:
+    lines = ["## Summary (batch 1, end to end, steady-state median; warm-up, compile and capture excluded)", "",
+             "Every family gets the same treatment in each mode (same compile, same CUDA graphs).", ""]
+    for m in modes:
+        v = per_mode[m]
+        lines.append(f"- {m}: SCD-MSC {v['scd_msc']:.2f}, SCD-dense {v['scd_dense']:.2f}, causal DiT "
+                     f"{v['causal_dit']:.2f} ms/frame → SCD-MSC {v['causal_dit'] / v['scd_msc']:.1f}× the DiT, "
+                     f"{v['scd_dense'] / v['scd_msc']:.2f}× SCD-dense")
+    for name, p in prefix.items():
+        lines.append(f"- {name}: denoise {p['denoise_ms']:.2f} ms, end to end {p['e2e_ms']:.2f} ms/frame; "
+                     f"denoising {p['denoise_speedup_vs_recompute']:.2f}× faster than recompute")
+    if cli is not None:
+        lines.append(f"- `{cli['command']}`: {cli['steady_ms_per_frame_median']:.2f} ms/frame steady state "
+                     f"({data['generate_cli_vs_benchmark']:.2f}× the benchmark's SCD-MSC figure; setup "
+                     f"{cli['setup_seconds']:.1f} s over its first {cli['setup_frames']} frames, left out)")
+    lines += ["- kernels per decoder call (DiT: per pass), eager / compiled: " + ", ".join(
+                  f"{n} {k.get('eager', 0):.0f} / {k.get('compiled', float('nan')):.0f}" for n, k in kernels.items()),
+              f"- {' / '.join(modes[1:]) or 'no other mode'} vs eager frames, max |diff|: "
+              + ", ".join(f"{k} {v:.3g}" for k, v in data['mode_vs_eager_max_abs_diff'].items()),
+              f"- SCD-MSC ({curve['mode']}) latency frame 32 → {len(curve['ms'])}: {at32:.2f} → {atn:.2f} ms "
+              f"({100 * (atn - at32) / at32:+.1f}%); cache {data['scd_msc_cache_bytes_32'] / 2**20:.2f} → "
+              f"{data['scd_msc_cache_bytes_last'] / 2**20:.2f} MiB; peak memory {data['scd_msc_peak_gib_32']} → "
+              f"{data['scd_msc_peak_gib_last']} GiB",
+              "- training: " + ", ".join(f"{t['model']} {t['samples_per_s']:.2f} clips/s ({t['step_ms']:.0f} "
+                                          f"ms/step, peak {t['peak_gib']} GiB)" for t in train)
+              + f"; ratio {data['train_speedup']:.2f}×"]
+    return lines
