@@ -98,7 +98,7 @@ class Oracle(nn.Module):
         self.cfg = SimpleNamespace(actions=0, classes=0)  # unconditioned
 
     def stream(self, batch_size, steps, prompt=None, generator=None, cache=True, guidance=1.0,
-               context_noise=0.0, sampler=None):
+               context_noise=0.0, sampler=None, compile=None):
         k = prompt.shape[1]
         match = [next(i for i, c in enumerate(self.clips) if torch.equal(c[:k], p)) for p in prompt]
         frames = iter(self.clips[match, k:].unbind(1))  # each (B, C, H, W)

@@ -350,8 +350,8 @@ def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = module.training_loss  # the objective the LightningModule calls
 
-    def loss_going_nan(model, video, flow, generator=None):
-        out = real(model, video, flow, generator)
+    def loss_going_nan(model, video, flow, generator=None, *conditions):
+        out = real(model, video, flow, generator, *conditions)
         calls["n"] += 1
         return {"loss": out["loss"] * float("nan")} if calls["n"] == 4 else out
 

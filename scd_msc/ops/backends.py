@@ -133,10 +133,12 @@ def flex_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
 
 # --------------------------------------------------------------------------- natten
 
+@torch.compiler.assume_constant_result  # a fact of the install: compiled code does not look it up
 def _has_natten() -> bool:
     return importlib.util.find_spec("natten") is not None
 
 
+@torch.compiler.assume_constant_result
 def natten_has_library() -> bool:
     """True when NATTEN was built with its compiled kernels (``libnatten``)."""
     if not _has_natten():

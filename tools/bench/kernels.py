@@ -55,7 +55,7 @@ def generate_cli_ms(args: argparse.Namespace, device: str) -> Optional[dict]:
         report = Path(tmp) / "generate.json"
         cmd = [sys.executable, "-m", "scd_msc", "generate", "--preset", f"scd-msc-{args.size}",
                "--frames", str(args.cli_frames), "--steps", str(args.steps), "--batch", "1",
-               "--out", str(Path(tmp) / "generate.mp4"), "--report", str(report), "--no-progress"]
+               "--out", str(Path(tmp) / "generate.gif"), "--report", str(report), "--no-progress"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"scd-msc generate failed ({proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
