@@ -18,14 +18,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from scd_msc.diffusion import FlowConfig, Sampler, training_loss
-from scd_msc.conditions import check_conditions
+from scd_msc.diffusion import Sampler
 from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
 from scd_msc.streaming.fast import CompileArg
-from scd_msc.streaming import DiTSession, Generates, StackCache, check_generation_args, new_stack_cache
+from scd_msc.streaming import DiTSession, Generates, StackCache, new_stack_cache
 
 
 class CausalDiT(Generates, nn.Module):
@@ -61,27 +60,13 @@ class CausalDiT(Generates, nn.Module):
         h = run_blocks(self.blocks, h, t, cond, cache, write)
         return self.final(h, cond)
 
-    def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None,
-                      flow: Optional[FlowConfig] = None, actions: Optional[Tensor] = None,
-                      labels: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """Convenience: :func:`scd_msc.diffusion.training_loss` (diffusion forcing)."""
-        check_conditions(self.cfg, actions, labels, video.shape[0], video.shape[1])
-        return training_loss(self, video, flow, generator, actions, labels)
-
-    def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None, cache: bool = True,
-               guidance: float = 1.0, context_noise: float = 0.0,
-               sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
-               labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
-               compile: CompileArg = None) -> DiTSession:
-        """A session that makes one frame per ``step(action)`` after the optional ``prompt``
-        (``prompt_actions`` ``(B, F0)``), ``labels`` ``(B,)`` conditioning every frame;
-        ``cond_guidance``: CFG on the actions and labels; ``compile``: the fast path
-        (None: compiled and graph-replayed on CUDA, eager elsewhere; False: eager)."""
-        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
-                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
+    def open_session(self, batch_size: int, steps: int, sampler: Sampler, generator: Optional[torch.Generator],
+                     cache: bool, guidance: float, prompt: Optional[Tensor], context_noise: float,
+                     prompt_actions: Optional[Tensor], labels: Optional[Tensor], cond_guidance: float,
+                     compile: CompileArg) -> DiTSession:
+        """The session behind :meth:`stream` (arguments checked there)."""
         if guidance != 1.0:
             raise ValueError(f"guidance={guidance} needs a context to perturb; CausalDiT has none "
                              "(use guidance=1.0)")
-        return DiTSession(self, batch_size, steps, sampler or Sampler(), generator, cache, prompt,
+        return DiTSession(self, batch_size, steps, sampler, generator, cache, prompt,
                           context_noise, prompt_actions, labels, cond_guidance, compile)

@@ -20,13 +20,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from scd_msc.diffusion import FlowConfig, Sampler, training_loss
-from scd_msc.conditions import check_conditions
+from scd_msc.diffusion import Sampler
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.decoder import FrameDecoder
 from scd_msc.models.encoder import CausalEncoder
 from scd_msc.streaming.fast import CompileArg
-from scd_msc.streaming import Generates, SCDSession, StackCache, check_generation_args
+from scd_msc.streaming import Generates, SCDSession, StackCache
 
 
 class SCDModel(Generates, nn.Module):
@@ -88,30 +87,14 @@ class SCDModel(Generates, nn.Module):
              else video.new_zeros(b, 0, *self.start.shape))
         return torch.cat([self.start_context(b)[:, None].to(c.dtype), c], dim=1)
 
-    def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None,
-                      flow: Optional[FlowConfig] = None, actions: Optional[Tensor] = None,
-                      labels: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """Convenience: :func:`scd_msc.diffusion.training_loss` (the SCD objective)."""
-        check_conditions(self.cfg, actions, labels, video.shape[0], video.shape[1])
-        return training_loss(self, video, flow, generator, actions, labels)
-
-    def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None, cache: bool = True,
-               guidance: float = 1.0, context_noise: float = 0.0,
-               sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
-               labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
-               compile: CompileArg = None) -> SCDSession:
-        """A session that makes one frame per ``step(action)`` after the optional ``prompt``
-        (``prompt_actions`` ``(B, F0)``: the actions that led to its frames); ``labels``
-        ``(B,)`` condition every frame. ``guidance``: CFG by perturbing the context;
-        ``cond_guidance``: CFG on the actions and labels (see :class:`SCDSession`).
-        ``compile``: the fast path (None: compiled and graph-replayed on CUDA, eager
-        elsewhere; False: eager; see :mod:`scd_msc.streaming.fast`)."""
-        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
-                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
+    def open_session(self, batch_size: int, steps: int, sampler: Sampler, generator: Optional[torch.Generator],
+                     cache: bool, guidance: float, prompt: Optional[Tensor], context_noise: float,
+                     prompt_actions: Optional[Tensor], labels: Optional[Tensor], cond_guidance: float,
+                     compile: CompileArg) -> SCDSession:
+        """The session behind :meth:`stream` (arguments checked there; see :class:`SCDSession`)."""
         if guidance != 1.0 and self.cfg.decoder_context == "prefix":
             raise ValueError(f"guidance={guidance}: guidance by perturbing the context needs "
                              "decoder_context='recompute' (a prefix model keeps one context per frame); "
                              "expected 1.0 (cond_guidance works)")
-        return SCDSession(self, batch_size, steps, sampler or Sampler(), generator, cache, guidance,
+        return SCDSession(self, batch_size, steps, sampler, generator, cache, guidance,
                           prompt, context_noise, prompt_actions, labels, cond_guidance, compile)

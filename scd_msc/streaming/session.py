@@ -46,8 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from scd_msc.checks import error, number, positive_int
-from scd_msc.conditions import check_ids
-from scd_msc.diffusion import Sampler
+from scd_msc.conditions import check_conditions, check_ids
+from scd_msc.diffusion import FlowConfig, Sampler, training_loss
 from scd_msc.streaming.cache import StackCache
 from scd_msc.streaming.fast import CompileArg, compiled, resolve_compile
 from scd_msc.streaming.graphs import GraphedCall
@@ -304,7 +304,33 @@ class Session:
 
 
 class Generates:
-    """Mixin: ``generate`` on top of the model's ``stream``."""
+    """Mixin: the public calls both families share. ``training_loss`` (the family's
+    objective, :attr:`objective`), ``stream`` (argument checks, then the family's
+    ``open_session``) and ``generate`` on top of it."""
+
+    def training_loss(self, video: Tensor, generator: Optional[torch.Generator] = None,
+                      flow: Optional[FlowConfig] = None, actions: Optional[Tensor] = None,
+                      labels: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Convenience: :func:`scd_msc.diffusion.training_loss` (SCD or diffusion forcing)."""
+        check_conditions(self.cfg, actions, labels, video.shape[0], video.shape[1])
+        return training_loss(self, video, flow, generator, actions, labels)
+
+    def stream(self, batch_size: int, steps: int, prompt: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None, cache: bool = True,
+               guidance: float = 1.0, context_noise: float = 0.0,
+               sampler: Optional[Sampler] = None, prompt_actions: Optional[Tensor] = None,
+               labels: Optional[Tensor] = None, cond_guidance: float = 1.0,
+               compile: CompileArg = None) -> "Session":
+        """A session that makes one frame per ``step(action)`` after the optional ``prompt``
+        (``prompt_actions`` ``(B, F0)``: the actions that led to its frames); ``labels``
+        ``(B,)`` condition every frame. ``guidance``: CFG by perturbing the context (SCD
+        only); ``cond_guidance``: CFG on the actions and labels. ``compile``: the fast path
+        (None: compiled and graph-replayed on CUDA, eager elsewhere; False: eager; see
+        :mod:`scd_msc.streaming.fast`)."""
+        check_generation_args(self, batch_size, steps, prompt, context_noise=context_noise,
+                              prompt_actions=prompt_actions, labels=labels, cond_guidance=cond_guidance)
+        return self.open_session(batch_size, steps, sampler or Sampler(), generator, cache, guidance, prompt,
+                                 context_noise, prompt_actions, labels, cond_guidance, compile)
 
     def generate(self, batch_size: int, num_frames: int, steps: int,
                  generator: Optional[torch.Generator] = None, prompt: Optional[Tensor] = None,
