@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from scd_msc import checks
 from scd_msc.models.autoencoder import FrameAutoencoder
@@ -44,6 +43,10 @@ def ssim_kernel(height: int, width: int) -> int:
 def ae_loss(ae: FrameAutoencoder, frames: Tensor, cfg: AELossConfig) -> dict[str, Tensor]:
     """``frames: (N, C, H, W)`` in [-1, 1] -> ``loss`` and its terms ``l1``, ``ssim`` (the
     SSIM itself, higher is better), and the unscaled latents ``z: (N, c, h, w)``."""
+    # imported here: torchmetrics takes over a second, and the config and checkpoint
+    # paths that import this module (for AELossConfig) must stay fast
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     recon, z = ae(frames)  # (N, C, H, W), (N, c, h, w)
     l1 = F.l1_loss(recon, frames)
     ssim = structural_similarity_index_measure(

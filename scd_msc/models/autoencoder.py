@@ -121,7 +121,7 @@ class FrameAutoencoder(nn.Module):
     [-1, 1]); training uses ``encoder`` / ``decoder`` directly on unscaled latents and
     feeds those to :meth:`observe` to measure the scaling."""
 
-    def __init__(self, cfg: AutoencoderConfig, momentum: float = 0.01):
+    def __init__(self, cfg: AutoencoderConfig, momentum: float = 0.1):
         super().__init__()
         self.cfg, self.momentum = cfg, momentum
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
@@ -136,7 +136,8 @@ class FrameAutoencoder(nn.Module):
     @torch.no_grad()
     def observe(self, z: Tensor) -> None:
         """Update the per-channel mean/std with unscaled latents ``z: (N, c, h, w)``: the
-        plain average of the first batch, then an exponential average (``momentum``)."""
+        first batch sets them, later ones move them by ``momentum`` (0.1: about the last
+        ten training batches count, so the scaling follows the encoder as it trains)."""
         mean = z.float().mean(dim=(0, 2, 3))  # (c,)
         std = z.float().std(dim=(0, 2, 3)).clamp_min(1e-6)  # (c,)
         m = 1.0 if int(self.observed) == 0 else self.momentum
