@@ -19,6 +19,7 @@ shards); :func:`load_shard_info` reads it (None in checkpoints older than it).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -27,19 +28,26 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from scd_msc.ae_config import AEExperimentConfig, ae_config_from_dict
 from scd_msc.config import ExperimentConfig, config_from_dict
 from scd_msc.data.probe import ShardInfo
 from scd_msc.ema import WeightChoice, check_weights, choose_weights
 from scd_msc.models import model_from_config
+from scd_msc.models.autoencoder import FrameAutoencoder
+
+
+def stored_config_dict(ckpt: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The config dict a training checkpoint (of ``train`` or ``train-ae``) was written with."""
+    try:
+        return ckpt["hyper_parameters"]["config"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
+                         f"(missing {err}); expected hyper_parameters.config and state_dict") from err
 
 
 def stored_config(ckpt: Mapping[str, Any], path: str) -> ExperimentConfig:
     """The experiment config a training checkpoint was written with (older layouts upgraded)."""
-    try:
-        return config_from_dict(ckpt["hyper_parameters"]["config"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
-                         f"(missing {err}); expected hyper_parameters.config and state_dict") from err
+    return config_from_dict(stored_config_dict(ckpt, path))
 
 
 def _first_line(err: BaseException) -> str:
@@ -101,21 +109,28 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
     check_weights(weights)
     ckpt = read_checkpoint(path, map_location)
     cfg = stored_config(ckpt, path)
+    model = model_from_config(cfg.model, cfg.runtime.backend)
+    choice = load_weights(model, ckpt, path, weights, cfg.train.ema_decay)
+    return LoadedCheckpoint(model.eval(), choice, cfg)
+
+
+def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str, weights: str, ema_decay: float) -> WeightChoice:
+    """Load the checkpoint's trained or EMA weights (``weights``, as :func:`load_checkpoint`)
+    into ``model``; a one-line ``ValueError`` when they do not fit it."""
     if "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path!r} is not an scd_msc training checkpoint "
                          "(missing 'state_dict'); expected hyper_parameters.config and state_dict")
     state = ckpt["state_dict"]
     has_ema = any(k.startswith("ema_model.") for k in state)
-    decay = cfg.train.ema_decay if cfg.train.ema_decay > 0 else None
+    decay = ema_decay if ema_decay > 0 else None
     choice = choose_weights(weights, has_ema, _ema_updates(ckpt), decay, where=f"checkpoint {path!r}")
-    model = model_from_config(cfg.model, cfg.runtime.backend)
     prefix = "ema_model." if choice.weights == "ema" else "model."
     loaded = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(loaded, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path!r} does not match its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return LoadedCheckpoint(model.eval(), choice, cfg)
+    return choice
 
 
 def load_model(path: str, map_location: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
@@ -130,3 +145,52 @@ def load_shard_info(path: str) -> Optional[ShardInfo]:
     unreadable file fails as :func:`read_checkpoint` says."""
     stored = read_checkpoint(path, mmap=True).get("hyper_parameters", {}).get("shards")
     return ShardInfo.from_dict(stored) if isinstance(stored, dict) else None
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedAutoencoder:
+    """A ``scd-msc train-ae`` checkpoint: the autoencoder in eval mode, which weights it
+    holds, its config, and the file's ``path`` and ``sha256`` (what latent shards and
+    models trained on them record). ``encode`` / ``decode`` follow the contract of
+    ``make-shards latents --encoder`` / ``generate --decoder`` and run on the device of
+    their input (the model follows it)."""
+
+    model: FrameAutoencoder
+    weights: WeightChoice
+    config: AEExperimentConfig
+    path: str
+    sha256: str
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(F, C, H, W)`` in [-1, 1] -> unit-scale latents ``(F, c, h, w)``."""
+        return self.model.to(x.device).encode(x.float())
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(N, c, h, w)`` -> pixels ``(N, C, H, W)`` in [-1, 1]."""
+        return self.model.to(z.device).decode(z.float())
+
+
+def load_autoencoder(path: str, map_location: str | torch.device = "cpu", weights: str = "auto") -> LoadedAutoencoder:
+    """The autoencoder of a ``scd-msc train-ae`` checkpoint (``weights`` as in
+    :func:`load_checkpoint`); a one-line ``ValueError`` for anything else."""
+    check_weights(weights)
+    ckpt = read_checkpoint(path, map_location)
+    stored = stored_config_dict(ckpt, path)
+    if not isinstance(stored, dict) or "loss" not in stored:
+        raise ValueError(f"checkpoint {path!r} is not an autoencoder checkpoint (no loss section in its config); "
+                         "expected one written by scd-msc train-ae")
+    cfg = ae_config_from_dict(stored)
+    model = FrameAutoencoder(cfg.model)
+    choice = load_weights(model, ckpt, path, weights, cfg.train.ema_decay)
+    return LoadedAutoencoder(model.eval(), choice, cfg, path, file_sha256(path))

@@ -29,7 +29,7 @@ def _params(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
-    from scd_msc.training.cli import add_train_arguments, run_train
+    from scd_msc.training.cli import add_train_arguments, run_train, run_train_ae
     from scd_msc.inference.cli import add_eval_arguments, add_generate_arguments, run_eval, run_generate
 
     parser = argparse.ArgumentParser(prog="scd-msc", description=__doc__)
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model on webdataset shards (Lightning)")
     add_train_arguments(train)
     train.set_defaults(func=run_train)
+    train_ae = sub.add_parser("train-ae", help="train the frame autoencoder of latent models (Lightning)")
+    add_train_arguments(train_ae)
+    train_ae.set_defaults(func=run_train_ae)
     params = sub.add_parser("params", help="parameter counts of every preset family per size")
     params.add_argument("sizes", nargs="*", help="sizes to list (default: all)")
     params.set_defaults(func=_params)

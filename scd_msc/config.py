@@ -176,9 +176,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _field_type(full_key: str) -> Any:
-    """The annotated type of ``train.lr`` / ``model.schedule.layers[0].down``, or None."""
-    tp: Any = ExperimentConfig
+def _field_type(full_key: str, root: Any) -> Any:
+    """The annotated type of ``train.lr`` / ``model.schedule.layers[0].down`` in the
+    config dataclass ``root``, or None."""
+    tp: Any = root
     for part in re.findall(r"[^.\[\]]+|\[\d+\]", full_key):
         while typing.get_origin(tp) is Union:  # Optional[X] -> X
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -201,14 +202,14 @@ def _known_keys(obj_type: Any) -> str:
     return "?"
 
 
-def _friendly(err: OmegaConfBaseException, where: str) -> ValueError:
+def _friendly(err: OmegaConfBaseException, where: str, root: Any = None) -> ValueError:
     full_key = getattr(err, "full_key", None) or getattr(err, "key", None)
     if isinstance(err, ConfigKeyError) and full_key:
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
         return ValueError(f"unknown config key '{full_key}' in {where} "
                           f"(known under {parent}: {_known_keys(err.object_type)})")
     if isinstance(err, ValidationError) and full_key:
-        tp = _field_type(str(full_key))
+        tp = _field_type(str(full_key), root or ExperimentConfig)
         got = re.match(r"Value '(.*)' (?:of type|is not a valid)", str(err.msg or ""), re.S)
         got_text = f"got '{got.group(1)}'" if got else f"({(err.msg or '').splitlines()[0]})"
         expects = _type_name(tp) if tp is not None else "another type"
@@ -221,18 +222,18 @@ def _friendly(err: OmegaConfBaseException, where: str) -> ValueError:
 # ---------------------------------------------------------------- loading
 
 
-def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+def merge_layer(base: DictConfig, layer: DictConfig, where: str, root: Any = None) -> DictConfig:
+    """``layer`` merged onto ``base`` (a structured config of the dataclass ``root``,
+    default :class:`ExperimentConfig`), or a one-line ``ValueError`` naming the key."""
     try:
         return OmegaConf.merge(base, layer)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise _friendly(err, where) from None
+        raise _friendly(err, where, root) from None
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
-    """The validated :class:`ExperimentConfig` of yaml ``path`` plus ``key=value`` overrides.
-
-    Raises ``ValueError`` naming the key for unknown keys, wrong types and bad values.
-    """
+def read_layers(path: Optional[str], overrides: Optional[list[str]]) -> tuple[DictConfig, DictConfig]:
+    """The yaml at ``path`` (empty when None) and the ``key=value`` overrides, parsed but
+    not yet checked against any dataclass; one-line ``ValueError`` when they cannot be."""
     overrides = list(overrides or [])
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -246,16 +247,31 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         raise ValueError(f"config {path or ''} {overrides}: could not be parsed: {err}") from None
     if not isinstance(yaml, DictConfig):
         raise ValueError(f"config file {path!r}: expected a mapping at the top level")
+    return yaml, dots
+
+
+def to_config_object(cfg: DictConfig) -> Any:
+    """``OmegaConf.to_object`` that runs every ``__post_init__``; their ``ValueError``
+    (or a one-line one for what OmegaConf refuses) is raised as it is."""
+    try:
+        return OmegaConf.to_object(cfg)  # resolves ${...} and runs every __post_init__
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
+        raise cause or _friendly(err, "the config", OmegaConf.get_type(cfg)) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """The validated :class:`ExperimentConfig` of yaml ``path`` plus ``key=value`` overrides.
+
+    Raises ``ValueError`` naming the key for unknown keys, wrong types and bad values.
+    """
+    yaml, dots = read_layers(path, overrides)
     preset = dots.get("preset", yaml.get("preset", DEFAULT_PRESET))
     checks.choice("preset", preset, PRESETS)
     cfg = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
-    cfg = _merge(cfg, yaml, f"config file {path!r}")
-    cfg = _merge(cfg, dots, "the command-line overrides")
-    try:
-        exp = OmegaConf.to_object(cfg)  # resolves ${...} and runs every __post_init__
-    except OmegaConfBaseException as err:
-        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
-        raise cause or _friendly(err, "the config") from None
+    cfg = merge_layer(cfg, yaml, f"config file {path!r}")
+    cfg = merge_layer(cfg, dots, "the command-line overrides")
+    exp = to_config_object(cfg)
     assert isinstance(exp, ExperimentConfig)
     explicit = {n for n in FRAME_SHAPE for layer in (yaml, dots)
                 if OmegaConf.select(layer, f"model.{n}") is not None}  # set by the user, not by the preset
@@ -269,7 +285,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 # ---------------------------------------------------------------- frame shape
 
 
-def _probe_train_shards(spec: str) -> Optional[ShardInfo]:
+def probe_train_shards(spec: str) -> Optional[ShardInfo]:
     """The first training sample's shape; None while the shards do not exist yet."""
     if not spec:
         return None
@@ -321,7 +337,7 @@ def resolve_frame_shape(exp: ExperimentConfig, explicit_model: Collection[str] =
     data (except the fields named in ``explicit_model``), in place. Raises a one-line
     ``ValueError`` naming the overrides to use when data, shards and model disagree or the
     size does not fit the preset. Returns the probed sample (None: no shards yet)."""
-    info = _probe_train_shards(exp.data.train_shards)
+    info = probe_train_shards(exp.data.train_shards)
     was_auto = {n for n in FRAME_SHAPE if getattr(exp.data, n) == AUTO}
     if info is not None:
         _check_against_shards(exp.data, info)
@@ -419,7 +435,7 @@ def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     d = upgrade_config_dict(d)
     preset = d.get("preset", DEFAULT_PRESET)
     base = OmegaConf.structured(ExperimentConfig(preset=preset, model=preset_config(preset)))
-    exp = OmegaConf.to_object(_merge(base, OmegaConf.create(d), "the stored config"))
+    exp = OmegaConf.to_object(merge_layer(base, OmegaConf.create(d), "the stored config"))
     assert isinstance(exp, ExperimentConfig)
     return exp
 

@@ -12,11 +12,19 @@ import time
 
 import pytest
 
+from scd_msc.ae_config import AEExperimentConfig, load_ae_config
 from scd_msc.config import ExperimentConfig, config_from_dict, config_to_dict, load_config
 from scd_msc.models import preset_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+CONFIGS = [p for p in ALL_CONFIGS if not os.path.basename(p).startswith("ae_")]  # ae_*: scd-msc train-ae
+AE_CONFIGS = [p for p in ALL_CONFIGS if p not in CONFIGS]
+
+
+def load_any(path: str):
+    """``configs/ae_*.yaml`` with the autoencoder's loader, the others with load_config."""
+    return load_ae_config(path, []) if path in AE_CONFIGS else load_config(path, [])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -34,7 +42,16 @@ def test_every_config_file_loads(path):
     assert cfg.data.val_shards or cfg.train.val_every_n_steps == 0  # no validation without held-out shards
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("path", AE_CONFIGS, ids=os.path.basename)
+def test_every_autoencoder_config_file_loads(path):
+    cfg = load_ae_config(path, [])
+    assert isinstance(cfg, AEExperimentConfig) and cfg.data.channels == cfg.model.channels == 3
+    assert cfg.data.train_shards and cfg.data.val_shards and cfg.train.out_dir.startswith("runs/ae_")
+    with pytest.raises(ValueError, match="^unknown config key 'model.preset' in the command-line overrides"):
+        load_ae_config(path, ["model.preset=1"])
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
 def test_every_config_lists_the_make_shards_commands_of_its_shards(path):
     """The `scd-msc make-shards` lines at the top write the train and val shards the config
     reads (as many as a brace pattern names), the val shards from another seed."""
@@ -44,7 +61,7 @@ def test_every_config_lists_the_make_shards_commands_of_its_shards(path):
 
     lines = re.findall(r"^#\s+(scd-msc make-shards .*)$", open(path).read(), re.M)
     made = {os.path.normpath(a.out): a for a in (build_parser().parse_args(shlex.split(x)[1:]) for x in lines)}
-    cfg = load_config(path, [])
+    cfg = load_any(path)
     used = {"train": cfg.data.train_shards, "val": cfg.data.val_shards}
     for split, pattern in used.items():
         if not pattern:

@@ -44,11 +44,11 @@ from tqdm import tqdm
 from scd_msc.diffusion import Sampler
 from scd_msc.inference.conditions import stream_kwargs
 from scd_msc.inference.generate import InterruptGuard
+from scd_msc.models.ae_objective import ssim_kernel
 
 if TYPE_CHECKING:
     from scd_msc.inference.latents import FrameDecoder
 
-SSIM_KERNEL = 11  # torchmetrics' default Gaussian window, shrunk for frames smaller than it
 PSNR_MAX = 100.0  # dB: the PSNR of identical frames (an MSE of 1e-10 on [0, 1])
 
 
@@ -64,10 +64,8 @@ def frame_metrics(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     p = pred.detach().float().clamp(-1, 1).add(1).div(2).flatten(0, 1).cpu()  # (B·F, C, H, W) in [0, 1]
     t = target.detach().float().clamp(-1, 1).add(1).div(2).flatten(0, 1).cpu()
     psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))  # (B·F,)
-    side = min(p.shape[-2:])
-    kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
     ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none",
-                                               kernel_size=kernel)  # (B·F,)
+                                               kernel_size=ssim_kernel(*p.shape[-2:]))  # (B·F,)
     return psnr.clamp(max=PSNR_MAX).reshape(b, f), ssim.reshape(b, f)
 
 

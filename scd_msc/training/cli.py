@@ -11,6 +11,7 @@ Examples::
     scd-msc train --config configs/moving_digits_tiny.yaml
     scd-msc train --config configs/moving_digits_tiny.yaml train.lr=1e-3 data.batch_size=4
     scd-msc train --config configs/moving_digits_small.yaml --resume auto
+    scd-msc train-ae --config configs/ae_tiny.yaml    (the frame autoencoder: same arguments)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Callable
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,17 +41,43 @@ def run_train(args: argparse.Namespace) -> int:
     loss; 130 Ctrl-C and 143 SIGTERM (``last.ckpt`` is written: continue with ``--resume auto``)."""
     from scd_msc.config import load_config, to_yaml
 
+    def train_fn(cfg, resume):
+        from scd_msc.training.train import train
+
+        return train(cfg, resume=resume)
+
+    return _run(args, "train", load_config, to_yaml, train_fn, "scd_msc.checkpoint.load_model")
+
+
+def run_train_ae(args: argparse.Namespace) -> int:
+    """``scd-msc train-ae``: as :func:`run_train`, for the frame autoencoder
+    (``configs/ae_*.yaml``, :mod:`scd_msc.ae_config`); same exit codes."""
+    from scd_msc.ae_config import ae_to_yaml, load_ae_config
+
+    def train_fn(cfg, resume):
+        from scd_msc.training.autoencoder import train_ae
+
+        return train_ae(cfg, resume=resume)
+
+    return _run(args, "train-ae", load_ae_config, ae_to_yaml, train_fn, "scd_msc.checkpoint.load_autoencoder")
+
+
+def _run(args: argparse.Namespace, command: str, load: Callable, dump: Callable, train_fn: Callable,
+         loader: str) -> int:
+    """The body of ``train`` and ``train-ae``: ``load(config, overrides)`` the config,
+    ``dump`` it for ``--print-config``, ``train_fn(cfg, resume)``; ``loader`` names the
+    function that loads the checkpoint it prints."""
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load(args.config, args.overrides)
     except ValueError as err:
-        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        print(f"scd-msc {command}: error: {err}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        print(dump(cfg), end="")
         return 0
     from lightning.pytorch.utilities import rank_zero_only
 
-    from scd_msc.training.train import TrainingInterrupted, train
+    from scd_msc.training.train import TrainingInterrupted
 
     if logging.getLogger().handlers:  # Lightning adds its own handler: print each message once
         logging.getLogger("lightning").propagate = False
@@ -57,18 +85,18 @@ def run_train(args: argparse.Namespace) -> int:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "Detected KeyboardInterrupt" not in record.getMessage())
     try:
-        last = train(cfg, resume=args.resume)
+        last = train_fn(cfg, args.resume)
     except ValueError as err:
-        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        print(f"scd-msc {command}: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
-        print(f"scd-msc train: error: {err}", file=sys.stderr)
+        print(f"scd-msc {command}: error: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:
-        rank_zero_only(print)(f"scd-msc train: {stop}", file=sys.stderr, flush=True)
+        rank_zero_only(print)(f"scd-msc {command}: {stop}", file=sys.stderr, flush=True)
         return 128 + stop.signum
     rank_zero_only(print)(f"checkpoint: {last}\n"
-                          f"load it with: scd_msc.checkpoint.load_model({last!r})")
+                          f"load it with: {loader}({last!r})")
     return 0
 
 

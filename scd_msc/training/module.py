@@ -26,7 +26,35 @@ from scd_msc.models import model_from_config
 from scd_msc.training.optim import build_optimizer
 
 
-class SCDLitModule(L.LightningModule):
+class RunModule(L.LightningModule):
+    """What every scd_msc LightningModule shares: the network in ``self.model``, trained
+    with AdamW and a linear warm-up (``self.cfg.train``), a finite-loss vote, and the EMA
+    weights of a checkpoint handed to the EMA callback."""
+
+    model: torch.nn.Module
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Stop the run on a nan/inf training loss, on every rank at once (none left
+        waiting in a collective). Every rank runs every training step, so the vote is safe."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        any_bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
+        if any_bad:
+            value = f"{loss.item()}" if bad else "not finite on another rank"
+            raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
+                                     "lower train.lr or raise train.warmup_steps")
+
+    def configure_optimizers(self) -> dict:
+        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
+        # after the module; move them aside so the module's strict load sees its own keys.
+        state = checkpoint["state_dict"]
+        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_model.")}
+
+
+class SCDLitModule(RunModule):
     """Trains ``model_from_config(config.model)`` with AdamW and a linear warm-up."""
 
     def __init__(self, config: Union[ExperimentConfig, dict[str, Any]], shards: Optional[dict[str, Any]] = None):
@@ -38,16 +66,6 @@ class SCDLitModule(L.LightningModule):
         self.model = model_from_config(cfg.model, cfg.runtime.backend)
         self.flow = FlowMatching(cfg.flow)
         self.noise_generator: Optional[torch.Generator] = None  # the training noise draws, seeded in on_train_start
-
-    def _check_finite(self, loss: Tensor) -> None:
-        """Stop the run on a nan/inf training loss, on every rank at once (none left
-        waiting in a collective). Every rank runs every training step, so the vote is safe."""
-        bad = not bool(torch.isfinite(loss.detach()))
-        any_bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
-        if any_bad:
-            value = f"{loss.item()}" if bad else "not finite on another rank"
-            raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
-                                     "lower train.lr or raise train.warmup_steps")
 
     def _conditions(self, batch: dict, generator: torch.Generator | None,
                     drop: float) -> tuple[Tensor | None, Tensor | None]:
@@ -84,13 +102,3 @@ class SCDLitModule(L.LightningModule):
         # module's device, so the draws stay there (no host round trip per step).
         seed = np.random.SeedSequence([self.cfg.train.seed, self.global_rank, self.global_step])
         self.noise_generator = torch.Generator(self.device).manual_seed(int(seed.generate_state(1)[0]))
-
-    def configure_optimizers(self) -> dict:
-        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
-        # after the module; move them aside so the module's strict load sees its own keys.
-        state = checkpoint["state_dict"]
-        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_model.")}

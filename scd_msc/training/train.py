@@ -29,7 +29,7 @@ import shutil
 import signal
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
@@ -87,15 +87,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(path: str, cfg: ExperimentConfig, arg: Optional[str] = None) -> int:
+def check_resume(path: str, cfg: Any, arg: Optional[str] = None,
+                 stored_model: Callable[[dict, str], Any] = lambda ckpt, path: stored_config(ckpt, path).model
+                 ) -> int:
     """The checkpoint's global step; raises if it cannot be read (naming the newest
     readable ``step_*.ckpt`` instead) or if its model differs from ``cfg.model`` (the
     objective, ``flow``, and the ``runtime`` knobs may change on a resume).
-    ``arg``: the ``--resume`` value, for the message (default: ``path``)."""
+    ``arg``: the ``--resume`` value, for the message (default: ``path``).
+    ``stored_model(ckpt, path)``: the model config the checkpoint holds (default: a
+    diffusion run's)."""
     where = f"--resume {arg}" if arg else f"--resume {path!r}"
     try:  # mmap: reads only the few entries looked at, however large the checkpoint
         ckpt = read_checkpoint(path, mmap=True)
-        stored = stored_config(ckpt, path).model
+        stored = stored_model(ckpt, path)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg.model))
@@ -114,16 +118,23 @@ def compile_blocks(t: TrainConfig) -> bool:
     return bool(t.compile)
 
 
-def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
+def checkpoint_callbacks(cfg: Any, ema: Optional[EMA]) -> list[L.Callback]:
+    """EMA (when on), step and last checkpoints, the learning rate: what every run has.
+    ``cfg``: any run config with ``train`` (a :class:`TrainConfig`)."""
     t = cfg.train
-    ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     steps = ModelCheckpoint(
         dirpath=checkpoint_dir(cfg), filename="step_{step:07d}", auto_insert_metric_name=False,
         monitor="step", mode="max", save_top_k=t.keep_checkpoints,  # the newest N step_*.ckpt; last.ckpt apart
         every_n_train_steps=t.checkpoint_every_n_steps, save_last=True, enable_version_counter=False,
         save_on_train_epoch_end=True)  # never defer a step save to the next validation
     callbacks: list[L.Callback] = [] if ema is None else [ema]  # EMA first: its on_exception runs first
-    callbacks += [steps, LastCheckpoint(checkpoint_dir(cfg)), LearningRateMonitor("step")]
+    return callbacks + [steps, LastCheckpoint(checkpoint_dir(cfg)), LearningRateMonitor("step")]
+
+
+def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
+    t = cfg.train
+    ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
+    callbacks = checkpoint_callbacks(cfg, ema)
     if t.sample_every_n_steps and t.strategy == "fsdp":
         rank_zero_only(log.warning)("train.sample_every_n_steps: no sample strips with FSDP (sharded weights)")
     elif t.sample_every_n_steps:
@@ -136,10 +147,12 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (),
-                  resume_step: Optional[int] = None) -> L.Trainer:
+def build_trainer(cfg: Any, callbacks: Sequence[L.Callback] = (), resume_step: Optional[int] = None,
+                  run_callbacks: Optional[list[L.Callback]] = None) -> L.Trainer:
     """The Trainer; ``resume_step``: the step a resumed run starts from (its metrics.csv
-    is continued from there), None for a fresh start."""
+    is continued from there), None for a fresh start. ``cfg``: any run config with
+    ``train`` and ``data``; ``run_callbacks`` (default :func:`build_callbacks`, the
+    diffusion run's) are added before ``callbacks``."""
     t = cfg.train
     bar = [ProgressBar()] if t.progress_bar else []
     validate = bool(cfg.data.val_shards) and t.val_every_n_steps > 0
@@ -156,17 +169,17 @@ def build_trainer(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (),
         log_every_n_steps=t.log_every_n_steps,
         logger=[RunCSVLogger(t.out_dir, resume_step, t.log_every_n_steps),
                 TensorBoardLogger(t.out_dir, name="tb", version="")],
-        callbacks=[*bar, *build_callbacks(cfg), SkipLog(), *callbacks],
+        callbacks=[*bar, *(build_callbacks(cfg) if run_callbacks is None else run_callbacks), SkipLog(), *callbacks],
         enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False,  # the shard reader splits by rank itself
     )
 
 
 @rank_zero_only
-def _write_config(cfg: ExperimentConfig) -> None:
-    os.makedirs(cfg.train.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.train.out_dir, "config.yaml"), "w") as f:
-        f.write(to_yaml(cfg))
+def _write_config(out_dir: str, text: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        f.write(text)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -216,6 +229,26 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
         shards = probe_shards(cfg.data.train_shards)
     except ValueError as err:
         raise ValueError(f"data.train_shards: {err}") from None
+
+    def build_module() -> SCDLitModule:
+        module = SCDLitModule(cfg, shards=shards.to_dict())
+        for block in module.model.modules():
+            if isinstance(block, Block):
+                block.checkpointing = cfg.train.activation_checkpointing
+                if compile_blocks(cfg.train):
+                    block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
+        return module
+
+    return fit(cfg, build_module, to_yaml(cfg), resume, ckpt, start_step, callbacks)
+
+
+def fit(cfg: Any, build_module: Callable[[], L.LightningModule], config_yaml: str, resume: Optional[str],
+        ckpt: Optional[str], start_step: int, callbacks: Sequence[L.Callback] = (),
+        run_callbacks: Optional[list[L.Callback]] = None) -> str:
+    """Write ``config.yaml``, seed, build the module, fit on ``cfg.data``'s shards and return
+    the path of ``last.ckpt``: the part of a run that :func:`train` and ``train_ae`` share.
+    ``ckpt``: the checkpoint to resume from (``resume``: what the user passed) at
+    ``start_step``. A run that fails before its first step removes the run folder it made."""
     last = os.path.join(checkpoint_dir(cfg), "last.ckpt")
     if resume == "auto" and ckpt is None:
         rank_zero_only(log.info)("--resume auto: no %s yet, starting fresh", last)
@@ -225,19 +258,14 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
     created = not os.path.exists(cfg.train.out_dir)
     trainer: Optional[L.Trainer] = None
     try:
-        _write_config(cfg)
+        _write_config(cfg.train.out_dir, config_yaml)
         L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same init on every rank
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
-        module = SCDLitModule(cfg, shards=shards.to_dict())
-        for block in module.model.modules():
-            if isinstance(block, Block):
-                block.checkpointing = cfg.train.activation_checkpointing
-                if compile_blocks(cfg.train):
-                    block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
+        module = build_module()
         # a resumed run reads a new stream of clips instead of replaying the first one
         data = ShardDataModule(dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step))
-        trainer = build_trainer(cfg, callbacks, start_step if ckpt else None)
+        trainer = build_trainer(cfg, callbacks, start_step if ckpt else None, run_callbacks)
         with warnings.catch_warnings():
             # the shard stream is endless and reseeded above, so a mid-epoch resume is fine
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
