@@ -134,8 +134,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(app: Any, sock: socket.socket) -> None:
-    """Serve ``app`` on ``sock`` until Ctrl-C (uvicorn shuts down cleanly: the recording is closed)."""
+    """Serve ``app`` on ``sock`` until Ctrl-C or SIGTERM, the normal way to stop: uvicorn
+    shuts down cleanly (the recording is closed), then re-raises the signal, which ends
+    here."""
     import_web()
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="websockets")).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
