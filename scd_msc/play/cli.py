@@ -141,8 +141,6 @@ def build_game(args: argparse.Namespace) -> Game:
         labels = conditions.parse_labels(args.labels or "0", cfg.classes, 1, args.seed)
     elif args.labels is not None:
         raise error("--labels", args.labels, "no value", "this model has no classes (model.classes=0)")
-    if args.cond_guidance != 1.0 and not (cfg.actions or cfg.classes):
-        raise error("--cond-guidance", args.cond_guidance, "1.0", "this model has no actions or classes")
     return Game(model, bind_keys(action_names(cfg, args.prompt_shards, args.checkpoint)), args.steps, args.seed,
                 prompts=_prompts(args, cfg, model), sampler=Sampler(runtime.sampler), labels=labels,
                 record=args.record, fps=args.fps, decode=decoder, compile=False if args.eager else None,
