@@ -109,7 +109,7 @@ class Game:
         self.index += 1
         return frame
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as generate: the sessions and their CUDA graphs run under no_grad, not inference mode
     def reset(self, start: str = "clip") -> list[Frame]:
         """A fresh session from the next prompt clip (``clip``) or nothing (``blank``);
         returns the prompt frames. ValueError for a start this game cannot make."""
@@ -140,7 +140,7 @@ class Game:
                              f"({self.num_actions} = null, no action)")
         return action
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as generate: the sessions and their CUDA graphs run under no_grad, not inference mode
     def step(self, action: int) -> Frame:
         """The next frame, made with ``action``; a blank session is opened first if none is."""
         action = self.check_action(action)
