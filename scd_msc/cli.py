@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from scd_msc.data.cli import add_make_shards_arguments, run_make_shards
     from scd_msc.training.cli import add_train_arguments, run_train, run_train_ae
     from scd_msc.inference.cli import add_eval_arguments, add_generate_arguments, run_eval, run_generate
+    from scd_msc.play.cli import add_play_arguments, run_play
 
     parser = argparse.ArgumentParser(prog="scd-msc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae = sub.add_parser("train-ae", help="train the frame autoencoder of latent models (Lightning)")
     add_train_arguments(train_ae)
     train_ae.set_defaults(func=run_train_ae)
+    play = sub.add_parser("play", help="steer a model conditioned on actions from a web page (extra play)")
+    add_play_arguments(play)
+    play.set_defaults(func=run_play)
     params = sub.add_parser("params", help="parameter counts of every preset family per size")
     params.add_argument("sizes", nargs="*", help="sizes to list (default: all)")
     params.set_defaults(func=_params)

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore  # no "running pip as root" warning in containers
 PIP="python3 -m pip install -q --disable-pip-version-check"
-EXTRAS="dev,games"
+EXTRAS="dev,games,play"
 say() { echo "setup: $*"; }
 installed() { python3 -c "import $1; print($1.__version__)" 2>/dev/null; }
 

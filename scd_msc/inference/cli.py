@@ -44,7 +44,9 @@ from scd_msc.media import check_output_path, check_writable_folder
 from scd_msc.models import ModelConfig
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """The arguments that pick and run a model (generate, eval, play); ``--no-progress``
+    only with ``progress``."""
     parser.add_argument("--checkpoint", default=None, help="training checkpoint (.ckpt) to load")
     parser.add_argument("--preset", default=None, help="a preset with random weights (smoke tests), "
                         "e.g. scd-msc-tiny; exactly one of --checkpoint/--preset")
@@ -59,7 +61,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-noise", type=float, default=0.0, metavar="T_C",
                         help="commit every context frame (prompt too) noised to level T_C in [0, 1) "
                         "(default 0: clean); for models trained with flow.context_noise_max > 0")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--cond-guidance", type=float, default=1.0, metavar="S",
                         help="classifier-free guidance on the actions and labels of a conditioned model: "
                         "v_null + S·(v_cond − v_null) (default 1.0: off)")
@@ -73,7 +76,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``generate`` arguments to ``parser`` (a subcommand parser)."""
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--frames", type=int, required=True, help="frames to generate (after the prompt)")
     parser.add_argument("--steps", type=int, required=True, help="denoising steps per frame (S)")
     parser.add_argument("--out", required=True, help="output video: .mp4 (or .gif for a GIF only)")
@@ -103,7 +106,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` arguments to ``parser`` (a subcommand parser)."""
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--shards", required=True, help="held-out shards (glob/brace pattern); a conditioned "
                         "model gets each clip's own actions and label, and is also scored with the actions "
                         "shuffled across clips")
