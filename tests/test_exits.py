@@ -199,8 +199,8 @@ def test_setup_sh_says_what_it_does(tmp_path, have):
     else:
         assert steps[:2] == ["setup: installing torch==2.13.0 (CPU build; TORCH_SPEC overrides) ...",
                              "setup: installing natten (no build isolation: it builds against the installed torch) ..."]
-    assert steps[2] == "setup: installing scd_msc[dev,games] (editable) ..."
+    assert steps[2] == "setup: installing scd_msc[dev,games,play] (editable) ..."
     assert re.fullmatch(r"setup: done in \d+ s", steps[3]) and len(steps) == 4
     calls = log.read_text().splitlines()
     assert all(c.startswith("-m pip install -q ") for c in calls)
-    assert [c.split()[-1] for c in calls] == (["torch==2.13.0", "natten"] if not have else []) + [".[dev,games]"]
+    assert [c.split()[-1] for c in calls] == (["torch==2.13.0", "natten"] if not have else []) + [".[dev,games,play]"]
