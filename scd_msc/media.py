@@ -71,9 +71,9 @@ def _pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
-def save_png(image: np.ndarray, path: str | Path) -> None:
-    """Write a uint8 image ``(H, W, C)`` (C = 1 or 3) as a PNG."""
-    _pil(image).save(path)
+def save_png(image: np.ndarray, path: str | Path | BinaryIO) -> None:
+    """Write a uint8 image ``(H, W, C)`` (C = 1 or 3) as a PNG, to a path or a binary file."""
+    _pil(image).save(path, format="PNG")
 
 
 # --------------------------------------------------------------------------- GIF

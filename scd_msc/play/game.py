@@ -22,12 +22,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from scd_msc.diffusion import Sampler
 from scd_msc.inference import conditions
-from scd_msc.media import Mp4Writer, to_uint8
+from scd_msc.media import Mp4Writer, save_png, to_uint8
 from scd_msc.play.keys import Bindings
 
 STARTS = ("clip", "blank")
@@ -48,7 +47,7 @@ class Frame:
     def png(self) -> bytes:
         """The image as PNG bytes (grey frames as 8-bit grey)."""
         buf = io.BytesIO()
-        Image.fromarray(self.image[..., 0] if self.image.shape[-1] == 1 else self.image).save(buf, format="PNG")
+        save_png(self.image, buf)
         return buf.getvalue()
 
     def meta(self) -> dict[str, Any]:
