@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -71,3 +72,4 @@ class ProgressBar(TQDMProgressBar):
         for bar in (self._val_progress_bar, self._train_progress_bar):
             if bar is not None:
                 bar.close()
+        sys.stdout.flush()  # the bar's closing newline (tqdm does not flush it) before the stderr message
