@@ -124,6 +124,7 @@ def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
     (["--steps", "0"], "--steps=0: expected an integer >= 1"),
     (["--warmup", "0"], "--warmup=0: expected an integer >= 1"),
     (["--devices", "1", "0"], "--devices=[1, 0]: expected integers >= 1"),
+    (["--batch-sizes", "8", "0"], "--batch-sizes=[8, 0]: expected integers >= 1"),
 ])
 def test_bench_training_bad_arguments_are_one_line(argv, message, capsys):
     from tools import bench_training
@@ -132,6 +133,20 @@ def test_bench_training_bad_arguments_are_one_line(argv, message, capsys):
         bench_training.main(["--configs", "configs/moving_digits_tiny.yaml", *argv])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m tools.bench_training: error: {message}"
+
+
+def test_bench_training_headline_is_each_presets_fastest_one_gpu_row():
+    """The JSON's ``<preset>_clips_per_s`` / ``_mfu`` come from the fastest single-GPU row
+    of that preset (a batch sweep), never from a multi-GPU row."""
+    from tools.bench_training import headline
+
+    row = lambda preset, devices, batch, sps, mfu: dict(preset=preset, devices=devices, batch_per_gpu=batch,
+                                                       samples_per_s=sps, mfu=mfu)
+    rows = [row("scd-msc-small", 1, 8, 40.0, 0.20), row("scd-msc-small", 1, 16, 55.0, 0.27),
+            row("scd-msc-small", 2, 16, 100.0, 0.25), row("causal-dit-small", 1, 8, 30.0, None)]
+    assert headline(rows) == {"scd_msc_small_clips_per_s": 55.0, "scd_msc_small_mfu": 0.27,
+                              "scd_msc_small_batch": 16, "causal_dit_small_clips_per_s": 30.0,
+                              "causal_dit_small_mfu": None, "causal_dit_small_batch": 8}
 
 
 def test_bench_latency_cpu_smoke_run_writes_its_report(tmp_path):

@@ -361,6 +361,32 @@ def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
         train(cfg)
 
 
+def test_bf16_mixed_clips_gradients_of_a_fused_optimizer(shards, tmp_path, monkeypatch):
+    """On CUDA the optimizer is fused AdamW, which Lightning's mixed-precision plugin
+    refuses to clip for ("does not allow for gradient clipping"). Fused AdamW runs on a
+    CPU too: the same run here, with bf16-mixed and clipping on, must train, and the
+    gradients the optimizer sees must have norm <= train.grad_clip."""
+    from scd_msc.training.train import train
+
+    import scd_msc.training.module as module
+
+    real = module.build_optimizer
+    norms = []
+
+    def fused(model, train_cfg):
+        opt, schedule = real(model, train_cfg)
+        opt = torch.optim.AdamW(opt.param_groups, lr=train_cfg.lr, fused=True)
+        opt.register_step_pre_hook(lambda o, *_: norms.append(float(torch.nn.utils.get_total_norm(
+            [p.grad for g in o.param_groups for p in g["params"] if p.grad is not None]))))
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    monkeypatch.setattr(module, "build_optimizer", fused)
+    cfg = load_config(None, overrides(shards, tmp_path, **{"train.max_steps": 3, "train.precision": "bf16-mixed",
+                                                            "train.grad_clip": 1e-3}))
+    train(cfg)
+    assert len(norms) == 3 and max(norms) <= 1e-3 * 1.01
+
+
 def start_cli(args: list[str], log_path) -> subprocess.Popen:
     log = open(log_path, "w")
     return subprocess.Popen(["scd-msc", "train", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -35,12 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: runs start here
 WAIT_BAR = 0.05  # issue #4: loader wait < 5% of the step
 
 
-def run_one(config: str, devices: int, args: argparse.Namespace, work: Path) -> dict:
-    out = work / f"{Path(config).stem}_{devices}gpu"
+def run_one(config: str, devices: int, batch: int | None, args: argparse.Namespace, work: Path) -> dict:
+    """One ``scd-msc train`` run of ``config`` on ``devices`` GPUs (``batch`` per GPU, or
+    the config's) -> its row of the report."""
+    out = work / f"{Path(config).stem}_{devices}gpu" if batch is None else work / f"{Path(config).stem}_{devices}gpu_b{batch}"
     overrides = [f"train.devices={devices}", f"train.max_steps={args.warmup + args.steps + 1}",
                  f"train.out_dir={out}", f"train.timing_warmup={args.warmup}",
                  "train.sample_every_n_steps=0", "train.val_every_n_steps=0",
-                 "train.checkpoint_every_n_steps=1000000", "train.progress_bar=false", *args.overrides]
+                 "train.checkpoint_every_n_steps=1000000", "train.progress_bar=false", *args.overrides,
+                 *([] if batch is None else [f"data.batch_size={batch}"])]
     config = str(Path(config).resolve())  # the runs start in the checkout's root
     cfg = load_config(config, overrides)  # fails here, naming the key, before any launch
     cmd = [sys.executable, "-m", "scd_msc.training.cli", "--config", config, *overrides]
@@ -58,7 +61,23 @@ def run_one(config: str, devices: int, args: argparse.Namespace, work: Path) -> 
             "batch_per_gpu": cfg.data.batch_size, "workers_per_gpu": cfg.data.num_workers,
             **{k: timing[k] for k in ("steps", "step_ms_median", "step_ms_mean", "steps_per_s", "samples_per_s",
                                       "loader_wait_ms_mean", "loader_wait_ms_p95", "loader_wait_fraction")},
+            "model_tflops_per_s": timing.get("model_tflops_per_s"), "mfu": timing.get("mfu"),
+            "compile": cfg.train.compile, "activation_checkpointing": cfg.train.activation_checkpointing,
             "wall_s": round(wall, 1)}
+
+
+def headline(rows: list[dict]) -> dict:
+    """Per preset at one GPU, the row of highest samples/s: ``<preset>_clips_per_s`` and
+    ``<preset>_mfu`` (``scd_msc_small_clips_per_s``, ...), with its batch size."""
+    out: dict = {}
+    for row in rows:
+        if row["devices"] != 1:
+            continue
+        key = row["preset"].replace("-", "_")
+        if row["samples_per_s"] > out.get(f"{key}_clips_per_s", -1.0):
+            out.update({f"{key}_clips_per_s": row["samples_per_s"], f"{key}_mfu": row["mfu"],
+                        f"{key}_batch": row["batch_per_gpu"]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", nargs="+", type=int, default=[1], help="GPU counts to run (default 1)")
     p.add_argument("--steps", type=int, default=150, help="timed optimizer steps per run (default 150)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                   help="per-GPU batch sizes to sweep (default: each config's data.batch_size)")
     p.add_argument("--what", default="training", help="report name: benchmarks/<what>_<gpu>_<date>")
     p.add_argument("--out", default=str(ROOT / "benchmarks"), help="report folder (default benchmarks/)")
     p.add_argument("--work", default=None, help="folder for the runs and their logs (default: a temp folder)")
@@ -77,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("steps", "warmup"):
             positive_int(f"--{name}", getattr(args, name))
         positive_ints("--devices", args.devices)
+        if args.batch_sizes is not None:
+            positive_ints("--batch-sizes", args.batch_sizes)
     except ValueError as err:
         p.error(str(err))
     import torch
@@ -88,14 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_training_"))
     work.mkdir(parents=True, exist_ok=True)
 
-    rows = [run_one(config, d, args, work) for config in args.configs for d in args.devices]
+    rows = [run_one(config, d, b, args, work) for config in args.configs for b in (args.batch_sizes or [None])
+            for d in args.devices]
     for row in rows:
-        one = next(r for r in rows if r["config"] == row["config"] and r["devices"] == min(args.devices))
+        one = next(r for r in rows if r["config"] == row["config"] and r["batch_per_gpu"] == row["batch_per_gpu"]
+                   and r["devices"] == min(args.devices))
         row["speedup"] = row["samples_per_s"] / one["samples_per_s"]
         row["efficiency"] = row["speedup"] / (row["devices"] / one["devices"])
     worst = max(r["loader_wait_fraction"] for r in rows)
     checks = [f"- loader wait, worst run: **{100 * worst:.2f}%** of the step (bar < {100 * WAIT_BAR:.0f}%): "
               f"{'PASS' if worst < WAIT_BAR else 'FAIL'}"]
+    top = headline(rows)
+    for key in sorted(k for k in top if k.endswith("_clips_per_s")):
+        stem = key.removesuffix("_clips_per_s")
+        mfu = top[f"{stem}_mfu"]
+        checks.append(f"- {stem}: **{fmt(top[key])} clips/s** on 1 GPU at batch {top[f'{stem}_batch']}, MFU "
+                      + ("unknown (GPU peak not in training/flops.py)" if mfu is None else f"**{fmt(100 * mfu)}%**"))
     for r in rows:
         if r["devices"] != min(args.devices):
             checks.append(f"- {r['config']}: {r['devices']} GPUs give **{fmt(r['speedup'])}×** the samples/s of "
@@ -103,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     notes = ("Steady state: the first `--warmup` steps excluded; every step syncs (finite-loss check), so "
              "host intervals are device step times. Loader wait = host time between one step's end and the "
              "next step's start (an upper bound of GPU starvation). Sample strips, validation and step "
-             "checkpoints off; EMA, gradient clipping and bf16-mixed on as configured.")
+             "checkpoints off; EMA, gradient clipping, bf16-mixed and compile on as configured. MFU = analytic "
+             "model FLOPs (training/flops.py: matmuls and attention of forward + backward) per second over the "
+             "GPU's dense bf16 peak.")
     columns = ["config", "devices", "batch_per_gpu", "workers_per_gpu", "steps", "step_ms_median",
-               "steps_per_s", "samples_per_s", "speedup", "efficiency", "loader_wait_ms_mean",
-               "loader_wait_ms_p95", "loader_wait_fraction", "wall_s"]
-    config = {"configs": args.configs, "devices": args.devices, "steps": args.steps, "warmup": args.warmup,
-              "overrides": args.overrides}
+               "steps_per_s", "samples_per_s", "model_tflops_per_s", "mfu", "speedup", "efficiency",
+               "loader_wait_ms_mean", "loader_wait_ms_p95", "loader_wait_fraction", "wall_s"]
+    config = {"configs": args.configs, "devices": args.devices, "batch_sizes": args.batch_sizes,
+              "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides}
     md, js = write_report(report_stem(args.out, args.what), f"Training throughput and loader wait ({args.what})",
                           command, config, rows, extra_md="## Checks\n\n" + "\n".join(checks) + "\n\n" + notes,
-                          data_json={"loader_wait_fraction_max": worst, "checks": checks}, columns=columns,
+                          data_json={"loader_wait_fraction_max": worst, **top, "checks": checks}, columns=columns,
                           env=env_info("cuda"))
     print("\n".join(checks))
     print(f"wrote {md} and {js}; runs and logs in {work}")

@@ -47,6 +47,19 @@ class RunModule(L.LightningModule):
         optimizer, schedule = build_optimizer(self.model, self.cfg.train)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Clip the global gradient norm to ``train.grad_clip`` (the Trainer's
+        ``gradient_clip_val``). Lightning's mixed-precision plugin refuses to clip for an
+        optimizer that unscales inside its step (fused AdamW), even under ``bf16-mixed``,
+        which has no loss scaler and nothing to unscale; so without a scaler the norm is
+        clipped here. ``16-mixed`` (a scaler, and an unfused optimizer: optim.py) keeps
+        Lightning's path, which unscales first."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
         # after the module; move them aside so the module's strict load sees its own keys.
