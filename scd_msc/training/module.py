@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 import numpy as np
 import torch
 from torch import Tensor
@@ -43,15 +44,23 @@ class RunModule(L.LightningModule):
             raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
                                      "lower train.lr or raise train.warmup_steps")
 
+    def time_fraction(self) -> float:
+        """The share of ``train.max_minutes`` spent so far (resumes included; 0 without a
+        limit): Lightning's ``Timer``, which ``max_time`` adds to the Trainer."""
+        minutes = self.cfg.train.max_minutes
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None) if minutes else None
+        return 0.0 if timer is None else timer.time_elapsed("train") / (60 * minutes)
+
     def configure_optimizers(self) -> dict:
-        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
+        optimizer, schedule = build_optimizer(self.model, self.cfg.train, self.time_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
-        # after the module; move them aside so the module's strict load sees its own keys.
+        # The EMA weights (``ema_model.*``, and ``ema_<name>.*`` of any other submodule the
+        # average holds) belong to the EMA callback, which is restored after the module;
+        # move them aside so the module's strict load sees its own keys.
         state = checkpoint["state_dict"]
-        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_model.")}
+        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_")}
 
 
 class SCDLitModule(RunModule):
