@@ -15,7 +15,7 @@ Writes ``benchmarks/autoencoder_<gpu>_<date>.md`` + ``.json`` (rewritten after e
 dataset, so a run cut short keeps what it measured) and ``..._<dataset>.png`` (held-out
 frames above their reconstructions). Examples::
 
-    python -m tools.bench_autoencoder --datasets doom atari --minutes 6      # 2 GPUs: both at once
+    python -m tools.bench_autoencoder --datasets doom atari --minutes 5.5    # 2 GPUs: both at once
     python -m tools.bench_autoencoder --datasets doom --minutes 4 model.upsample=nearest doom:train.lr=5e-4
     python -m tools.bench_autoencoder --datasets tiny=configs/ae_tiny.yaml --steps 20 --eval-frames 64   # CPU
 
