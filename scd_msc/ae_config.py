@@ -7,7 +7,8 @@ sections of ``scd-msc train`` (:class:`~scd_msc.data.config.DataConfig`,
 :class:`~scd_msc.config.TrainConfig`): a batch of ``data.batch_size`` clips of
 ``data.clip_frames`` frames is folded into ``batch_size · clip_frames`` single frames.
 The keys of ``train`` that only diffusion uses (``sample_*``, ``cond_dropout``,
-``compile``, ``activation_checkpointing``) are ignored here.
+``activation_checkpointing``) are ignored here; ``train.compile`` compiles the encoder and
+the decoder (``auto``: when training on CUDA).
 
 Frame shape: ``data.channels`` / ``data.image_size`` (``auto``) follow the training
 shards, which must hold pixels; ``model.channels`` follows the data unless set, and the
@@ -37,6 +38,18 @@ class AEExperimentConfig:
     loss: AELossConfig = field(default_factory=AELossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/ae"))
+
+    def __post_init__(self) -> None:
+        if not self.loss.gan:
+            return
+        why = "the discriminator is trained by a manual optimizer step"
+        if self.train.accumulate_grad_batches != 1:
+            raise checks.error("train.accumulate_grad_batches", self.train.accumulate_grad_batches,
+                               "1 when loss.gan_weight > 0", why)
+        if self.train.precision == "16-mixed":
+            raise checks.error("train.precision", self.train.precision,
+                               "not 16-mixed when loss.gan_weight > 0 (bf16-mixed or 32-true)",
+                               "its raw step bypasses the fp16 loss scaler")
 
 
 def resolve_ae_frame_shape(exp: AEExperimentConfig, explicit_channels: bool = False) -> None:

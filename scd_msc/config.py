@@ -48,6 +48,7 @@ from scd_msc.ops.backends import BACKENDS
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_PRESET = "scd-msc-tiny"
 FRAME_SHAPE = ("channels", "image_size")  # the fields data and model must agree on
 
@@ -69,13 +70,21 @@ class TrainConfig:
     (``auto``: when training on CUDA). ``activation_checkpointing``: recompute each block's
     activations in the backward pass (less memory, about a third more compute).
     ``timing_warmup``: steps left out of ``<out_dir>/timing.json`` (step time, loader wait).
+    ``lr_schedule``: after the warm-up, ``constant`` or ``cosine`` (down to
+    ``lr_min_ratio · lr`` at the end of the run). ``max_minutes``: stop cleanly (``last.ckpt``
+    written) after this much training time, resumes included (Lightning's ``max_time``); 0 =
+    no limit. With both, the cosine follows whichever of ``max_steps`` and ``max_minutes``
+    is closer to running out, so the rate reaches its floor when the run stops.
     """
 
     lr: float = 3e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.0
     max_steps: int = 10_000
+    max_minutes: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     accumulate_grad_batches: int = 1
     precision: str = "auto"
@@ -106,6 +115,9 @@ class TrainConfig:
         checks.choice("train.strategy", self.strategy, STRATEGIES)
         checks.choice("train.accelerator", self.accelerator, ACCELERATORS)
         checks.choice("train.compile", self.compile, ("auto", True, False))
+        checks.choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.number("train.lr_min_ratio", self.lr_min_ratio, low=0, high=1)
+        checks.number("train.max_minutes", self.max_minutes, low=0, detail="0 = no time limit")
         for name in ("max_steps", "accumulate_grad_batches", "num_nodes", "sample_count", "sample_frames",
                      "sample_steps", "log_every_n_steps", "checkpoint_every_n_steps"):
             checks.positive_int(f"train.{name}", getattr(self, name))

@@ -4,11 +4,13 @@ that improves when a tiny one overfits a few frames on CPU."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from scd_msc.models.ae_objective import AELossConfig, ae_loss
-from scd_msc.models.autoencoder import AutoencoderConfig, FrameAutoencoder
+from scd_msc.models.autoencoder import AutoencoderConfig, FrameAutoencoder, ResBlock, upsampler
 
 TINY = dict(width=16, max_width=32, blocks=1, groups=4)
 
@@ -89,3 +91,69 @@ def test_round_trip_error_falls_when_overfitting_a_few_frames():
     with torch.no_grad():  # the inference calls (scaled latents) give the same reconstruction
         recon = ae.decode(ae.encode(frames))
     assert (recon - frames).abs().mean() < 0.5 * first["l1"]
+
+
+def test_decoder_options_set_widths_blocks_and_upsampler():
+    cfg = AutoencoderConfig(factor=8, width=16, max_width=64, groups=4, decoder_width=8, decoder_max_width=16,
+                            decoder_blocks=[0, 2, 1], upsample="pixel_shuffle")
+    assert cfg.widths == [16, 32, 64] and cfg.decoder_widths == [16, 16, 8]
+    ae = FrameAutoencoder(cfg)
+    layers = list(ae.decoder.net)
+    stage_blocks, count = [], 0
+    for layer in layers[1:]:
+        if isinstance(layer, ResBlock):
+            count += 1
+        elif isinstance(layer, torch.nn.PixelShuffle):
+            stage_blocks.append(count)
+            count = 0
+    assert stage_blocks == [0, 2, 1] and not any(isinstance(x, torch.nn.Upsample) for x in layers)
+    assert ae.decode(torch.randn(2, 8, 3, 5)).shape == (2, 3, 24, 40)
+
+
+def test_pixel_shuffle_upsampler_starts_as_nearest_upsampling_of_a_conv():
+    """ICNR: the four sub-pixels of each output start equal, i.e. nearest 2x of the conv
+    on the small grid that seeded them: no checkerboard at initialisation."""
+    torch.manual_seed(0)
+    conv, shuffle = upsampler(6, 5, "pixel_shuffle")
+    x = torch.randn(2, 6, 7, 9)
+    y = shuffle(conv(x))  # (2, 5, 14, 18)
+    small = torch.nn.functional.conv2d(x, conv.weight[::4], conv.bias[::4], padding=1)  # (2, 5, 7, 9)
+    torch.testing.assert_close(y, small.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    nearest = upsampler(6, 5, "nearest")
+    assert isinstance(nearest[0], torch.nn.Upsample) and nearest[1].out_channels == 5
+
+
+def test_channels_last_is_the_same_function():
+    torch.manual_seed(0)
+    plain = FrameAutoencoder(AutoencoderConfig(latent_channels=4, factor=4, **TINY)).eval()
+    nhwc = FrameAutoencoder(AutoencoderConfig(latent_channels=4, factor=4, channels_last=True, **TINY)).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.decoder.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.decode(nhwc.encode(x)), plain.decode(plain.encode(x)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(decoder_blocks=[1, 1]), "model.decoder_blocks=[1, 1]: expected 3 counts >= 0 (one per decoder stage, "
+                                  "from the latents up, for factor 8) or [] (model.blocks each)"),
+    (dict(upsample="bilinear"), "model.upsample='bilinear': expected one of nearest, pixel_shuffle"),
+    (dict(decoder_width=12), "model.decoder_width=12: expected a multiple of model.groups=8 (0: the encoder's)"),
+])
+def test_decoder_option_errors(kwargs, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        AutoencoderConfig(**kwargs)
+
+
+def test_lr_factor_warms_up_then_follows_a_cosine_to_the_floor_by_steps_or_time():
+    from scd_msc.config import TrainConfig
+    from scd_msc.training.optim import lr_factor
+
+    t = TrainConfig(warmup_steps=10, max_steps=110, lr_schedule="cosine", lr_min_ratio=0.1)
+    assert lr_factor(4, t) == pytest.approx(0.5) and lr_factor(10, t) == pytest.approx(1.0)
+    assert lr_factor(60, t) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2)
+    assert lr_factor(110, t) == pytest.approx(0.1) and lr_factor(500, t) == pytest.approx(0.1)
+    assert lr_factor(20, t, time_fraction=1.0) == pytest.approx(0.1)  # the clock ran out first
+    assert lr_factor(60, t, time_fraction=0.2) == lr_factor(60, t)  # the steps are further along
+    constant = TrainConfig(warmup_steps=10, max_steps=110)
+    assert lr_factor(100, constant, time_fraction=1.0) == 1.0

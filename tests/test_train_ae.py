@@ -5,9 +5,11 @@ initial weights, with measured latent scaling; it plugs into ``make-shards laten
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from scd_msc.inference.latents import FrameDecoder
 from scd_msc.models.autoencoder import FrameAutoencoder
 
 S, FRAMES, STEPS = 16, 4, 40
+CONFIG = Path(__file__).parents[1] / "configs" / "ae_tiny.yaml"
 MODULE = "my_ae_scd_train_ae"  # unique: sys.modules keeps it for the rest of the session
 MY_AE = '''
 """The trained autoencoder as an --encoder / --decoder module:function pair."""
@@ -105,7 +108,8 @@ def test_print_config_and_one_line_errors(run, capsys, tmp_path):
               "data.image_size=24: expected a multiple of model.factor=16; pass model.factor=8 or shards of "
               "another size"),
              (["model.channels=1"], "data.channels=3 but model.channels=1: they must agree"),
-             (["loss.l2=1"], "unknown config key 'loss.l2' in the command-line overrides (known under loss: l1, ssim)"),
+             (["loss.l2=1"], "unknown config key 'loss.l2' in the command-line overrides (known under loss: l1, ssim, "
+                            "gan_weight, gan_start, gan_loss, gan_adaptive, disc_lr, disc_width, disc_layers)"),
              (["loss.ssim=abc"], "config key 'loss.ssim' in the command-line overrides expects float, got 'abc'")]
     for extra, message in cases:
         assert main(base + overrides(shards, str(tmp_path / "x")) + extra) == 2, extra
@@ -125,3 +129,74 @@ def test_load_autoencoder_refuses_a_diffusion_checkpoint(run, tmp_path):
     with pytest.raises(ValueError, match=r"^checkpoint '.*missing.ckpt' does not exist"):
         load_autoencoder(str(tmp_path / "missing.ckpt"))
     assert dataclasses.is_dataclass(load_autoencoder(str(run / "run" / "checkpoints" / "last.ckpt")).config)
+
+
+GAN = ["loss.gan_weight=0.5", "loss.gan_start=3", "loss.disc_width=8", "loss.disc_layers=2", "train.ema_decay=0.9"]
+
+
+class Record(L.Callback):
+    """Per step: whether the discriminator holds gradients, its weights, the logged gan_weight;
+    at train start, the discriminator's weights and optimizer state (what a resume restored)."""
+
+    def __init__(self):
+        self.steps, self.start = [], None
+
+    def on_train_start(self, trainer, module):
+        self.start = ({k: v.clone() for k, v in module.discriminator.state_dict().items()},
+                      copy.deepcopy(trainer.optimizers[1].state_dict()))  # AdamW updates its tensors in place
+
+    def on_train_batch_end(self, trainer, module, *args):
+        d = module.discriminator
+        self.steps.append((trainer.global_step, all(p.grad is not None for p in d.parameters()),
+                           d.net[0].weight.detach().clone(), float(trainer.callback_metrics["train/gan_weight"])))
+
+
+def test_discriminator_turns_on_at_its_start_step_and_resumes(run, tmp_path):
+    from scd_msc.ae_config import load_ae_config
+    from scd_msc.training.autoencoder import train_ae
+
+    args = overrides(str(run / "shards" / "*.tar"), str(tmp_path / "gan"), steps=5) + GAN
+    rec = Record()
+    last = train_ae(load_ae_config(str(CONFIG), args), callbacks=[rec])
+    steps = [s for s, *_ in rec.steps]
+    assert steps == [1, 2, 3, 4, 5]  # global_step counts autoencoder steps only
+    grads = [g for _, g, _, _ in rec.steps]
+    weights = [w for *_, w in rec.steps]
+    assert grads == [False, False, False, True, True]  # the step taken at global_step 3 is the first
+    assert weights[:3] == [0, 0, 0] and all(w > 0 for w in weights[3:])
+    d = [w for _, _, w, _ in rec.steps]
+    assert torch.equal(d[2], d[0]) and not torch.equal(d[3], d[2]) and not torch.equal(d[4], d[3])
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 2 and any(k.startswith("discriminator.") for k in ckpt["state_dict"])
+    assert load_autoencoder(last, weights="ema").weights.weights == "ema"  # the discriminator is not in its way
+
+    again = Record()
+    train_ae(load_ae_config(str(CONFIG), args + ["train.max_steps=6"]), resume=last,
+             callbacks=[again])
+    weights_at_resume, opt_at_resume = again.start
+    for k, v in weights_at_resume.items():
+        assert torch.equal(v, ckpt["state_dict"][f"discriminator.{k}"]), k
+    saved = ckpt["optimizer_states"][1]["state"]
+    assert saved and all(torch.equal(opt_at_resume["state"][i]["exp_avg"], s["exp_avg"]) for i, s in saved.items())
+    assert [s for s, *_ in again.steps] == [6] and again.steps[0][1]
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(run, tmp_path):
+    args = overrides(str(run / "shards" / "*.tar"), str(tmp_path / "timed"), steps=1000) + ["train.max_minutes=0.0001"]
+    assert main(["train-ae", "--config", str(CONFIG), *args]) == 0
+    ckpt = torch.load(tmp_path / "timed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 1 <= ckpt["global_step"] < 5  # stopped by the clock, not by max_steps
+
+
+def test_gan_config_errors(run, capsys, tmp_path):
+    base = ["train-ae", "--config", str(CONFIG)] + overrides(str(run / "shards" / "*.tar"), str(tmp_path / "x"))
+    cases = [(["loss.gan_loss=wgan"], "loss.gan_loss='wgan': expected one of hinge, non_saturating"),
+             (["loss.disc_width=12"], "loss.disc_width=12: expected a positive multiple of 8"),
+             (["loss.gan_weight=0.1", "train.accumulate_grad_batches=2"],
+              "train.accumulate_grad_batches=2: expected 1 when loss.gan_weight > 0; the discriminator is "
+              "trained by a manual optimizer step"),
+             (["train.lr_schedule=linear"], "train.lr_schedule='linear': expected one of constant, cosine")]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"scd-msc train-ae: error: {message}") and err.count("\n") == 1, err

@@ -373,8 +373,8 @@ def test_bf16_mixed_clips_gradients_of_a_fused_optimizer(shards, tmp_path, monke
     real = module.build_optimizer
     norms = []
 
-    def fused(model, train_cfg):
-        opt, schedule = real(model, train_cfg)
+    def fused(model, train_cfg, *rest):
+        opt, schedule = real(model, train_cfg, *rest)
         opt = torch.optim.AdamW(opt.param_groups, lr=train_cfg.lr, fused=True)
         opt.register_step_pre_hook(lambda o, *_: norms.append(float(torch.nn.utils.get_total_norm(
             [p.grad for g in o.param_groups for p in g["params"] if p.grad is not None]))))

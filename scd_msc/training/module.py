@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 import numpy as np
 import torch
 from torch import Tensor
@@ -43,28 +44,39 @@ class RunModule(L.LightningModule):
             raise FloatingPointError(f"train loss is {value} at step {self.global_step}; "
                                      "lower train.lr or raise train.warmup_steps")
 
+    def time_fraction(self) -> float:
+        """The share of ``train.max_minutes`` spent so far (resumes included; 0 without a
+        limit): Lightning's ``Timer``, which ``max_time`` adds to the Trainer."""
+        minutes = self.cfg.train.max_minutes
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None) if minutes else None
+        return 0.0 if timer is None else timer.time_elapsed("train") / (60 * minutes)
+
     def configure_optimizers(self) -> dict:
-        optimizer, schedule = build_optimizer(self.model, self.cfg.train)
+        optimizer, schedule = build_optimizer(self.model, self.cfg.train, self.time_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
-                                    gradient_clip_algorithm: Optional[str] = None) -> None:
-        """Clip the global gradient norm to ``train.grad_clip`` (the Trainer's
-        ``gradient_clip_val``). Lightning's mixed-precision plugin refuses to clip for an
-        optimizer that unscales inside its step (fused AdamW), even under ``bf16-mixed``,
-        which has no loss scaler and nothing to unscale; so without a scaler the norm is
-        clipped here. ``16-mixed`` (a scaler, and an unfused optimizer: optim.py) keeps
-        Lightning's path, which unscales first."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None or not gradient_clip_val:
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: Optional[Union[int, float]] = None,
+                       gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters (the Trainer's clipping and the
+        manual steps of ``train-ae`` both come here). Lightning's mixed-precision plugin
+        refuses to clip for an optimizer that unscales inside its step (fused AdamW), even
+        under ``bf16-mixed``, which has no loss scaler and nothing to unscale; so without a
+        scaler the norm (or value) is clipped here. ``16-mixed`` (a scaler, and an unfused
+        optimizer: optim.py) keeps Lightning's path, which unscales first."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None or not gradient_clip_val:
+            return super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The EMA weights (``ema_model.*``) belong to the EMA callback, which is restored
-        # after the module; move them aside so the module's strict load sees its own keys.
+        # The EMA weights (``ema_model.*``, and ``ema_<name>.*`` of any other submodule the
+        # average holds) belong to the EMA callback, which is restored after the module;
+        # move them aside so the module's strict load sees its own keys.
         state = checkpoint["state_dict"]
-        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_model.")}
+        checkpoint["ema_state_dict"] = {k: state.pop(k) for k in list(state) if k.startswith("ema_")}
 
 
 class SCDLitModule(RunModule):

@@ -23,6 +23,7 @@ run folder it created.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import shutil
@@ -148,11 +149,12 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
 
 
 def build_trainer(cfg: Any, callbacks: Sequence[L.Callback] = (), resume_step: Optional[int] = None,
-                  run_callbacks: Optional[list[L.Callback]] = None) -> L.Trainer:
+                  run_callbacks: Optional[list[L.Callback]] = None, automatic: bool = True) -> L.Trainer:
     """The Trainer; ``resume_step``: the step a resumed run starts from (its metrics.csv
     is continued from there), None for a fresh start. ``cfg``: any run config with
     ``train`` and ``data``; ``run_callbacks`` (default :func:`build_callbacks`, the
-    diffusion run's) are added before ``callbacks``."""
+    diffusion run's) are added before ``callbacks``. ``automatic``: the module's
+    ``automatic_optimization`` (with manual optimization it clips its own gradients)."""
     t = cfg.train
     bar = [ProgressBar()] if t.progress_bar else []
     validate = bool(cfg.data.val_shards) and t.val_every_n_steps > 0
@@ -165,7 +167,10 @@ def build_trainer(cfg: Any, callbacks: Sequence[L.Callback] = (), resume_step: O
         val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches if validate else None,
         check_val_every_n_epoch=None if validate else 1,
         limit_val_batches=None if validate else 0, num_sanity_val_steps=1 if validate else 0,
-        gradient_clip_val=t.grad_clip or None, accumulate_grad_batches=t.accumulate_grad_batches,
+        # a module of manual optimization (train-ae with a discriminator) clips itself
+        gradient_clip_val=(t.grad_clip or None) if automatic else None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        max_time=datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None,  # stops cleanly
         log_every_n_steps=t.log_every_n_steps,
         logger=[RunCSVLogger(t.out_dir, resume_step, t.log_every_n_steps),
                 TensorBoardLogger(t.out_dir, name="tb", version="")],
@@ -265,7 +270,8 @@ def fit(cfg: Any, build_module: Callable[[], L.LightningModule], config_yaml: st
         module = build_module()
         # a resumed run reads a new stream of clips instead of replaying the first one
         data = ShardDataModule(dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step))
-        trainer = build_trainer(cfg, callbacks, start_step if ckpt else None, run_callbacks)
+        trainer = build_trainer(cfg, callbacks, start_step if ckpt else None, run_callbacks,
+                                automatic=module.automatic_optimization)
         with warnings.catch_warnings():
             # the shard stream is endless and reseeded above, so a mid-epoch resume is fine
             warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
