@@ -142,7 +142,7 @@ def measure(job: Job, args: argparse.Namespace, device: Any, png: Path) -> None:
 
     ckpt = job.out / "checkpoints" / "last.ckpt"
     loaded = load_autoencoder(str(ckpt), map_location=device, weights=args.weights)
-    ae, m = loaded.model, loaded.config.model
+    ae, m = loaded.model.to(device), loaded.config.model  # load_autoencoder builds it on the CPU
     frames = held_out_frames(job.cfg, args.eval_frames)  # (N, C, H, W)
     latents, recon = reconstruct(ae, frames, device)
     psnr, ssim = quality(recon, frames)

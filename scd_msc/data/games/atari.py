@@ -18,6 +18,8 @@ order given) and each game's clips use only its own ids.
 
 from __future__ import annotations
 
+import importlib
+
 import functools
 from collections.abc import Iterable, Iterator
 
@@ -34,7 +36,9 @@ DEFAULT_GAMES = "breakout,pong,space_invaders"
 
 
 def _ale():
-    return import_engine("ale_py", "atari")
+    ale_py = import_engine("ale_py", "atari")
+    importlib.import_module("ale_py.roms")  # a subpackage: not every install imports it with ale_py
+    return ale_py
 
 
 def atari_games() -> tuple[str, ...]:
