@@ -11,7 +11,8 @@ Examples::
     scd-msc make-shards moving-digits --out shards/digits --frames 16 --size 64 --clips 10000
     scd-msc make-shards videos --path my_videos/ --out shards/vids --frames 16 --size 128 --format mp4
     scd-msc make-shards latents --encoder my_pkg.vae:encode --out shards/lat --frames 16 --size 256
-    scd-msc make-shards latents --autoencoder runs/ae_doom/checkpoints/last.ckpt --from 'shards/doom_128/train/*.tar' --out shards/doom_latent/train
+    scd-msc make-shards latents --autoencoder runs/ae_doom/checkpoints/last.ckpt \
+        --from 'shards/doom_128/train/*.tar' --out shards/doom_latent/train
     scd-msc make-shards atari --games breakout,pong --out shards/atari --frames 32 --size 64 --clips 1000
     scd-msc make-shards doom --scenario basic,my_way_home --out shards/doom --frames 32 --size 64 --clips 1000
 """

@@ -2,9 +2,10 @@
 
 :func:`probe_shards` opens the shards in order until one yields a sample and describes
 it from its ``json`` (fields ``channels``, ``height``, ``width``, ``frames`` and, for
-latents, ``encoder`` or ``autoencoder`` / ``autoencoder_sha256``: see ``shards.py``) or, for fields the json lacks, from the shape of
-its ``latent.npy`` / ``frames.npy`` (or the first frame of its video). One sample is
-read, so probing costs milliseconds; it imports neither Lightning nor the models.
+latents, ``encoder`` or ``autoencoder`` / ``autoencoder_sha256``: see ``shards.py``)
+or, for fields the json lacks, from the shape of its ``latent.npy`` / ``frames.npy``
+(or the first frame of its video). One sample is read, so probing costs milliseconds;
+it imports neither Lightning nor the models.
 
 ``scd-msc train`` uses it to let ``data.channels`` / ``data.image_size`` (``auto``)
 follow the shards, and records the result in the checkpoint so that inference knows

@@ -4,7 +4,9 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 ``<field>`` one of
 * ``frames.npy``: uint8 ``(F, H, W, C)`` saved with ``np.save`` (``fmt="npy"``),
 * ``mp4``: H.264 bytes from PyAV (``fmt="mp4"``),
-* ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
+* ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``; its json also
+  names the encoder, or the autoencoder with its sha256 and scaling, and the pixel
+  shape: ``latent_shards.py``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
 dots (webdataset splits the key from the field name at the first dot). Clips with
 conditions (the game sources) add ``actions.npy`` and json ``label``, ``action_names``,
