@@ -54,13 +54,18 @@ def test_every_autoencoder_config_file_loads(path):
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
 def test_every_config_lists_the_make_shards_commands_of_its_shards(path):
     """The `scd-msc make-shards` lines at the top write the train and val shards the config
-    reads (as many as a brace pattern names), the val shards from another seed."""
+    reads (as many as a brace pattern names), the val shards from another seed. Latent
+    shards made ``--from`` pixel shards count the clips of those, made by a line above."""
     from braceexpand import braceexpand
 
     from scd_msc.cli import build_parser
 
     lines = re.findall(r"^#\s+(scd-msc make-shards .*)$", open(path).read(), re.M)
     made = {os.path.normpath(a.out): a for a in (build_parser().parse_args(shlex.split(x)[1:]) for x in lines)}
+
+    def origin(args):  # the pixel shards behind latents made --from them
+        return origin(made[os.path.normpath(os.path.dirname(args.from_shards))]) if args.from_shards else args
+
     cfg = load_any(path)
     used = {"train": cfg.data.train_shards, "val": cfg.data.val_shards}
     for split, pattern in used.items():
@@ -71,9 +76,9 @@ def test_every_config_lists_the_make_shards_commands_of_its_shards(path):
         names = list(braceexpand(pattern))
         if len(names) > 1:
             args = made[folder]
-            assert len(names) == -(-args.clips // args.shard_size), (split, pattern)
+            assert len(names) == -(-origin(args).clips // args.shard_size), (split, pattern)
     if used["val"]:
-        train, val = (made[os.path.normpath(os.path.dirname(used[k]))] for k in ("train", "val"))
+        train, val = (origin(made[os.path.normpath(os.path.dirname(used[k]))]) for k in ("train", "val"))
         same = ("source", "frames", "size", "channels", "games", "scenarios")
         assert val.seed != train.seed and all(getattr(val, k) == getattr(train, k) for k in same)
 

@@ -11,6 +11,8 @@ Examples::
     scd-msc make-shards moving-digits --out shards/digits --frames 16 --size 64 --clips 10000
     scd-msc make-shards videos --path my_videos/ --out shards/vids --frames 16 --size 128 --format mp4
     scd-msc make-shards latents --encoder my_pkg.vae:encode --out shards/lat --frames 16 --size 256
+    scd-msc make-shards latents --autoencoder runs/ae_doom/checkpoints/last.ckpt \
+        --from 'shards/doom_128/train/*.tar' --out shards/doom_latent/train
     scd-msc make-shards atari --games breakout,pong --out shards/atari --frames 32 --size 64 --clips 1000
     scd-msc make-shards doom --scenario basic,my_way_home --out shards/doom --frames 32 --size 64 --clips 1000
 """
@@ -29,10 +31,11 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     """Add the ``make-shards`` arguments to ``parser`` (a subcommand parser)."""
     parser.add_argument("source", help=f"where clips come from: {', '.join(SOURCES)}")
     parser.add_argument("--out", required=True, help="output folder for shard-NNNNNN.tar files")
-    parser.add_argument("--frames", type=int, required=True, help="frames per clip (F)")
-    parser.add_argument("--size", type=int, required=True, help="frame height and width in pixels")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (F; required, except with --from)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="frame height and width in pixels (required, except with --from)")
     parser.add_argument("--clips", type=int, default=None,
-                        help="number of clips (default 1000 for generators, every clip for videos)")
+                        help="number of clips (default 1000 for generators, every clip for videos and --from)")
     parser.add_argument("--shard-size", type=int, default=1000, help="clips per shard (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic generators (default 0)")
     parser.add_argument("--format", dest="fmt", default="npy", help=f"sample format: {', '.join(FORMATS)}")
@@ -43,9 +46,21 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--path", default=None, help="folder of video files (source videos)")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between clip starts in a video (default --frames, no overlap)")
-    parser.add_argument("--encoder", default=None, help="module:function mapping (F, C, H, W) to latents")
-    parser.add_argument("--pixels", default="moving-digits",
-                        help=f"pixel source fed to the encoder (latents): {', '.join(PIXEL_SOURCES)}")
+    parser.add_argument("--encoder", default=None, help="latents: an outside encoder, module:function mapping "
+                        "(F, C, H, W) in [-1, 1] to (F, c, h, w), one clip per call")
+    parser.add_argument("--autoencoder", default=None, metavar="AE.ckpt",
+                        help="latents: a scd-msc train-ae checkpoint, run over --batch clips at a time; the shards "
+                        "name it (path and sha256) and its latent scaling")
+    parser.add_argument("--from", dest="from_shards", default=None, metavar="PIXEL_SHARDS",
+                        help="latents: encode these pixel shards (glob/brace pattern), each clip whole, keeping "
+                        "its key, actions, label and the action/class names (no --frames/--size/--pixels)")
+    parser.add_argument("--pixels", default=None,
+                        help=f"latents: pixel source fed to the encoder instead of --from: {', '.join(PIXEL_SOURCES)} "
+                        "(default moving-digits)")
+    parser.add_argument("--device", default=None, help="latents with --autoencoder: auto (default: cuda if present), "
+                        "cpu or cuda[:N]")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="latents with --autoencoder: clips encoded per call (default 16)")
     parser.add_argument("--latent-dtype", default="float16", help="float16 or float32 (latents)")
     parser.add_argument("--games", default=None,
                         help="comma-separated ALE ROM ids (atari; default breakout,pong,space_invaders)")
@@ -63,10 +78,12 @@ def add_make_shards_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 def _source_kwargs(args: argparse.Namespace) -> dict:
     """Only the options that apply to the chosen source (others are rejected by ``validate``)."""
-    pixels = args.pixels if args.source == "latents" else args.source
+    pixels = (args.pixels or "moving-digits") if args.source == "latents" else args.source
     kwargs: dict = {}
     if args.source == "latents":
-        kwargs.update(encoder=args.encoder, pixels=args.pixels, latent_dtype=args.latent_dtype)
+        latent = {"encoder": args.encoder, "autoencoder": args.autoencoder, "from_shards": args.from_shards,
+                  "pixels": args.pixels, "device": args.device, "batch": args.batch}
+        kwargs.update({k: v for k, v in latent.items() if v is not None}, latent_dtype=args.latent_dtype)
     if pixels == "videos":
         kwargs.update(path=args.path, stride=args.stride)
     game_options = {"games": args.games, "scenarios": args.scenarios, "workers": args.workers,
@@ -80,11 +97,18 @@ def _source_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _check_unused(args: argparse.Namespace) -> None:
-    pixels = args.pixels if args.source == "latents" else args.source
+    pixels = (args.pixels or "moving-digits") if args.source == "latents" else args.source
+    if args.from_shards is not None:
+        pixels = "shards"
+    for flag in ("frames", "size"):
+        if getattr(args, flag) is None and args.from_shards is None:
+            raise ValueError(f"--{flag}: required (except for latents --from pixel shards)")
     if pixels != "videos" and (args.path is not None or args.stride is not None):
         raise ValueError(f"--path/--stride: only used by the videos source, not {pixels!r}")
-    if args.source != "latents" and args.encoder is not None:
-        raise ValueError(f"--encoder: only used by the latents source, not {args.source!r}")
+    for flag in ("encoder", "autoencoder", "from_shards", "pixels", "device", "batch"):
+        if args.source != "latents" and getattr(args, flag) is not None:
+            name = "--from" if flag == "from_shards" else f"--{flag}"
+            raise ValueError(f"{name}: only used by the latents source, not {args.source!r}")
     for flag, value, users in (("--games", args.games, ("atari",)), ("--scenario", args.scenarios, ("doom",)),
                                ("--workers", args.workers, GAME_SOURCES),
                                ("--clips-per-rollout", args.clips_per_rollout, GAME_SOURCES)):
@@ -97,8 +121,8 @@ def run_make_shards(args: argparse.Namespace) -> int:
     """Validate every argument, write the shards, print a summary. Returns the exit code."""
     clips = args.clips
     if clips is None:
-        videos = args.source == "videos" or (args.source == "latents" and args.pixels == "videos")
-        clips = None if videos else 1000
+        every = args.source == "videos" or (args.source == "latents" and (args.pixels == "videos" or args.from_shards))
+        clips = None if every else 1000
     try:
         _check_unused(args)
         kwargs = _source_kwargs(args)
@@ -114,7 +138,7 @@ def run_make_shards(args: argparse.Namespace) -> int:
         print(f"scd-msc make-shards: error: {exn}", file=sys.stderr)
         return 1
     print(summary)
-    if summary.clips and (args.source in GAME_SOURCES or args.pixels in GAME_SOURCES):
+    if summary.clips and (args.source in GAME_SOURCES or args.pixels in GAME_SOURCES or args.from_shards):
         from .conditions import shard_conditions
 
         print(f"conditions: {shard_conditions(summary.shards)}")

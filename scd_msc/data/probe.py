@@ -2,13 +2,14 @@
 
 :func:`probe_shards` opens the shards in order until one yields a sample and describes
 it from its ``json`` (fields ``channels``, ``height``, ``width``, ``frames`` and, for
-latents, ``encoder``: see ``shards.py``) or, for fields the json lacks, from the shape of
-its ``latent.npy`` / ``frames.npy`` (or the first frame of its video). One sample is
-read, so probing costs milliseconds; it imports neither Lightning nor the models.
+latents, ``encoder`` or ``autoencoder`` / ``autoencoder_sha256``: see ``shards.py``)
+or, for fields the json lacks, from the shape of its ``latent.npy`` / ``frames.npy``
+(or the first frame of its video). One sample is read, so probing costs milliseconds;
+it imports neither Lightning nor the models.
 
 ``scd-msc train`` uses it to let ``data.channels`` / ``data.image_size`` (``auto``)
 follow the shards, and records the result in the checkpoint so that inference knows
-whether a model makes pixels or latents (and which encoder made them).
+whether a model makes pixels or latents (and which encoder or autoencoder made them).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class ShardInfo:
     """One probed sample. ``kind``: ``pixels`` (uint8 frames or a video) or ``latents``
     (``latent.npy``); ``channels`` × ``height`` × ``width`` per frame (latent channels and
     size for latents); ``frames`` of the clip (None when only a video without json told);
-    ``encoder``: the ``module:function`` that made latent shards; ``url`` and ``key``:
-    where the sample was read."""
+    ``encoder``: the ``module:function`` that made latent shards, or ``autoencoder`` and
+    ``autoencoder_sha256``: the path and file hash of the ``scd-msc train-ae`` checkpoint
+    that did (``make-shards latents --autoencoder``); ``url`` and ``key``: where the
+    sample was read."""
 
     kind: str
     channels: int
@@ -49,6 +52,8 @@ class ShardInfo:
     encoder: Optional[str] = None
     url: str = ""
     key: str = ""
+    autoencoder: Optional[str] = None
+    autoencoder_sha256: Optional[str] = None
 
     @property
     def size(self) -> Optional[int]:
@@ -56,8 +61,11 @@ class ShardInfo:
         return self.height if self.height == self.width else None
 
     def describe(self) -> str:
-        """``3×48×48 pixel frames`` / ``4×8×8 latents (encoder my_vae:encode)``."""
+        """``3×48×48 pixel frames`` / ``4×8×8 latents (encoder my_vae:encode)`` /
+        ``8×16×16 latents (autoencoder runs/ae/checkpoints/last.ckpt, sha256 1234abcd…)``."""
         shape = f"{self.channels}×{self.height}×{self.width}"
+        if self.kind == "latents" and self.autoencoder:
+            return f"{shape} latents (autoencoder {self.autoencoder}, sha256 {short_hash(self.autoencoder_sha256)})"
         if self.kind == "latents":
             return f"{shape} latents (encoder {self.encoder or 'not recorded'})"
         return f"{shape} pixel frames"
@@ -70,6 +78,11 @@ class ShardInfo:
         """Inverse of :meth:`to_dict`; keys this version does not know are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def short_hash(sha256: Optional[str]) -> str:
+    """The first 8 hex digits of a sha256 and an ellipsis (``1234abcd…``), as errors show it."""
+    return f"{sha256[:8]}…" if sha256 else "not recorded"
 
 
 def _meta(sample: dict) -> dict:
@@ -115,9 +128,9 @@ def sample_info(sample: dict, url: str = "") -> ShardInfo:
         except Exception as err:  # noqa: BLE001 -- corrupt npy or video: say which sample
             raise ProbeError(f"sample {key} of {url}: could not read its shape ({err!r:.120})") from None
     frames = shape["frames"] if isinstance(shape["frames"], int) else None
-    encoder = meta.get("encoder") if kind == "latents" else None
+    latent = {k: meta.get(k) if kind == "latents" else None for k in ("encoder", "autoencoder", "autoencoder_sha256")}
     return ShardInfo(kind, int(shape["channels"]), int(shape["height"]), int(shape["width"]), frames,
-                     encoder, url, key)
+                     latent["encoder"], url, key, latent["autoencoder"], latent["autoencoder_sha256"])
 
 
 def probe_shards(shards: str | Sequence[str], max_shards: int = 4) -> ShardInfo:

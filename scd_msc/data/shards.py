@@ -4,7 +4,9 @@ A sample is ``{"__key__": "clip000123", <field>: bytes, "json": metadata}`` with
 ``<field>`` one of
 * ``frames.npy``: uint8 ``(F, H, W, C)`` saved with ``np.save`` (``fmt="npy"``),
 * ``mp4``: H.264 bytes from PyAV (``fmt="mp4"``),
-* ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``),
+* ``latent.npy``: float16/float32 ``(F, c, h, w)`` (source ``latents``; its json also
+  names the encoder, or the autoencoder with its sha256 and scaling, and the pixel
+  shape: ``latent_shards.py``),
 and ``json`` = ``{fps, frames, height, width, channels, source, ...}``. Keys have no
 dots (webdataset splits the key from the field name at the first dot). Clips with
 conditions (the game sources) add ``actions.npy`` and json ``label``, ``action_names``,
@@ -20,7 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import webdataset as wds
@@ -30,6 +32,8 @@ from scd_msc.checks import choice, integer, number, positive_int
 from scd_msc.media import check_writable_folder, encode_mp4
 
 from .conditions import clip_conditions
+from .dataset import expand_shards
+from .latent_shards import LatentEncoder, encoded, shard_clips
 from .sources import (
     GAME_SOURCES,
     GENERATORS,
@@ -38,7 +42,6 @@ from .sources import (
     VIDEO_EXTENSIONS,
     Clip,
     VideoReport,
-    encode_latents,
     find_videos,
     game_clips,
     generator_clips,
@@ -88,12 +91,16 @@ def clip_sample(key: str, clip: Clip, fmt: str) -> dict:
             "json": json.dumps({**meta, **conditions})}
 
 
-def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str) -> dict:
-    """The webdataset sample of one latent clip ``(F, c, h, w)``."""
+def latent_sample(key: str, clip: Clip, latent: np.ndarray, encoder: str | dict[str, Any]) -> dict:
+    """The webdataset sample of one latent clip ``(F, c, h, w)``; ``encoder``: the
+    ``module:function`` that made it, or the json fields that name it
+    (``LatentEncoder.meta``: an autoencoder's path, sha256 and scaling)."""
     f, c, h, w = latent.shape
+    names = {"encoder": encoder} if isinstance(encoder, str) else encoder
     meta = {"fps": clip.fps, "frames": f, "height": h, "width": w, "channels": c,
-            "source": f"latents:{clip.source}", "encoder": encoder, "dtype": str(latent.dtype),
-            "pixel_height": clip.frames.shape[1], "pixel_width": clip.frames.shape[2], **clip.extra}
+            "source": f"latents:{clip.source}", **names, "dtype": str(latent.dtype),
+            "pixel_height": clip.frames.shape[1], "pixel_width": clip.frames.shape[2],
+            "pixel_channels": clip.frames.shape[3], **clip.extra}
     fields, conditions = clip_conditions(f, clip.actions, clip.label, clip.action_names, clip.class_names)
     return {"__key__": key, "latent.npy": npy_bytes(latent), **fields, "json": json.dumps({**meta, **conditions})}
 
@@ -108,15 +115,55 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def validate(source: str, frames: int, size: int, clips: int | None, shard_size: int, fmt: str,
+LATENT_OPTIONS = ("encoder", "autoencoder", "from_shards", "device", "batch", "pixels", "latent_dtype")
+
+
+def validate_latents(frames: int | None, size: int | None, clips: int | None, **kwargs) -> None:
+    """The options of source ``latents`` (named as ``make-shards`` spells them): exactly one
+    of ``--encoder`` / ``--autoencoder``; with ``--from`` no pixel source, frames or size."""
+    encoder, autoencoder, from_shards = (kwargs.get(k) for k in ("encoder", "autoencoder", "from_shards"))
+    if (encoder is None) == (autoencoder is None):
+        raise ValueError("--encoder/--autoencoder: expected exactly one of them for source 'latents', got "
+                         + ("both" if encoder else "neither"))
+    if encoder is not None:
+        load_callable(encoder, "--encoder")  # raises a ValueError naming the problem
+    elif not os.path.isfile(autoencoder):
+        raise ValueError(f"--autoencoder={autoencoder!r}: expected a scd-msc train-ae checkpoint file; there is none")
+    for name in ("device", "batch"):
+        if kwargs.get(name) is not None and autoencoder is None:
+            raise ValueError(f"--{name}: only used with --autoencoder (an --encoder gets one clip per call)")
+    positive_int("--batch", kwargs.get("batch"), allow_none=True)
+    choice("--latent-dtype", kwargs.get("latent_dtype", "float16"), ("float16", "float32"))
+    if from_shards is None:
+        return
+    for name, value in (("--frames", frames), ("--size", size), ("--pixels", kwargs.get("pixels"))):
+        if value is not None:
+            raise ValueError(f"{name}={value!r}: not used with --from (every clip of the pixel shards is encoded "
+                             "whole, at its own size); drop it")
+    positive_int("--clips", clips, allow_none=True)
+    try:
+        expand_shards(from_shards)
+    except ValueError as err:
+        raise ValueError(f"--from: {err}") from None
+    unknown = set(kwargs) - set(LATENT_OPTIONS)
+    if unknown:
+        raise ValueError(f"source options {sorted(unknown)}: not understood with --from, expected some of "
+                         f"{sorted(set(LATENT_OPTIONS) - {'pixels'})}")
+
+
+def validate(source: str, frames: int | None, size: int | None, clips: int | None, shard_size: int, fmt: str,
              **kwargs) -> None:
     """Raise a ``ValueError`` for any bad ``make_shards`` argument, before any work is done."""
     choice("source", source, SOURCES)
-    positive_int("frames", frames)
-    positive_int("size", size)
     positive_int("shard_size", shard_size)
     choice("fmt", fmt, FORMATS)
-    pixels = kwargs.get("pixels", "moving-digits") if source == "latents" else source
+    if source == "latents":
+        validate_latents(frames, size, clips, **kwargs)
+        if kwargs.get("from_shards") is not None:
+            return
+    positive_int("frames", frames)
+    positive_int("size", size)
+    pixels = (kwargs.get("pixels") or "moving-digits") if source == "latents" else source
     choice("pixels", pixels, PIXEL_SOURCES)
     positive_int("clips", clips, allow_none=pixels == "videos")
     if pixels in GENERATORS:
@@ -133,8 +180,7 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
         from .games import GAMES
 
         known[pixels] = set(inspect.signature(GAMES[pixels]).parameters) - {"seed"}
-    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips", "report"}) | {"fps", "pixels", "encoder",
-                                                                                     "latent_dtype"}
+    allowed = (known[pixels] - {"num_frames", "size", "rng", "clips", "report"}) | {"fps", *LATENT_OPTIONS}
     if set(kwargs) - allowed:
         raise ValueError(f"source options {sorted(set(kwargs) - allowed)}: not understood by {pixels!r}, "
                          f"expected some of {sorted(allowed)}")
@@ -146,9 +192,6 @@ def validate(source: str, frames: int, size: int, clips: int | None, shard_size:
         game_clips(pixels, frames, size, clips, **{k: v for k, v in kwargs.items() if k in known[pixels]})
     else:
         choice("channels", kwargs.get("channels", 3), (1, 3))
-    if source == "latents":
-        load_callable(kwargs.get("encoder") or "")  # raises a ValueError naming the problem
-        choice("latent_dtype", kwargs.get("latent_dtype", "float16"), ("float16", "float32"))
 
 
 def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: int,
@@ -162,50 +205,61 @@ def pixel_clips(pixels: str, frames: int, size: int, clips: int | None, seed: in
     return generator_clips(pixels, frames, size, clips, seed=seed, **kwargs)
 
 
-def make_shards(source: str, out_dir: str | os.PathLike, frames: int, size: int, clips: int | None = 1000,
-                shard_size: int = 1000, seed: int = 0, fmt: str = "npy", *, overwrite: bool = False,
-                progress: bool = True, **source_kwargs) -> ShardSummary:
+def make_shards(source: str, out_dir: str | os.PathLike, frames: int | None, size: int | None,
+                clips: int | None = 1000, shard_size: int = 1000, seed: int = 0, fmt: str = "npy", *,
+                overwrite: bool = False, progress: bool = True, **source_kwargs) -> ShardSummary:
     """Write ``clips`` clips of ``frames`` frames of ``size`` x ``size`` pixels to tar shards.
 
     Args:
         source: ``moving-digits``, ``bouncing-shapes``, ``videos``, ``atari``, ``doom`` or ``latents``.
         out_dir: folder for ``shard-000000.tar``, ``shard-000001.tar``, ...
-        clips: number of clips; for ``videos`` None means every clip of every file.
+        clips: number of clips; for ``videos`` (and ``latents`` from shards) None means every clip.
         shard_size: clips per shard.
         fmt: ``npy`` or ``mp4`` (pixel sources; latents are always ``latent.npy``).
         source_kwargs: generator options (``channels``, ``num_digits``, ...), ``fps`` (the
             rate stored for synthetic clips; for ``videos`` the rate every file is resampled
             to by timestamp, None: each file's own); ``path``, ``stride``, ``channels`` for
-            ``videos``; ``encoder`` ("module:function"),
-            ``pixels`` (pixel source, default ``moving-digits``) and ``latent_dtype`` for ``latents``;
-            ``games`` / ``scenarios``, ``workers``, ``clips_per_rollout``, ``channels`` for
-            ``atari`` / ``doom`` (see ``scd_msc.data.games``).
+            ``videos``; for ``latents`` (:mod:`scd_msc.data.latent_shards`) ``encoder``
+            ("module:function") or ``autoencoder`` (a ``train-ae`` checkpoint, with
+            ``device`` and ``batch``: clips per call), ``pixels`` (pixel source, default
+            ``moving-digits``) or ``from_shards`` (pixel shards, encoded whole: ``frames``
+            and ``size`` None), and ``latent_dtype``; ``games`` / ``scenarios``,
+            ``workers``, ``clips_per_rollout``, ``channels`` for ``atari`` / ``doom`` (see
+            ``scd_msc.data.games``).
     """
     validate(source, frames, size, clips, shard_size, fmt, **source_kwargs)
     out = check_out_dir(out_dir, overwrite)
+    kwargs = dict(source_kwargs)
+    latent = {k: kwargs.pop(k, None) for k in LATENT_OPTIONS}
+    pixels = (latent["pixels"] or "moving-digits") if source == "latents" else source
+    encoder = None
+    if source == "latents":  # loaded before the old shards go: a bad checkpoint leaves them
+        encoder = (LatentEncoder.module(latent["encoder"]) if latent["encoder"] else
+                   LatentEncoder.autoencoder(latent["autoencoder"], latent["device"] or "auto", latent["batch"] or 16))
+    if kwargs.get("fps") is None:
+        kwargs.pop("fps", None)
+    report = VideoReport(frames, size) if pixels == "videos" and not latent["from_shards"] else None
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("shard-*.tar"):
         old.unlink()
-    kwargs = dict(source_kwargs)
-    encoder_spec = kwargs.pop("encoder", None)
-    latent_dtype = kwargs.pop("latent_dtype", "float16")
-    pixels = kwargs.pop("pixels", "moving-digits") if source == "latents" else source
-    if kwargs.get("fps") is None:
-        kwargs.pop("fps", None)
-    encoder = load_callable(encoder_spec) if source == "latents" else None
-    report = VideoReport(frames, size) if pixels == "videos" else None
 
+    if latent["from_shards"]:
+        keyed: Iterator[tuple[str, Clip]] = shard_clips(latent["from_shards"], clips)
+    else:
+        keyed = ((f"clip{i:06d}", clip)
+                 for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, report, **kwargs)))
+    if encoder is None:
+        samples = ((clip, clip_sample(key, clip, fmt)) for key, clip in keyed)
+    else:
+        dtype = latent["latent_dtype"] or "float16"
+        samples = ((clip, latent_sample(key, clip, z, encoder.meta)) for key, clip, z in encoded(keyed, encoder, dtype))
     written: list[str] = []
     total_clips = total_frames = 0
     bar = tqdm(total=clips, unit="clip", desc=f"make-shards {source}", disable=not progress)
     with wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, mtime=0.0,
                          post=written.append) as sink:
-        for i, clip in enumerate(pixel_clips(pixels, frames, size, clips, seed, report, **kwargs)):
-            key = f"clip{i:06d}"
-            if encoder is not None:
-                sink.write(latent_sample(key, clip, encode_latents(encoder, clip.frames, latent_dtype), encoder_spec))
-            else:
-                sink.write(clip_sample(key, clip, fmt))
+        for clip, sample in samples:
+            sink.write(sample)
             total_clips += 1
             total_frames += clip.frames.shape[0]
             bar.update(1)

@@ -38,6 +38,7 @@ from scd_msc.config import RuntimeConfig
 from scd_msc.diffusion import Sampler
 from scd_msc.ema import WeightChoice
 from scd_msc.inference import conditions, inputs, latents
+from scd_msc.inference.codec import AutoencoderCodec
 from scd_msc.inference.generate import stream_to_sinks
 from scd_msc.inference.writers import open_sinks
 from scd_msc.media import check_output_path, check_writable_folder
@@ -69,9 +70,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, progress: bool = True) 
     parser.add_argument("--eager", action="store_true", help="opt out of the fast path (on CUDA the "
                         "per-step calls are compiled and replayed from CUDA graphs by default)")
     parser.add_argument("--decoder", default=None, metavar="MODULE:FUNCTION",
-                        help="for models trained on latent shards: maps latents (N, c, h, w) to pixels "
-                        "(N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
+                        help="for models trained on latent shards of an outside --encoder: maps latents (N, c, h, w) "
+                        "to pixels (N, C, H, W) in [-1, 1], frame by frame (the twin of make-shards --encoder; "
                         "modules in the working folder are found)")
+    parser.add_argument("--autoencoder", default=None, metavar="AE.ckpt",
+                        help="for models trained on latent shards of make-shards --autoencoder: the train-ae "
+                        "checkpoint they decode through (default: the path the checkpoint recorded; its sha256 "
+                        "must match the record). Pixel shards are then encoded through it")
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -134,9 +139,11 @@ class _Prepared:
 
 
 def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_count: int,
-                   shards: Optional[str], shards_arg: str) -> tuple[_Prepared, Optional[dict]]:
+                   shards: Optional[str], shards_arg: str,
+                   decoder: Optional[latents.FrameDecoder] = None) -> tuple[_Prepared, Optional[dict]]:
     """Model source, device, checkpoint and the first clips (a batch, checked against the
-    model's channels and size); a preset is only built once the clips are known good."""
+    model's channels and size; pixel clips of a latent model encoded through its
+    ``decoder``'s autoencoder); a preset is only built once the clips are known good."""
     source = inputs.ModelSource(args.checkpoint, args.preset, args.weights)
     source.check()
     device = inputs.resolve_device(args.device)
@@ -149,7 +156,7 @@ def _prepare_model(args: argparse.Namespace, clip_frames: Optional[int], clip_co
     cfg = loaded.model.cfg if loaded is not None else inputs.preset_cfg(source)
     clips = None
     if shards is not None and clip_frames is not None:
-        clips = inputs.read_clips(shards, shards_arg, clip_frames, clip_count, cfg)
+        clips = latents.read_clips(shards, shards_arg, clip_frames, clip_count, cfg, decoder)
     if loaded is None:
         loaded = inputs.load(source, device, args.seed, dtype)
     return _Prepared(loaded.model, device, source, loaded.runtime, loaded.weights), clips
@@ -181,8 +188,8 @@ def run_generate(args: argparse.Namespace) -> int:
         number("--fps", args.fps, low=0, low_open=True)
         out = check_output_path(args.out)
         k = (args.prompt_frames or 1) if args.prompt_shards else None
-        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
-        prep, clips = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards")
+        decoder = latents.decoder_from_args(args)
+        prep, clips = _prepare_model(args, k, args.batch, args.prompt_shards, "--prompt-shards", decoder)
         cfg = prep.model.cfg
         latents.check_frames(cfg, decoder, prep.device)
         if args.guidance != 1.0 and cfg.family == "causal-dit":
@@ -247,14 +254,14 @@ def run_eval(args: argparse.Namespace) -> int:
             positive_int(f"--{name}", getattr(args, name))
         out = check_writable_folder(args.out, "--out")
         frames = args.context + args.horizon
-        decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
-        prep, first = _prepare_model(args, frames, 1, args.shards, "--shards")
+        decoder = latents.decoder_from_args(args)
+        prep, first = _prepare_model(args, frames, 1, args.shards, "--shards", decoder)
         cfg = prep.model.cfg
         latents.check_frames(cfg, decoder, prep.device)
         _check_cond_guidance(args, cfg)
         conditions.clip_conditions(cfg, first, "--shards", args.shards)  # the clips carry what the model takes
         conditions.check_shard_names(cfg, args.shards, "--shards")
-        batches = inputs.clip_batches(args.shards, frames, cfg, min(args.batch, args.clips))
+        batches = latents.clip_batches(args.shards, frames, cfg, min(args.batch, args.clips), decoder)
     except ValueError as err:
         print(f"scd-msc eval: error: {err}", file=sys.stderr)
         return 2
@@ -274,13 +281,16 @@ def run_eval(args: argparse.Namespace) -> int:
     info = {"model": _model_info(prep), "family": prep.model.cfg.family, "preset": args.preset,
             "checkpoint": args.checkpoint, "shards": args.shards, "steps": args.steps, "seed": args.seed,
             "batch": args.batch, "context_noise": args.context_noise, "device": str(prep.device),
-            "clips_requested": args.clips, "decoder": args.decoder,
+            "clips_requested": args.clips, "decoder": args.decoder if decoder is None else decoder.spec,
             "conditions": {"actions": cfg.actions, "classes": cfg.classes, "cond_guidance": args.cond_guidance}}
     summary = write_report(result, info, Path(out))
     rows = ", ".join(f"{r['step']}: {fmt(r['psnr'], 2)}" for r in summary["per_horizon"])
     print(f"scored {result.clips} clips (context {args.context}, horizon {args.horizon}); PSNR per step {rows}")
     for line in mean_lines(summary):
         print(line)
+    if isinstance(decoder, AutoencoderCodec) and result.ceiling is None:
+        print("autoencoder ceiling: n/a (latent shards, scored against their decoded latents; pass the pixel "
+              "shards they were made from as --shards to score against the true frames)")
     print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
     if result.interrupted:
         print(f"scd-msc eval: interrupted after {result.clips} of {args.clips} clips; the report covers those",

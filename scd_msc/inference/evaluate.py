@@ -22,8 +22,13 @@ PSNR of identical frames is infinite; it is counted as ``PSNR_MAX`` (100 dB: an 
 1e-10) so that a clip whose frames stop changing (a game standing still) does not make a
 mean infinite. Ctrl-C (or SIGTERM) ends the run early with the clips scored so far
 (``EvalResult.interrupted``); a batch is counted whole or not at all. For a latent model
-a ``decoder`` maps the generated and the true latents to pixels, frame by frame, and the
-scores are in pixel space.
+a ``decoder`` maps the generated latents to pixels, frame by frame, and the scores are in
+pixel space: against the true frames when the batches carry them (``pixels``: clips
+encoded by an autoencoder, :mod:`scd_msc.inference.latents`), else against the decoded
+true latents. With the true frames a fourth set is scored:
+
+* **autoencoder ceiling** (``EvalResult.ceiling``): ``decode(encode(true frame))`` against
+  the true frame, no model involved: the best any model on these latents can score.
 
 Shapes: ``B`` batch · ``M`` clips · ``F`` frames · ``k`` context · ``n`` horizon ·
 ``C`` channels · ``H, W`` pixels.
@@ -121,6 +126,7 @@ class EvalResult:
     repeat_last: Optional[Scores] = None  # the last context frame repeated (no model)
     shuffled: Optional[Scores] = None  # the horizon actions of other clips (models with actions)
     shuffled_generated: Optional[Tensor] = None  # (E, k + n, C, H, W), when every example has them
+    ceiling: Optional[Scores] = None  # decode(encode(true frames)) (a latent model given the true frames)
 
     @property
     def clips(self) -> int:
@@ -176,6 +182,7 @@ class Scored:
     floor: Scores
     shuffled: Optional[Scores] = None  # models with actions (NaN for a clip without shuffled actions)
     pred_shuffled: Optional[Tensor] = None
+    ceiling: Optional[Scores] = None  # the autoencoder's round trip, when the true frames are given
 
 
 @dataclass
@@ -212,17 +219,22 @@ class Protocol:
             frames.append(frame if self.decoder is None else self.decoder(frame))  # latents -> pixels
         return torch.stack(frames, dim=1)  # (B, n, C, H, W)
 
-    def score(self, video: Tensor, actions: Optional[Tensor], labels: Optional[Tensor]) -> Scored:
+    def score(self, video: Tensor, actions: Optional[Tensor], labels: Optional[Tensor],
+              true_pixels: Optional[Tensor] = None) -> Scored:
         """The three sets for clips ``video (B, k + n, C, H, W)`` with their ``actions
-        (B, k + n)`` and ``labels (B,)`` (None: the model does not take them)."""
+        (B, k + n)`` and ``labels (B,)`` (None: the model does not take them); the
+        autoencoder's ceiling too when ``true_pixels (B, k + n, C', H', W')`` (the frames
+        ``video`` encodes) are given."""
         k = self.context
         conditions = stream_kwargs(None if actions is None else actions[:, :k], labels, self.cond_guidance)
         start = None if self.generator is None else self.generator.get_state()
         pred = self.continuation(video, conditions, None if actions is None else actions[:, k:])
-        pixels = video if self.decoder is None else self.decoder.clip(video)  # (B, k + n, C, H, W)
-        target = pixels[:, k:]
+        pixels = true_pixels if true_pixels is not None else video if self.decoder is None else self.decoder.clip(video)
+        target = pixels[:, k:]  # (B, n, C, H, W)
         out = Scored(pixels, pred, Scores(*frame_metrics(pred, target)),
                      Scores(*frame_metrics(repeat_last(pixels, k), target)))
+        if true_pixels is not None and self.decoder is not None:
+            out.ceiling = Scores(*frame_metrics(self.decoder.clip(video[:, k:]), target))
         if actions is None:
             return out
         other = shuffled_actions(actions[:, k:], self.previous, self.shuffle_generator)
@@ -250,7 +262,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              shuffle_seed: int = 0, compile: CompileArg = None) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     plus ``actions (B, k + n)`` / ``label (B,)`` for a model conditioned on them (at most
-    ``total`` clips; latents when ``decoder`` is given, and the result holds pixels). The
+    ``total`` clips; latents when ``decoder`` is given, and the result holds pixels; the
+    true frames as ``pixels (B, k + n, C, H, W)`` when the clips were encoded). The
     shuffled-action run replays the true run's noise; ``shuffle_seed`` seeds the
     derangements. Raises ValueError when no clip arrives, KeyboardInterrupt when
     interrupted before the first clip was scored."""
@@ -258,7 +271,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
     cfg = model.cfg
     protocol = Protocol(model, context, steps, generator, context_noise, sampler, decoder, cond_guidance,
                         shuffle_seed, compile)
-    true, floor, shuffled = [], [], []  # Scores per batch
+    true, floor, shuffled, ceiling = [], [], [], []  # Scores per batch
     keys: list[str] = []
     truth, generated, shuffled_generated = [], [], []  # the first examples, each (k + n, C, H, W)
     bar = tqdm(total=total, unit="clip", desc="eval", disable=not progress)
@@ -270,11 +283,13 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                 b = video.shape[0]
                 actions = batch["actions"][:b].to(device) if cfg.actions else None  # (B, k + n)
                 labels = batch["label"][:b].to(device) if cfg.classes else None  # (B,)
-                scored = protocol.score(video, actions, labels)
+                pixels = batch["pixels"][:b].to(device) if "pixels" in batch else None  # (B, k + n, C', H', W')
+                scored = protocol.score(video, actions, labels, pixels)
                 with guard.critical():  # a batch is scored whole or not at all
                     true.append(scored.true)
                     floor.append(scored.floor)
                     shuffled += [] if scored.shuffled is None else [scored.shuffled]
+                    ceiling += [] if scored.ceiling is None else [scored.ceiling]
                     keys += list(batch["key"][:b])
                     take = examples - len(truth)
                     if take > 0:
@@ -300,7 +315,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                       interrupted, guard.signum, repeat_last=Scores.cat(floor),
                       shuffled=Scores.cat(shuffled) if shuffled else None,
                       shuffled_generated=(torch.stack(shuffled_generated)
-                                          if len(shuffled_generated) == len(truth) else None))
+                                          if len(shuffled_generated) == len(truth) else None),
+                      ceiling=Scores.cat(ceiling) if ceiling else None)
 
 
 def _with_prompt(pixels: Tensor, pred: Tensor) -> Tensor:

@@ -7,8 +7,9 @@ frame; a gap separates the ``k`` context frames (identical in every row) from th
 
 ``eval.json`` keeps the true-action scores at the top level (``per_horizon``,
 ``mean_psnr_1_8``, ``mean_ssim_1_8``, ``clip_psnr_1_8``: what ``tools/quality_report.py``
-reads) and adds ``repeat_last`` and ``shuffled_actions`` (null without actions), each
-with the same four keys.
+reads) and adds ``repeat_last``, ``shuffled_actions`` (null without actions) and
+``autoencoder_ceiling`` (null unless a latent model was scored against the true frames),
+each with the same four keys.
 
 Shapes: ``E`` example clips · ``R`` rows per clip · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 """
@@ -49,16 +50,19 @@ def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
             "mean_ssim_1_8": main["mean_ssim_1_8"], "clip_keys": result.keys,
             "clip_psnr_1_8": main["clip_psnr_1_8"],
             "shuffled_actions": scores_dict(result.shuffled), "repeat_last": scores_dict(result.repeat_last),
+            "autoencoder_ceiling": scores_dict(result.ceiling),
             "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips per horizon step; identical "
             f"frames count as PSNR {PSNR_MAX:g} dB. Top level: the model with each clip's true actions "
             "(and label); shuffled_actions: the same clips, prompts and noise with the horizon actions of "
-            "another clip; repeat_last: the last context frame repeated (no model)",
+            "another clip; repeat_last: the last context frame repeated (no model); autoencoder_ceiling: "
+            "decode(encode(true frame)) against the true frame (no model)",
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
 
 
 # the extra sets of eval.json: key, words, table column
 SETS = (("shuffled_actions", "shuffled actions", "shuffled"),
-        ("repeat_last", "repeat last context frame", "repeat-last"))
+        ("repeat_last", "repeat last context frame", "repeat-last"),
+        ("autoencoder_ceiling", "autoencoder ceiling, decode(encode(true frames))", "ae-ceiling"))
 
 
 def fmt(x: Any, digits: int) -> str:

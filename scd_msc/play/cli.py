@@ -117,11 +117,12 @@ def action_names(cfg: ModelConfig, prompt_shards: Optional[str], checkpoint: Opt
     return tuple(f"action {i}" for i in range(cfg.actions))
 
 
-def _prompts(args: argparse.Namespace, cfg: ModelConfig, model: torch.nn.Module) -> Optional[Prompts]:
+def _prompts(args: argparse.Namespace, cfg: ModelConfig, model: torch.nn.Module,
+             decoder: Optional[latents.FrameDecoder]) -> Optional[Prompts]:
     if args.prompt_shards is None:
         return None
-    clips = inputs.read_clips(args.prompt_shards, "--prompt-shards", args.prompt_frames, args.prompt_clips,
-                              cfg, exact=False)
+    clips = latents.read_clips(args.prompt_shards, "--prompt-shards", args.prompt_frames, args.prompt_clips,
+                               cfg, decoder, exact=False)  # pixel clips of a latent model: encoded
     conditions.check_shard_names(cfg, args.prompt_shards, "--prompt-shards")
     actions, _ = conditions.clip_conditions(cfg, clips, "--prompt-shards", args.prompt_shards, labels=False)
     param = next(model.parameters())
@@ -130,7 +131,7 @@ def _prompts(args: argparse.Namespace, cfg: ModelConfig, model: torch.nn.Module)
 
 def build_game(args: argparse.Namespace) -> Game:
     """The checked arguments as a :class:`Game` (ValueError naming the argument)."""
-    decoder = latents.resolve_decoder(args.decoder, args.checkpoint)
+    decoder = latents.decoder_from_args(args)
     device = inputs.resolve_device(args.device)
     model, runtime = _load(args, device)
     cfg = model.cfg
@@ -142,7 +143,7 @@ def build_game(args: argparse.Namespace) -> Game:
     elif args.labels is not None:
         raise error("--labels", args.labels, "no value", "this model has no classes (model.classes=0)")
     return Game(model, bind_keys(action_names(cfg, args.prompt_shards, args.checkpoint)), args.steps, args.seed,
-                prompts=_prompts(args, cfg, model), sampler=Sampler(runtime.sampler), labels=labels,
+                prompts=_prompts(args, cfg, model, decoder), sampler=Sampler(runtime.sampler), labels=labels,
                 record=args.record, fps=args.fps, decode=decoder, compile=False if args.eager else None,
                 context_noise=args.context_noise, cond_guidance=args.cond_guidance)
 

@@ -20,7 +20,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from scd_msc.checkpoint import LoadedAutoencoder
 from scd_msc.ema import WeightChoice, choose_weights, ema_update_fn
+from scd_msc.inference.codec import AutoencoderCodec
 from scd_msc.media import save_gif, save_png, to_channels, to_uint8
 
 log = logging.getLogger(__name__)
@@ -151,14 +153,19 @@ class SampleStrip(L.Callback):
     the clips side by side, and the strip to TensorBoard. Rank 0 only; the same noise
     every time, so strips are comparable across steps.
 
+    A model trained on an autoencoder's latents (``autoencoder``: the shards name it) is
+    shown in pixels: each frame decoded through it, eagerly (a few strips per run).
+
     The network is the one ``--weights auto`` would load from a checkpoint of this step
     (:meth:`EMA.choice`): the trained weights until the EMA has seen enough updates, then
     the EMA. The TensorBoard tag says which (``samples/trained``, ``samples/ema``), and a
     log line says so at the first strip and whenever the choice changes."""
 
     def __init__(self, out_dir: str, every_n_steps: int, count: int, frames: int, steps: int,
-                 seed: int = 0, ema: Optional[EMA] = None):
+                 seed: int = 0, ema: Optional[EMA] = None, autoencoder: Optional[LoadedAutoencoder] = None):
         self.dir = os.path.join(out_dir, "samples")
+        self.autoencoder = autoencoder
+        self._codec: Optional[AutoencoderCodec] = None  # built on the first strip, on the module's device
         self.every, self.count, self.frames, self.steps = every_n_steps, count, frames, steps
         self.seed, self.ema = seed, ema
         self._last_step = -1
@@ -198,6 +205,10 @@ class SampleStrip(L.Callback):
                                  **sample_conditions(net.cfg, self.count, self.frames, self.seed))  # (B, F, C, H, W)
         finally:
             net.train(was_training)
+        if self.autoencoder is not None:
+            if self._codec is None:
+                self._codec = AutoencoderCodec(self.autoencoder, video.device, compile=False)
+            video = self._codec.clip(video)  # (B, F, c, h, w) latents -> (B, F, C, H, W) pixels
         scale = max(1, 64 // video.shape[-1])
         strip = video_strip(video, scale)  # (B·H, F·W, 3)
         os.makedirs(self.dir, exist_ok=True)

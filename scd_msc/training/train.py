@@ -13,7 +13,8 @@ Run folder (``train.out_dir``)::
     tb/                         TensorBoard events (loss, lr, step and loader-wait times, sample
                                 strips: samples/trained or samples/ema, the weights auto picks)
     timing.json                 step time, loader wait, steps/s (training/timing.py)
-    samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif
+    samples/step_NNNNNNN.png    sample strips (rows: clips, columns: frames) and .gif; latents
+                                decoded through the shards' autoencoder, when they name one
 
 Everything that can be checked before training is checked first
 (``training/preflight.py``); a run that still fails before its first step removes the
@@ -39,11 +40,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from scd_msc.checkpoint import read_checkpoint, stored_config
+from scd_msc.checkpoint import LoadedAutoencoder, read_checkpoint, stored_config
 from scd_msc.config import ExperimentConfig, TrainConfig, resolve_frame_shape, to_yaml
 from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
-from scd_msc.data.probe import probe_shards
+from scd_msc.data.probe import ShardInfo, probe_shards
 from scd_msc.models.layers import Block
 from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
 from scd_msc.training.flops import training_flops
@@ -132,7 +133,24 @@ def checkpoint_callbacks(cfg: Any, ema: Optional[EMA]) -> list[L.Callback]:
     return callbacks + [steps, LastCheckpoint(checkpoint_dir(cfg)), LearningRateMonitor("step")]
 
 
-def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
+def strip_autoencoder(cfg: ExperimentConfig, info: ShardInfo) -> Optional[LoadedAutoencoder]:
+    """The autoencoder the sample strips decode through: the one that made the training
+    shards (``make-shards latents --autoencoder``), when strips are on. A one-line
+    ``ValueError`` when it is missing or its sha256 differs from the shards' record."""
+    t = cfg.train
+    if not info.autoencoder or not t.sample_every_n_steps or t.strategy == "fsdp":
+        return None
+    from scd_msc.inference.codec import load_recorded
+
+    try:
+        return load_recorded(info, None, "the shards'", "sample strips decode through it "
+                                                        "(train.sample_every_n_steps=0: no strips)")
+    except ValueError as err:
+        raise ValueError(f"data.train_shards: {err}") from None
+
+
+def build_callbacks(cfg: ExperimentConfig, autoencoder: Optional[LoadedAutoencoder] = None) -> list[L.Callback]:
+    """The diffusion run's callbacks; ``autoencoder``: what the sample strips decode latents with."""
     t = cfg.train
     ema = EMA(t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
     callbacks = checkpoint_callbacks(cfg, ema)
@@ -140,7 +158,7 @@ def build_callbacks(cfg: ExperimentConfig) -> list[L.Callback]:
         rank_zero_only(log.warning)("train.sample_every_n_steps: no sample strips with FSDP (sharded weights)")
     elif t.sample_every_n_steps:
         callbacks.append(SampleStrip(t.out_dir, t.sample_every_n_steps, t.sample_count, t.sample_frames,
-                                     t.sample_steps, seed=t.seed, ema=ema))
+                                     t.sample_steps, seed=t.seed, ema=ema, autoencoder=autoencoder))
     # last: its step end is stamped after the sample strip is written
     frames = cfg.data.clip_frames
     callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup,
@@ -234,6 +252,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
         shards = probe_shards(cfg.data.train_shards)
     except ValueError as err:
         raise ValueError(f"data.train_shards: {err}") from None
+    autoencoder = strip_autoencoder(cfg, shards)
 
     def build_module() -> SCDLitModule:
         module = SCDLitModule(cfg, shards=shards.to_dict())
@@ -244,7 +263,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None,
                     block.compile()  # in place: the state_dict keys stay those of the checkpoint contract
         return module
 
-    return fit(cfg, build_module, to_yaml(cfg), resume, ckpt, start_step, callbacks)
+    return fit(cfg, build_module, to_yaml(cfg), resume, ckpt, start_step, callbacks, build_callbacks(cfg, autoencoder))
 
 
 def fit(cfg: Any, build_module: Callable[[], L.LightningModule], config_yaml: str, resume: Optional[str],
