@@ -181,7 +181,7 @@ def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_pat
     curves = qr.mass_curves(back, prompt=2)
     assert curves["ratio_to_prompt"][:2] == pytest.approx([1.0, 1.0], rel=0.05)
     assert curves["ratio_to_prompt"][2:] == pytest.approx([2.0] * 4, rel=0.05)
-    gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])
+    gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])  # tools.bench.stats, used by the report
     assert gap["clips"] == 2 and gap["mean"] == pytest.approx(1.5)
 
 
