@@ -22,7 +22,7 @@
 # Usage: bash tools/showcase_doom.sh   Environment (defaults): TRAIN_STEPS (3000), CLIPS (128), LONG_CLIPS
 # (8), LONG_FRAMES (512), EVAL_STEPS (25: denoising steps), CTX (0.1: eval --context-noise), TRAIN_CLIPS
 # (20000), DENSE (0), LATENT (0), SCENARIOS, WORKERS (CPU count), OUT (outputs/showcase_doom), REPORT
-# (benchmarks), PYTHON (python3), PLAY_FPS (unset: null in the report). SMOKE=1: the same pipeline on a
+# (benchmarks), PYTHON (python3), PLAY_FPS (unset: null in the report); LATENT=1 also AE_STEPS, SIZE. SMOKE=1: the same pipeline on a
 # CPU in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT
 # $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
@@ -49,6 +49,25 @@ if [ "$smoke" = 1 ]; then  # tiny and fast: a check of the pipeline, not a resul
   model=(preset:scd_msc=scd-msc-tiny preset:causal_dit=causal-dit-tiny preset:scd_dense=scd-dense-tiny)
 fi
 [ "$dense" = 1 ] && configs+=(scd_dense:configs/doom_scd_dense_small.yaml)
+ae_config=configs/ae_doom.yaml ae_common=()
+[ "$smoke" = 1 ] && ae_config=configs/ae_tiny.yaml ae_common=(train.max_steps="$steps" data.num_workers=0)
+if [ "$latent" = 1 ]; then
+  # ---- LATENT HOOK (latent 128x128, issue 15) ----------------------------------------------------
+  # Needs `make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS` and eval's encoding of pixel
+  # shards for a latent model (branch i15-latent, not merged here): without them LATENT=1 stops now.
+  # Written against i15-latent at 6e14d06 and not run yet. The pixel shards are made at 128x128 (SIZE),
+  # scd-msc train-ae trains on them ($ae_config, AE_STEPS overrides its train.max_steps), the training
+  # and validation sets are encoded to latents, the models train on those; eval and the recordings take
+  # the pixel held-out shards, which eval encodes through the autoencoder the checkpoint names, and score
+  # against the true frames.
+  if ! "${cli[@]}" make-shards --help 2>/dev/null | grep -q -- '--from PIXEL_SHARDS'; then
+    echo "showcase_doom: LATENT=1: this checkout has no 'scd-msc make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS' (issue 15, branch i15-latent); run without LATENT=1 for the pixel path" >&2
+    exit 2
+  fi
+  size=${SIZE:-128} space="latents of a scd-msc train-ae autoencoder ($ae_config), scored on 128x128 RGB"
+  [ "$smoke" = 1 ] && size=${SIZE:-32} space="latents ($ae_config, SMOKE=1), scored on 32x32 RGB"
+  [ -n "${AE_STEPS:-}" ] && ae_common+=(train.max_steps="$AE_STEPS")
+fi
 report=${REPORT:-$([ "$smoke" = 1 ] && echo "$out/report" || echo benchmarks)}
 data=$out/shards logs=$out/logs
 mkdir -p "$logs"
@@ -83,20 +102,23 @@ val_shards=$(shard_set "$data/val" "$val_clips" 128)
 heldout=$(shard_set "$data/heldout" "$clips" 256)
 long=$(shard_set "$data/long" "$long_clips" 64)
 
-if [ "$latent" = 1 ]; then
-  # ---- LATENT HOOK (latent 128x128, issue 15) -------------------------------------------------
-  # Needs `scd-msc make-shards latents --autoencoder CKPT` (branch i15-latent); until that lands,
-  # LATENT=1 stops here with one line. Written against the issue-15 design, not yet run:
-  # pixel shards at 128x128 above (set SIZE below), scd-msc train-ae on them (configs/ae_doom.yaml),
-  # latent shards of the same seeds through the autoencoder, and models trained on those; eval and
-  # the recordings decode through the autoencoder the checkpoint names.
-  if ! "${cli[@]}" make-shards --help 2>/dev/null | grep -q -- '--autoencoder'; then
-    echo "showcase_doom: LATENT=1: this checkout has no 'scd-msc make-shards latents --autoencoder' (issue 15, branch i15-latent); run without LATENT=1 for the pixel 64x64 path" >&2
-    exit 2
+if [ "$latent" = 1 ]; then  # the LATENT HOOK, continued: the autoencoder, then latent training shards
+  ae=$out/runs/ae
+  if [ -f "$ae/finished" ]; then skip train_ae "$ae"; else
+    step train_ae "${cli[@]}" train-ae --config "$ae_config" --resume auto "data.train_shards=$train_shards" \
+      "data.val_shards=$val_shards" train.out_dir="$ae" train.progress_bar=false "${ae_common[@]}"
+    touch "$ae/finished"
   fi
-  echo "showcase_doom: LATENT=1: the latent path is not wired yet; see the hook in tools/showcase_doom.sh" >&2
-  exit 2
-  # ---- end of the hook -------------------------------------------------------------------------
+  latents() {  # name pixel-set clips per-shard
+    local folder=$data/latent_$1
+    if [ -f "$(last_shard "$folder" "$3" "$4")" ]; then skip "latents_$1" "$folder"; return; fi
+    step "latents_$1" "${cli[@]}" make-shards latents --autoencoder "$ae/checkpoints/last.ckpt" --from "$2" \
+      --out "$folder" --shard-size "$4" --overwrite --no-progress
+  }
+  latents train "$train_shards" "$train_clips" 1000
+  latents val "$val_shards" "$val_clips" 128
+  train_shards=$(shard_set "$data/latent_train" "$train_clips" 1000)
+  val_shards=$(shard_set "$data/latent_val" "$val_clips" 128)
 fi
 
 train() {  # family config
