@@ -165,7 +165,8 @@ def plot(families: dict[str, dict[str, Any]], path: Path) -> None:
         for name, style in (("shuffled_per_horizon", "--"), ("teacher_forced_per_horizon", ":")):
             if fam[name]:
                 what = "shuffled actions" if name.startswith("shuffled") else "teacher-forced"
-                ax.plot(steps, [r["psnr"] for r in fam[name]], color=col, ls=style, lw=1, label=f"{fam['label']}, {what}")
+                ax.plot(steps, [r["psnr"] for r in fam[name]], color=col, ls=style, lw=1,
+                        label=f"{fam['label']}, {what}")
         generated = fam["rollout_colour"]["generated"]
         if generated:
             bx.plot(np.asarray(generated).mean(1), color=col, lw=1, label=fam["label"])
@@ -279,7 +280,8 @@ def _horizon_rows(families: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _extra_md(data: dict[str, Any], families: dict[str, dict[str, Any]], name: str, notes: str) -> str:
     rows = [{"model": f["label"], "PSNR 1–8": f["psnr"], "SSIM 1–8": f["ssim"],
-             "teacher-forced PSNR 1–8": f["teacher_forced_psnr"], "shuffled-actions PSNR 1–8": f["shuffled_actions_psnr"],
+             "teacher-forced PSNR 1–8": f["teacher_forced_psnr"],
+             "shuffled-actions PSNR 1–8": f["shuffled_actions_psnr"],
              "rollout colour ratio (worst)": f["rollout_mean_ratio"], "train steps": f["run"]["steps"],
              "step ms": f["run"]["step_ms_median"], "interrupted eval": f["interrupted"]} for f in families.values()]
     pairs = [{"difference (dB, clip by clip)": k, "clips": v["clips"], "mean": v["mean"], "std": v["std"],

@@ -317,8 +317,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
     plus ``actions (B, k + n)`` / ``label (B,)`` for a model conditioned on them (at most
     ``total`` clips; latents when ``decoder`` is given, and the result holds pixels). The
     shuffled-action run (``shuffle``) and the teacher-forced one (``teacher_forced``) replay
-    the true run's noise; ``shuffle_seed`` seeds the derangements. Raises ValueError when no clip arrives, KeyboardInterrupt when
-    interrupted before the first clip was scored."""
+    the true run's noise; ``shuffle_seed`` seeds the derangements. Raises ValueError when
+    no clip arrives, KeyboardInterrupt when interrupted before the first clip was scored."""
     device = next(model.parameters()).device
     cfg = model.cfg
     protocol = Protocol(model, context, steps, generator, context_noise, sampler, decoder, cond_guidance,
