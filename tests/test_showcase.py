@@ -99,6 +99,7 @@ def test_report_keys_values_bars_and_recordings(families, tmp_path, capsys):
     assert data["teacher_forced_psnr"] == {"scd_msc": 26.0, "causal_dit": 24.0}
     assert data["rollout_mean_ratio"] == 1.1 and data["rollout_mean_ratios"]["causal_dit"] == 0.7
     assert (data["play_fps"], data["steps"], data["train_steps"]) == (12.5, 25, 40)
+    assert data["autoencoder_ceiling_psnr"] is None  # pixel models: no autoencoder
     dit = data["paired"]["scd_msc - causal_dit"]  # clip by clip: -1, 0, +2
     assert dit["clips"] == 3 and dit["mean"] == pytest.approx(1 / 3)
     assert dit["std"] == pytest.approx(statistics.stdev([-1, 0, 2]))

@@ -55,7 +55,7 @@ if [ "$latent" = 1 ]; then
   # ---- LATENT HOOK (latent 128x128, issue 15) ----------------------------------------------------
   # Needs `make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS` and eval's encoding of pixel
   # shards for a latent model (branch i15-latent, not merged here): without them LATENT=1 stops now.
-  # Written against i15-latent at 6e14d06 and not run yet. The pixel shards are made at 128x128 (SIZE),
+  # Checked with SMOKE=1 on a local merge of i15-latent at 6e14d06 (not on a GPU). The pixel shards are made at 128x128 (SIZE),
   # scd-msc train-ae trains on them ($ae_config, AE_STEPS overrides its train.max_steps), the training
   # and validation sets are encoded to latents, the models train on those; eval and the recordings take
   # the pixel held-out shards, which eval encodes through the autoencoder the checkpoint names, and score
@@ -65,7 +65,10 @@ if [ "$latent" = 1 ]; then
     exit 2
   fi
   size=${SIZE:-128} space="latents of a scd-msc train-ae autoencoder ($ae_config), scored on 128x128 RGB"
-  [ "$smoke" = 1 ] && size=${SIZE:-32} space="latents ($ae_config, SMOKE=1), scored on 32x32 RGB"
+  if [ "$smoke" = 1 ]; then  # 8x8 latents: patches of 2 give the tiny model's windows room
+    size=${SIZE:-32} space="latents ($ae_config, SMOKE=1), scored on 32x32 RGB"
+    common+=(model.patch=2)
+  fi
   [ -n "${AE_STEPS:-}" ] && ae_common+=(train.max_steps="$AE_STEPS")
 fi
 report=${REPORT:-$([ "$smoke" = 1 ] && echo "$out/report" || echo benchmarks)}

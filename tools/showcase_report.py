@@ -62,6 +62,7 @@ def load_family(key: str, eval_dir: Path, long_dir: Path, run: Path) -> dict[str
             "teacher_forced_psnr": pick("teacher_forced", "mean_psnr_1_8"),
             "shuffled_actions_psnr": pick("shuffled_actions", "mean_psnr_1_8"),
             "repeat_last_psnr": pick("repeat_last", "mean_psnr_1_8"),
+            "autoencoder_ceiling_psnr": pick("autoencoder_ceiling", "mean_psnr_1_8"),  # latent models (issue 15)
             "per_horizon": short["per_horizon"], "shuffled_per_horizon": pick("shuffled_actions", "per_horizon"),
             "teacher_forced_per_horizon": pick("teacher_forced", "per_horizon"),
             "repeat_last_per_horizon": pick("repeat_last", "per_horizon"),
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "space": args.space,
         **{f"{k}_psnr": f["psnr"] for k, f in families.items()},
         "repeat_last_psnr": scd["repeat_last_psnr"], "shuffled_actions_psnr": scd["shuffled_actions_psnr"],
+        "autoencoder_ceiling_psnr": scd["autoencoder_ceiling_psnr"],
         "teacher_forced_psnr": {k: f["teacher_forced_psnr"] for k, f in families.items()},
         "rollout_mean_ratio": scd["rollout_mean_ratio"],
         "rollout_mean_ratios": {k: f["rollout_mean_ratio"] for k, f in families.items()},
@@ -288,7 +290,8 @@ def _extra_md(data: dict[str, Any], families: dict[str, dict[str, Any]], name: s
               "95% CI": f"[{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]"} for k, v in data["paired"].items()]
     lines = ["## Bars", "", markdown_table(data["bars"], ["bar", "value", "threshold", "result"]),
              f"Repeat-last floor (horizons 1–8): {fmt(data['repeat_last_psnr'])} dB. Play: "
-             f"{fmt(data['play_fps'])} frames/s (null: not measured).", "", "## Families", "", markdown_table(rows),
+             f"{fmt(data['play_fps'])} frames/s (null: not measured). Autoencoder ceiling (latent models): "
+             f"{fmt(data['autoencoder_ceiling_psnr'])} dB.", "", "## Families", "", markdown_table(rows),
              "## Paired differences (per-clip PSNR over horizons 1–8, same clips)", "", markdown_table(pairs),
              f"Recordings: `{name}.gif` (engine, then each model, under the same recorded actions); "
              f"plot: `{name}.png`.", "", notes, "", "Table: PSNR (dB) per horizon step, mean over the held-out clips."]
