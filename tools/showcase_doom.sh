@@ -26,7 +26,9 @@
 # CPU in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT
 # $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
-# interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log.
+# interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log. SIGTERM or Ctrl-C
+# (e.g. `timeout 580 bash tools/showcase_doom.sh` under a per-command limit) stops the running step
+# cleanly (a training saves last.ckpt) and exits 143; the same command again continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -37,7 +39,9 @@ eval_steps=${EVAL_STEPS:-25} ctx=${CTX:-0.1} train_clips=${TRAIN_CLIPS:-20000} d
 latent=${LATENT:-0} scenarios=${SCENARIOS:-my_way_home,health_gathering,health_gathering_supreme}
 out=${OUT:-outputs/showcase_doom} size=64 val_clips=512 batch_eval=64 batch_long=8 space="pixels 64x64 RGB"
 configs=(scd_msc:configs/doom_small.yaml causal_dit:configs/doom_causal_dit_small.yaml)
-common=(train.compile=auto train.progress_bar=false train.sample_every_n_steps=0)
+# a run of thousands of steps, not the config's 100k: warm-up and EMA as tools/quality_moving_digits.sh
+common=(train.compile=auto train.progress_bar=false train.sample_every_n_steps=0 train.warmup_steps=200
+        train.ema_decay=0.995 train.checkpoint_every_n_steps=500 train.val_every_n_steps=500)
 model=()
 if [ "$smoke" = 1 ]; then  # tiny and fast: a check of the pipeline, not a result
   steps=${TRAIN_STEPS:-4} clips=${CLIPS:-4} long_clips=${LONG_CLIPS:-2} long_frames=${LONG_FRAMES:-24}
@@ -75,12 +79,23 @@ report=${REPORT:-$([ "$smoke" = 1 ] && echo "$out/report" || echo benchmarks)}
 data=$out/shards logs=$out/logs
 mkdir -p "$logs"
 
+running=
+stop() {  # SIGTERM/SIGINT (timeout, Ctrl-C): stop the running step the same way (training saves last.ckpt)
+  if [ -n "$running" ]; then kill -TERM "$running" 2>/dev/null || true; wait "$running" || true; fi
+  echo "showcase_doom: stopped; run the same command again to continue" >&2
+  exit 143
+}
+trap stop TERM INT
 step() {  # name command...: run with its log; on failure say where the log is and stop
-  local name=$1
+  local name=$1 rc=0
   shift
   echo "[$(date +%H:%M:%S)] $name (log: $logs/$name.log)"
-  if ! "$@" >"$logs/$name.log" 2>&1; then
-    echo "showcase_doom: step $name failed; the end of $logs/$name.log:" >&2
+  "$@" >"$logs/$name.log" 2>&1 &  # in the background, so that a signal reaches the trap at once
+  running=$!
+  wait "$running" || rc=$?
+  running=
+  if [ "$rc" != 0 ]; then
+    echo "showcase_doom: step $name failed (exit $rc); the end of $logs/$name.log:" >&2
     tail -n 5 "$logs/$name.log" >&2
     exit 1
   fi
