@@ -147,11 +147,13 @@ train() {  # family config
     "data.val_shards=$val_shards" train.max_steps="$steps" train.out_dir="$run" "${common[@]}" "${extra[@]}"
   touch "$run/finished_$steps"
 }
-complete() { [ -f "$1/eval.json" ] && grep -q '"interrupted": false' "$1/eval.json"; }
+complete() {  # eval-folder checkpoint: a whole eval of this checkpoint (written after it)
+  [ -f "$1/eval.json" ] && grep -q '"interrupted": false' "$1/eval.json" && [ "$1/eval.json" -nt "$2" ]
+}
 evaluate() {  # family name shards horizon clips batch extra...
-  local folder=$out/$2/$1
-  if complete "$folder"; then skip "$2_$1" "$folder"; return; fi
-  step "$2_$1" "${cli[@]}" eval --checkpoint "$out/runs/$1/checkpoints/last.ckpt" --shards "$3" --context 4 \
+  local folder=$out/$2/$1 ckpt=$out/runs/$1/checkpoints/last.ckpt
+  if complete "$folder" "$ckpt"; then skip "$2_$1" "$folder"; return; fi
+  step "$2_$1" "${cli[@]}" eval --checkpoint "$ckpt" --shards "$3" --context 4 \
     --horizon "$4" --clips "$5" --steps "$eval_steps" --batch "$6" --context-noise "$ctx" --out "$folder" \
     --no-progress "${@:7}"
 }
