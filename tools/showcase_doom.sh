@@ -5,8 +5,8 @@
 #      and held-out long clips of 4 + LONG_FRAMES frames (seed 3) of the same scenarios; other seeds
 #      give other episodes, spawn points and action sequences than training saw;
 #   2. (LATENT=1) the autoencoder and latent shards: see the hook below;
-#   3. training: configs/doom_small.yaml (SCD-MSC), doom_causal_dit_small.yaml and (DENSE=1)
-#      doom_scd_dense_small.yaml on the same shards for the same TRAIN_STEPS, the default fast
+#   3. training: configs/doom_small.yaml (SCD-MSC), causal_dit_doom_small.yaml and (DENSE=1)
+#      scd_dense_doom_small.yaml on the same shards for the same TRAIN_STEPS, the default fast
 #      training path (train.compile=auto: every block compiled on CUDA, bf16-mixed);
 #   4. scd-msc eval per family on CLIPS held-out clips: autoregressive PSNR/SSIM at horizons 1-16 with
 #      the true actions, with shuffled actions, the repeat-last floor, teacher-forced next-frame PSNR;
@@ -19,12 +19,12 @@
 # Scenarios: SCENARIOS (default my_way_home,health_gathering,health_gathering_supreme, those whose
 # episodes outlast the long clips under this policy; defend_the_center and deadly_corridor do not).
 #
-# Usage: bash tools/showcase_doom.sh   Environment (defaults): TRAIN_STEPS (3000), CLIPS (128), LONG_CLIPS
-# (8), LONG_FRAMES (512), EVAL_STEPS (25: denoising steps), CTX (0.1: eval --context-noise), TRAIN_CLIPS
-# (20000), DENSE (0), LATENT (0), SCENARIOS, WORKERS (CPU count), OUT (outputs/showcase_doom), REPORT
-# (benchmarks), PYTHON (python3), PLAY_FPS (unset: null in the report); LATENT=1 also AE_STEPS, SIZE. SMOKE=1: the same pipeline on a
-# CPU in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT
-# $OUT/report): a check of the pipeline, not a result.
+# Usage: bash tools/showcase_doom.sh   Environment (defaults): TRAIN_STEPS (3000), CLIPS (128),
+# LONG_CLIPS (8), LONG_FRAMES (512), EVAL_STEPS (25: denoising steps), CTX (0.1: eval --context-noise),
+# TRAIN_CLIPS (20000), DENSE (0), LATENT (0; with it AE_STEPS, SIZE), SCENARIOS, WORKERS (CPU count),
+# OUT (outputs/showcase_doom), REPORT (benchmarks), PYTHON (python3), PLAY_FPS (unset: null in the
+# report). SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
+# outputs/showcase_doom_smoke, REPORT $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
 # interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log. SIGTERM or Ctrl-C
 # (e.g. `timeout 580 bash tools/showcase_doom.sh` under a per-command limit) stops the running step
@@ -38,7 +38,7 @@ steps=${TRAIN_STEPS:-3000} clips=${CLIPS:-128} long_clips=${LONG_CLIPS:-8} long_
 eval_steps=${EVAL_STEPS:-25} ctx=${CTX:-0.1} train_clips=${TRAIN_CLIPS:-20000} dense=${DENSE:-0}
 latent=${LATENT:-0} scenarios=${SCENARIOS:-my_way_home,health_gathering,health_gathering_supreme}
 out=${OUT:-outputs/showcase_doom} size=64 val_clips=512 batch_eval=64 batch_long=8 space="pixels 64x64 RGB"
-configs=(scd_msc:configs/doom_small.yaml causal_dit:configs/doom_causal_dit_small.yaml)
+configs=(scd_msc:configs/doom_small.yaml causal_dit:configs/causal_dit_doom_small.yaml)
 # a run of thousands of steps, not the config's 100k: warm-up and EMA as tools/quality_moving_digits.sh
 common=(train.compile=auto train.progress_bar=false train.sample_every_n_steps=0 train.warmup_steps=200
         train.ema_decay=0.995 train.checkpoint_every_n_steps=500 train.val_every_n_steps=500)
@@ -52,20 +52,21 @@ if [ "$smoke" = 1 ]; then  # tiny and fast: a check of the pipeline, not a resul
            train.accelerator=cpu train.devices=1 train.precision=32-true runtime.backend=reference)
   model=(preset:scd_msc=scd-msc-tiny preset:causal_dit=causal-dit-tiny preset:scd_dense=scd-dense-tiny)
 fi
-[ "$dense" = 1 ] && configs+=(scd_dense:configs/doom_scd_dense_small.yaml)
+[ "$dense" = 1 ] && configs+=(scd_dense:configs/scd_dense_doom_small.yaml)
 ae_config=configs/ae_doom.yaml ae_common=()
 [ "$smoke" = 1 ] && ae_config=configs/ae_tiny.yaml ae_common=(train.max_steps="$steps" data.num_workers=0)
 if [ "$latent" = 1 ]; then
   # ---- LATENT HOOK (latent 128x128, issue 15) ----------------------------------------------------
   # Needs `make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS` and eval's encoding of pixel
   # shards for a latent model (branch i15-latent, not merged here): without them LATENT=1 stops now.
-  # Checked with SMOKE=1 on a local merge of i15-latent at 6e14d06 (not on a GPU). The pixel shards are made at 128x128 (SIZE),
-  # scd-msc train-ae trains on them ($ae_config, AE_STEPS overrides its train.max_steps), the training
-  # and validation sets are encoded to latents, the models train on those; eval and the recordings take
-  # the pixel held-out shards, which eval encodes through the autoencoder the checkpoint names, and score
-  # against the true frames.
+  # Checked with SMOKE=1 on a local merge of i15-latent at 6e14d06 (not on a GPU). The pixel shards
+  # are made at 128x128 (SIZE), scd-msc train-ae trains on them ($ae_config; AE_STEPS overrides its
+  # train.max_steps), the training and validation sets are encoded to latents, the models train on
+  # those; eval and the recordings take the pixel held-out shards, which eval encodes through the
+  # autoencoder the checkpoint names, and score against the true frames.
   if ! "${cli[@]}" make-shards --help 2>/dev/null | grep -q -- '--from PIXEL_SHARDS'; then
-    echo "showcase_doom: LATENT=1: this checkout has no 'scd-msc make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS' (issue 15, branch i15-latent); run without LATENT=1 for the pixel path" >&2
+    need="'scd-msc make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS' (issue 15, branch i15-latent)"
+    echo "showcase_doom: LATENT=1: this checkout has no $need; run without LATENT=1 for the pixel path" >&2
     exit 2
   fi
   size=${SIZE:-128} space="latents of a scd-msc train-ae autoencoder ($ae_config), scored on 128x128 RGB"
@@ -169,9 +170,10 @@ for entry in "${configs[@]}"; do
   family=${entry%%:*}
   families+=("--${family//_/-}" "$out/eval/$family" "$out/long/$family" "$out/runs/$family")
 done
-settings=$(env | grep -oE '^(SMOKE|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|DENSE|SCENARIOS)=.*' \
-  | tr '\n' ' ' || true)
+knobs='SMOKE|LATENT|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|DENSE|SCENARIOS'
+settings=$(env | grep -oE "^($knobs)=.*" | tr '\n' ' ' || true)
 step report "$py" -m tools.showcase_report "${families[@]}" --space "$space" --out "$report" \
   ${PLAY_FPS:+--play-fps "$PLAY_FPS"} \
-  --notes "Run: \`${settings}bash tools/showcase_doom.sh\`; scenarios $scenarios; policy: held actions (3-9 steps), the player's moves 93% of draws."
+  --notes "Run: \`${settings}bash tools/showcase_doom.sh\`; scenarios $scenarios; policy: held actions \
+(3-9 steps), the player's moves 93% of the draws."
 cat "$logs/report.log"
