@@ -196,7 +196,7 @@ def test_quality_report_reads_back_tiled_generate_gifs_and_measures_mass(tmp_pat
     curves = qr.mass_curves(back, prompt=2)
     assert curves["ratio_to_prompt"][:2] == pytest.approx([1.0, 1.0], rel=0.05)
     assert curves["ratio_to_prompt"][2:] == pytest.approx([2.0] * 4, rel=0.05)
-    gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])
+    gap = qr.paired_gap([10.0, 12.0, None], [9.0, 10.0, 8.0])  # tools.bench.stats, used by the report
     assert gap["clips"] == 2 and gap["mean"] == pytest.approx(1.5)
 
 
@@ -254,3 +254,36 @@ def test_quality_report_end_to_end_mass_bar_is_scd_msc_s_and_variants_are_tabled
     assert "## Every model and setting" in next((tmp_path / "bench").glob("*.md")).read_text()
     with pytest.raises(SystemExit):
         qr.main(argv + ["--variant", "only-a-label"])
+
+
+def test_decoder_context_report_pairs_clips_and_refuses_mismatches(tmp_path, capsys):
+    """prefix − recompute from two eval.json files: the mean gap, the paired interval,
+    the bar's verdict; other clips or a run of the other setting are one-line errors."""
+    import json
+
+    from tools import decoder_context_report
+
+    def setting(name: str, psnr: list[float], keys: list[str]) -> list[str]:
+        (tmp_path / f"eval_{name}").mkdir()
+        (tmp_path / f"run_{name}").mkdir()
+        (tmp_path / f"eval_{name}" / "eval.json").write_text(json.dumps(
+            {"mean_psnr_1_8": sum(psnr) / len(psnr), "mean_ssim_1_8": 0.5, "clips": len(psnr),
+             "clip_keys": keys, "clip_psnr_1_8": psnr}))
+        (tmp_path / f"run_{name}" / "config.yaml").write_text(f"model:\n  decoder_context: {name}\n")
+        return [str(tmp_path / f"eval_{name}"), str(tmp_path / f"run_{name}")]
+
+    rec = setting("recompute", [20.0, 22.0, 24.0], ["a", "b", "c"])
+    pre = setting("prefix", [19.9, 21.7, 23.9], ["a", "b", "c"])
+    assert decoder_context_report.main(["--recompute", *rec, "--prefix", *pre, "--out", str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("decoder_context_*.json")).read_text())
+    assert report["prefix_minus_recompute_db"] == pytest.approx(-0.1667, abs=1e-3) and report["pass"] is True
+    assert report["paired"]["clips"] == 3 and report["paired"]["mean"] == pytest.approx(-0.1667, abs=1e-3)
+    with pytest.raises(SystemExit):
+        decoder_context_report.main(["--recompute", *pre, "--prefix", *pre, "--out", str(tmp_path)])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("--recompute: its run was trained with "
+                                                            "decoder_context=prefix")
+    other = setting("other", [1.0, 2.0, 3.0], ["x", "y", "z"])
+    (tmp_path / "run_other" / "config.yaml").write_text("model:\n  decoder_context: prefix\n")
+    with pytest.raises(SystemExit):
+        decoder_context_report.main(["--recompute", *rec, "--prefix", *other, "--out", str(tmp_path)])
+    assert "different clips" in capsys.readouterr().err

@@ -244,6 +244,26 @@ def test_eval_reports_true_shuffled_and_repeat_last(ckpt, data, tmp_path, capsys
     assert summary["conditions"] == {"actions": 4, "classes": 2, "cond_guidance": 1.0}
 
 
+def test_eval_teacher_forced_replays_the_noise_and_no_shuffled_skips_a_run(ckpt, data, tmp_path, capsys):
+    """Teacher-forced step 1 has the true run's history (the prompt) and noise: the same frame,
+    clip by clip; later steps see true frames instead of generated ones, so they differ."""
+    out = tmp_path / "tf"
+    assert main(["eval", "--checkpoint", ckpt, "--shards", data["varied"], "--context", str(K), "--horizon",
+                 str(N), "--clips", "4", "--batch", "2", "--steps", "2", "--out", str(out), "--no-progress",
+                 "--teacher-forced", "--no-shuffled"]) == 0
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["shuffled_actions"] is None  # --no-shuffled
+    forced = summary["teacher_forced"]
+    assert forced["clips"] == 4 and [r["step"] for r in forced["per_horizon"]] == list(range(1, N + 1))
+    assert forced["per_horizon"][0]["psnr"] == pytest.approx(summary["per_horizon"][0]["psnr"], abs=1e-4)
+    assert [r["psnr"] for r in forced["per_horizon"][1:]] != pytest.approx(
+        [r["psnr"] for r in summary["per_horizon"][1:]], abs=1e-4)
+    assert "teacher-forced (true history, one frame): PSNR" in capsys.readouterr().out
+    colour = summary["mean_colour"]
+    assert len(colour["generated"]) == len(colour["data"]) == N and len(colour["ratios"]) == 1
+    assert np.load(out / "examples.npz")["generated"].shape == (4, K + N, 32, 32, 1)
+
+
 def test_shuffled_actions_come_from_other_clips():
     g = torch.Generator().manual_seed(0)
     for n in range(2, 8):

@@ -7,6 +7,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +15,9 @@ from torch import nn
 
 from scd_msc.cli import main
 from scd_msc.data import ClipDataset, make_shards
-from scd_msc.inference.evaluate import PSNR_MAX, evaluate, frame_metrics
+from scd_msc.inference.evaluate import PSNR_MAX, colour_ratios, evaluate, frame_metrics, worst_ratio
 from scd_msc.inference.report import write_report
+from scd_msc.media import to_uint8
 
 K, N = 3, 4  # context and horizon: 7 of the 8 frames of each clip
 
@@ -137,3 +139,67 @@ def test_eval_in_bfloat16_records_the_dtype_and_scores_close_to_float32(tmp_path
         assert summary["model"]["dtype"] == dtype
         scores[dtype] = summary["mean_psnr_1_8"]
     assert scores["bfloat16"] == pytest.approx(scores["float32"], abs=0.5)
+
+
+class Previous(nn.Module):
+    """A "model" that predicts the last frame committed to its session: autoregressively it
+    repeats the last context frame (the floor); teacher-forced it predicts frame ``k + j``
+    as the true frame ``k + j - 1``, which checks that the true frames are committed in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.cfg = SimpleNamespace(actions=0, classes=0)
+
+    def stream(self, batch_size, steps, prompt=None, generator=None, context_noise=0.0, sampler=None, compile=None):
+        class Session:
+            last = prompt[:, -1]
+
+            def denoise(self, action=None):
+                return self.last.clone()
+
+            def commit(self, frame, action=None):
+                self.last = frame
+
+            def step(self, action=None):
+                frame = self.denoise(action)
+                self.commit(frame, action)
+                return frame
+        return Session()
+
+
+def test_teacher_forcing_predicts_from_the_true_history_and_colour_is_measured(tmp_path, shards):
+    clips = torch.stack([s["video"] for s in ClipDataset(shards[32], K + N, 1, 32, resampled=False)])  # (3, F, 1, H, W)
+    batches = [{"video": clips[:2], "key": ["a", "b"]}, {"video": clips[2:], "key": ["c"]}]
+    result = evaluate(Previous(), batches, K, steps=1, total=3, examples=2, progress=False, teacher_forced=True)
+    assert torch.equal(result.psnr, result.repeat_last.psnr)  # autoregressive: the floor exactly
+    x = (clips.double().clamp(-1, 1) + 1) / 2  # (M, F, 1, H, W) on [0, 1]
+    mse = ((x[:, K:] - x[:, K - 1:-1]) ** 2).mean((2, 3, 4))  # frame k+j against the true frame k+j-1
+    by_hand = (10 * torch.log10(1 / mse)).clamp(max=PSNR_MAX).float()  # (M, n)
+    assert torch.allclose(result.teacher_forced.psnr, by_hand, atol=1e-3)
+    assert not torch.allclose(result.teacher_forced.psnr[:, 1:], result.psnr[:, 1:])  # steps 2..n differ
+    truth_colour = x[:, K:].mean((3, 4)).float()  # (M, n, 1)
+    assert torch.allclose(result.colour_truth, truth_colour, atol=1e-6)
+    assert torch.allclose(result.colour, x[:, K - 1:K].expand(-1, N, -1, -1, -1).mean((3, 4)).float(), atol=1e-6)
+    summary = write_report(result, {"model": {"family": "previous", "parameters": 1, "channels": 1,
+                                              "image_size": 32, "preset": "previous"},
+                                    "shards": "-", "steps": 1, "seed": 0, "device": "cpu"}, tmp_path)
+    assert summary["teacher_forced"]["mean_psnr_1_8"] == pytest.approx(by_hand.mean().item(), rel=1e-4)
+    colour = summary["mean_colour"]
+    ratio = x[:, K - 1].mean() / x[:, K:].mean()  # one window of n < 64 steps, one channel
+    assert colour["ratios"] == [[pytest.approx(ratio.item(), rel=1e-4)]]
+    assert colour["worst_ratio"] == pytest.approx(ratio.item(), rel=1e-4) and len(colour["generated"]) == N
+    assert "teacher-forced PSNR" in (tmp_path / "eval.md").read_text()
+    examples = np.load(tmp_path / "examples.npz")
+    assert list(examples["keys"]) == ["a", "b"] and examples["truth"].shape == (2, K + N, 32, 32, 1)
+    assert np.array_equal(examples["truth"], to_uint8(clips[:2], "e f c h w -> e f h w c"))
+    assert np.array_equal(examples["generated"][:, K:], np.repeat(examples["truth"][:, K - 1:K], N, axis=1))
+
+
+def test_colour_ratios_per_window_and_the_worst():
+    colour = torch.tensor([[[0.5, 0.2]] * 3])  # (M=1, n=3, C=2)
+    truth = torch.tensor([[[0.5, 0.1], [0.5, 0.1], [1.0, 0.4]]])
+    ratios = colour_ratios(colour, truth, window=2)  # steps 1-2, then step 3
+    assert torch.allclose(ratios, torch.tensor([[1.0, 2.0], [0.5, 0.5]]))
+    assert worst_ratio(ratios) == pytest.approx(2.0)
+    assert worst_ratio(torch.tensor([[0.7, 1.2]])) == pytest.approx(0.7)

@@ -6,7 +6,8 @@ Reads each setting's ``scd-msc eval`` folder (``eval.json``: PSNR/SSIM over hori
 scored on the same clips, and writes ``benchmarks/decoder_context_<device>_<date>.md`` +
 ``.json``: the mean PSNR/SSIM of each, the paired per-clip PSNR difference (prefix −
 recompute: mean, standard deviation, 95% interval of the mean) and the bar (within
-0.3 dB). The denoising speed-up is the latency benchmark's (``tools/bench_latency.py
+0.3 dB). Training step times are left out: the script runs anywhere, often beside other
+jobs. The denoising speed-up is the latency benchmark's (``tools/bench_latency.py
 --prefix``), cited, not measured here.
 
 Shapes: ``M`` clips.
@@ -16,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from tools.bench.env import env_info
 from tools.bench.report import command_line, fmt, report_stem, write_report
+from tools.bench.stats import paired_gap
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR_DB = 0.3  # prefix PSNR within 0.3 dB of recompute
@@ -31,20 +31,10 @@ BAR_DB = 0.3  # prefix PSNR within 0.3 dB of recompute
 
 def load_setting(eval_dir: Path, run_dir: Path) -> dict[str, Any]:
     summary = json.loads((eval_dir / "eval.json").read_text())
-    timing_path = run_dir / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    config = (run_dir / "config.yaml").read_text()  # the run exists: its settings go in the report
     return {"psnr": summary["mean_psnr_1_8"], "ssim": summary["mean_ssim_1_8"], "clips": summary["clips"],
             "clip_keys": summary["clip_keys"], "clip_psnr": summary["clip_psnr_1_8"],
-            "train_step_ms": timing.get("step_ms_median")}
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Per-clip ``b − a``: mean, sample standard deviation and the 95% interval of the mean."""
-    d = [y - x for x, y in zip(a, b)]
-    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(len(d))
-    mean = statistics.fmean(d)
-    return {"mean": mean, "std": sd, "ci95_low": mean - half, "ci95_high": mean + half, "clips": len(d)}
+            "decoder_context": "prefix" if "decoder_context: prefix" in config else "recompute"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,20 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"cannot read an eval or run folder: {err}")
     if rec["clip_keys"] != pre["clip_keys"]:
         p.error("--recompute and --prefix were scored on different clips (clip_keys differ): pair them on the same")
-    diff = paired(rec["clip_psnr"], pre["clip_psnr"])
+    diff = paired_gap(pre["clip_psnr"], rec["clip_psnr"])  # prefix − recompute, clip by clip
     gap = pre["psnr"] - rec["psnr"]
     check = f"{'PASS' if gap >= -BAR_DB else 'FAIL'}"
     lines = [f"- PSNR over horizons 1–8: recompute **{fmt(rec['psnr'])} dB**, prefix **{fmt(pre['psnr'])} dB**: "
              f"prefix − recompute = **{gap:+.2f} dB** (bar: ≥ −{BAR_DB} dB): {check}",
              f"- paired over the same {diff['clips']} clips: mean {diff['mean']:+.2f} dB, std {diff['std']:.2f}, "
-             f"95% interval of the mean [{diff['ci95_low']:+.2f}, {diff['ci95_high']:+.2f}] dB",
+             f"95% interval of the mean [{diff['ci95'][0]:+.2f}, {diff['ci95'][1]:+.2f}] dB",
              f"- SSIM over horizons 1–8: recompute {fmt(rec['ssim'])}, prefix {fmt(pre['ssim'])}",
              "- the denoising speed-up of prefix is the latency benchmark's (`python -m tools.bench_latency "
              "--prefix`, benchmarks/latency_*), not measured here"]
     if args.notes:
         lines.append(f"- {args.notes}")
-    rows = [{"setting": name, "psnr_1_8": s["psnr"], "ssim_1_8": s["ssim"], "clips": s["clips"],
-             "train_step_ms": s["train_step_ms"]} for name, s in (("recompute", rec), ("prefix", pre))]
+    for name, s in (("recompute", rec), ("prefix", pre)):
+        if s["decoder_context"] != name:
+            p.error(f"--{name}: its run was trained with decoder_context={s['decoder_context']}")
+    rows = [{"setting": name, "psnr_1_8": s["psnr"], "ssim_1_8": s["ssim"], "clips": s["clips"]}
+            for name, s in (("recompute", rec), ("prefix", pre))]
     env = env_info()
     stem = report_stem(args.out, "decoder_context")
     md, js = write_report(stem, "Decoder context: recompute vs prefix (same data, steps and seed)",

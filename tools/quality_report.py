@@ -23,7 +23,6 @@ import argparse
 import csv
 import glob
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from scd_msc.data.dataset import ClipDataset
 from scd_msc.media import save_gif
 from tools.bench.env import env_info
 from tools.bench.report import command_line, fmt, markdown_table, report_stem, write_report
+from tools.bench.stats import paired_gap
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: reports go to its benchmarks/
 
@@ -124,13 +124,6 @@ def _global_step(run: Path, rows: list[dict[str, str]]) -> int:
 
         return int(torch.load(last, map_location="cpu", mmap=True, weights_only=False)["global_step"])
     return 1 + max((int(r["step"]) for r in rows if r.get("step")), default=-1)
-
-
-def paired_gap(a: list, b: list) -> dict[str, float]:
-    """Mean and standard error of ``a - b`` clip by clip (the same held-out clips)."""
-    diff = [x - y for x, y in zip(a, b) if x is not None and y is not None]
-    se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return {"clips": len(diff), "mean": statistics.fmean(diff), "stderr": se}
 
 
 def plot(curves: dict[str, dict[str, Any]], variants: dict[str, dict[str, Any]], ref: dict[str, float],

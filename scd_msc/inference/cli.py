@@ -121,7 +121,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per frame (default 20)")
     parser.add_argument("--batch", type=int, default=8, help="clips generated at once (default 8)")
     parser.add_argument("--examples", type=int, default=4, help="clips shown in the strip (default 4)")
-    parser.add_argument("--out", default="eval", help="folder for eval.md/json, strip.png/gif (default eval)")
+    parser.add_argument("--out", default="eval", help="folder for eval.md/json, strip.png/gif, examples.npz "
+                        "(default eval)")
+    parser.add_argument("--teacher-forced", action="store_true", help="also score next-frame prediction from "
+                        "the true history: horizon frame j denoised after the true frames before it (the same noise)")
+    parser.add_argument("--no-shuffled", action="store_true", help="skip the run with shuffled actions (a "
+                        "conditioned model; e.g. for a long rollout, where it would double the time)")
     return parser
 
 
@@ -271,7 +276,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           examples=args.examples, progress=not args.no_progress,
                           context_noise=args.context_noise, decoder=decoder, sampler=prep.sampler,
                           cond_guidance=args.cond_guidance, shuffle_seed=args.seed,
-                          compile=False if args.eager else None)
+                          compile=False if args.eager else None, shuffle=not args.no_shuffled,
+                          teacher_forced=args.teacher_forced)
     except KeyboardInterrupt:
         print("scd-msc eval: interrupted before the first clip was scored; no report written", file=sys.stderr)
         return 130
@@ -291,7 +297,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if isinstance(decoder, AutoencoderCodec) and result.ceiling is None:
         print("autoencoder ceiling: n/a (latent shards, scored against their decoded latents; pass the pixel "
               "shards they were made from as --shards to score against the true frames)")
-    print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}")
+    print(f"wrote {out / 'eval.md'}, {out / 'eval.json'}, {out / 'strip.png'}, {out / 'strip.gif'}, "
+          f"{out / 'examples.npz'}")
     if result.interrupted:
         print(f"scd-msc eval: interrupted after {result.clips} of {args.clips} clips; the report covers those",
               file=sys.stderr)

@@ -17,6 +17,15 @@ step, then averaged over clips per step. Three sets of scores, on the same clips
   much the model listens to its actions: the gap to the true-action scores.
 * **repeat last** (``EvalResult.repeat_last``): every horizon frame predicted as the last
   context frame, no model involved: the floor any model must beat.
+* **teacher-forced** (``EvalResult.teacher_forced``, when asked): next-frame prediction
+  from the true history: horizon frame ``j`` is denoised after the true frames ``0 ..
+  k + j - 1`` (and their actions) were committed, then the true frame ``k + j`` is
+  committed in its place, so no error carries over from one frame to the next.
+
+The shuffled and teacher-forced runs replay the true run's noise. Next to the scores,
+the **mean colour** of every generated and true horizon frame (per channel, on [0, 1];
+``EvalResult.colour``/``colour_truth``): how far a long rollout drifts from the data
+(``colour_ratios``).
 
 PSNR of identical frames is infinite; it is counted as ``PSNR_MAX`` (100 dB: an MSE of
 1e-10) so that a clip whose frames stop changing (a game standing still) does not make a
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
     from scd_msc.inference.latents import FrameDecoder
 
 PSNR_MAX = 100.0  # dB: the PSNR of identical frames (an MSE of 1e-10 on [0, 1])
+COLOUR_WINDOW = 64  # horizon steps per window of colour_ratios
 
 
 def frame_metrics(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,6 +82,26 @@ def frame_metrics(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none",
                                                kernel_size=ssim_kernel(*p.shape[-2:]))  # (B·F,)
     return psnr.clamp(max=PSNR_MAX).reshape(b, f), ssim.reshape(b, f)
+
+
+def mean_colour(frames: Tensor) -> Tensor:
+    """frames ``(B, F, C, H, W)`` in [-1, 1] -> the mean of each channel on [0, 1], ``(B, F, C)`` (CPU, float32)."""
+    return frames.detach().float().clamp(-1, 1).add(1).div(2).mean(dim=(-2, -1)).cpu()
+
+
+def colour_ratios(colour: Tensor, truth: Tensor, window: int = COLOUR_WINDOW) -> Tensor:
+    """Mean colour of the generated frames ÷ the data's, ``(W, C)``: per window of ``window``
+    horizon steps (the last may be shorter) and channel, each mean over the clips and the
+    window's steps. ``colour``, ``truth``: ``(M, n, C)`` from :func:`mean_colour`."""
+    starts = range(0, colour.shape[1], window)
+    return torch.stack([colour[:, i:i + window].mean((0, 1)) / truth[:, i:i + window].mean((0, 1))
+                        for i in starts])  # (W, C)
+
+
+def worst_ratio(ratios: Tensor) -> float:
+    """The entry of ``ratios`` farthest from 1 (the one a ±x% bar is decided by)."""
+    flat = ratios.flatten()
+    return float(flat[(flat - 1).abs().argmax()])
 
 
 def finite(x: float) -> Optional[float]:
@@ -127,6 +157,9 @@ class EvalResult:
     shuffled: Optional[Scores] = None  # the horizon actions of other clips (models with actions)
     shuffled_generated: Optional[Tensor] = None  # (E, k + n, C, H, W), when every example has them
     ceiling: Optional[Scores] = None  # decode(encode(true frames)) (a latent model given the true frames)
+    teacher_forced: Optional[Scores] = None  # next frame from the true history (when asked)
+    colour: Optional[Tensor] = None  # (M, n, C) mean colour of the generated frames
+    colour_truth: Optional[Tensor] = None  # (M, n, C) the same of the true frames
 
     @property
     def clips(self) -> int:
@@ -183,13 +216,15 @@ class Scored:
     shuffled: Optional[Scores] = None  # models with actions (NaN for a clip without shuffled actions)
     pred_shuffled: Optional[Tensor] = None
     ceiling: Optional[Scores] = None  # the autoencoder's round trip, when the true frames are given
+    teacher_forced: Optional[Scores] = None
 
 
 @dataclass
 class Protocol:
     """The settings of one evaluation and the state that runs across its batches: the
     noise ``generator`` and, for the shuffled actions, their generator and the previous
-    batch's horizon actions."""
+    batch's horizon actions. ``shuffle``: score the shuffled actions (models with actions);
+    ``teacher_forced``: score next-frame prediction from the true history."""
 
     model: nn.Module
     context: int
@@ -201,55 +236,84 @@ class Protocol:
     cond_guidance: float = 1.0
     shuffle_seed: int = 0
     compile: CompileArg = None
+    shuffle: bool = True
+    teacher_forced: bool = False
 
     def __post_init__(self) -> None:
         self.shuffle_generator = torch.Generator().manual_seed(self.shuffle_seed)
         self.previous: Optional[Tensor] = None
 
+    def session(self, video: Tensor, conditions: dict):
+        """A stream session prompted with ``video[:, :k]``."""
+        dtype = next(self.model.parameters()).dtype
+        return self.model.stream(video.shape[0], self.steps, prompt=video[:, :self.context].to(dtype),
+                                 generator=self.generator, context_noise=self.context_noise,
+                                 sampler=self.sampler, compile=self.compile, **conditions)
+
+    def pixels(self, frame: Tensor) -> Tensor:
+        """A generated frame ``(B, C, H, W)`` as pixels (decoded when the model makes latents)."""
+        return frame if self.decoder is None else self.decoder(frame)
+
     def continuation(self, video: Tensor, conditions: dict, actions: Optional[Tensor]) -> Tensor:
         """The model's ``n`` frames ``(B, n, C, H, W)`` after ``video[:, :k]``; horizon frame
         ``j`` made with ``actions[:, j]`` (``actions (B, n)`` or None). Pixels with a decoder."""
-        dtype = next(self.model.parameters()).dtype
-        session = self.model.stream(video.shape[0], self.steps, prompt=video[:, :self.context].to(dtype),
-                                    generator=self.generator, context_noise=self.context_noise,
-                                    sampler=self.sampler, compile=self.compile, **conditions)
+        session = self.session(video, conditions)
         frames = []
         for j in range(video.shape[1] - self.context):
             frame = session.step() if actions is None else session.step(actions[:, j])
-            frames.append(frame if self.decoder is None else self.decoder(frame))  # latents -> pixels
+            frames.append(self.pixels(frame))
         return torch.stack(frames, dim=1)  # (B, n, C, H, W)
+
+    def next_frames(self, video: Tensor, conditions: dict, actions: Optional[Tensor]) -> Tensor:
+        """Teacher forcing: horizon frame ``j`` ``(B, n, C, H, W)`` denoised after the true
+        frames ``< k + j``; the true frame ``k + j`` is then committed in its place."""
+        session = self.session(video, conditions)
+        dtype = next(self.model.parameters()).dtype
+        frames = []
+        for j in range(video.shape[1] - self.context):
+            action = None if actions is None else actions[:, j]
+            frames.append(self.pixels(session.denoise(action)))
+            session.commit(video[:, self.context + j].to(dtype), action)
+        return torch.stack(frames, dim=1)  # (B, n, C, H, W)
+
+    def replaying(self, start: Optional[Tensor], run, *args) -> Tensor:
+        """``run(*args)`` with the noise generator at ``start`` (the true run's noise)."""
+        if start is not None:
+            self.generator.set_state(start)
+        return run(*args)
 
     def score(self, video: Tensor, actions: Optional[Tensor], labels: Optional[Tensor],
               true_pixels: Optional[Tensor] = None) -> Scored:
-        """The three sets for clips ``video (B, k + n, C, H, W)`` with their ``actions
+        """The sets for clips ``video (B, k + n, C, H, W)`` with their ``actions
         (B, k + n)`` and ``labels (B,)`` (None: the model does not take them); the
         autoencoder's ceiling too when ``true_pixels (B, k + n, C', H', W')`` (the frames
         ``video`` encodes) are given."""
         k = self.context
         conditions = stream_kwargs(None if actions is None else actions[:, :k], labels, self.cond_guidance)
+        horizon = None if actions is None else actions[:, k:]  # (B, n)
         start = None if self.generator is None else self.generator.get_state()
-        pred = self.continuation(video, conditions, None if actions is None else actions[:, k:])
+        pred = self.continuation(video, conditions, horizon)
+        after = None if self.generator is None else self.generator.get_state()
         pixels = true_pixels if true_pixels is not None else video if self.decoder is None else self.decoder.clip(video)
         target = pixels[:, k:]  # (B, n, C, H, W)
         out = Scored(pixels, pred, Scores(*frame_metrics(pred, target)),
                      Scores(*frame_metrics(repeat_last(pixels, k), target)))
         if true_pixels is not None and self.decoder is not None:
             out.ceiling = Scores(*frame_metrics(self.decoder.clip(video[:, k:]), target))
-        if actions is None:
-            return out
-        other = shuffled_actions(actions[:, k:], self.previous, self.shuffle_generator)
-        self.previous = actions[:, k:]
-        if other is None:
-            nan = torch.full_like(out.true.psnr, math.nan)
-            out.shuffled = Scores(nan, nan.clone())
-            return out
-        after = None if self.generator is None else self.generator.get_state()
-        if start is not None:
-            self.generator.set_state(start)  # the same noise as the true-action run
-        out.pred_shuffled = self.continuation(video, conditions, other)
+        if horizon is not None and self.shuffle:
+            other = shuffled_actions(horizon, self.previous, self.shuffle_generator)
+            self.previous = horizon
+            if other is None:
+                nan = torch.full_like(out.true.psnr, math.nan)
+                out.shuffled = Scores(nan, nan.clone())
+            else:
+                out.pred_shuffled = self.replaying(start, self.continuation, video, conditions, other)
+                out.shuffled = Scores(*frame_metrics(out.pred_shuffled, target))
+        if self.teacher_forced:
+            forced = self.replaying(start, self.next_frames, video, conditions, horizon)
+            out.teacher_forced = Scores(*frame_metrics(forced, target))
         if after is not None:
             self.generator.set_state(after)
-        out.shuffled = Scores(*frame_metrics(out.pred_shuffled, target))
         return out
 
 
@@ -259,19 +323,21 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
              progress: bool = True, context_noise: float = 0.0,
              decoder: Optional["FrameDecoder"] = None,
              sampler: Optional[Sampler] = None, cond_guidance: float = 1.0,
-             shuffle_seed: int = 0, compile: CompileArg = None) -> EvalResult:
+             shuffle_seed: int = 0, compile: CompileArg = None, shuffle: bool = True,
+             teacher_forced: bool = False) -> EvalResult:
     """Run the protocol on ``batches`` of ``{"video": (B, k + n, C, H, W), "key": [...]}``
     plus ``actions (B, k + n)`` / ``label (B,)`` for a model conditioned on them (at most
     ``total`` clips; latents when ``decoder`` is given, and the result holds pixels; the
     true frames as ``pixels (B, k + n, C, H, W)`` when the clips were encoded). The
-    shuffled-action run replays the true run's noise; ``shuffle_seed`` seeds the
-    derangements. Raises ValueError when no clip arrives, KeyboardInterrupt when
-    interrupted before the first clip was scored."""
+    shuffled-action run (``shuffle``) and the teacher-forced one (``teacher_forced``) replay
+    the true run's noise; ``shuffle_seed`` seeds the derangements. Raises ValueError when
+    no clip arrives, KeyboardInterrupt when interrupted before the first clip was scored."""
     device = next(model.parameters()).device
     cfg = model.cfg
     protocol = Protocol(model, context, steps, generator, context_noise, sampler, decoder, cond_guidance,
-                        shuffle_seed, compile)
-    true, floor, shuffled, ceiling = [], [], [], []  # Scores per batch
+                        shuffle_seed, compile, shuffle, teacher_forced)
+    true, floor, shuffled, forced, ceiling = [], [], [], [], []  # Scores per batch
+    colour, colour_truth = [], []  # (B, n, C) per batch
     keys: list[str] = []
     truth, generated, shuffled_generated = [], [], []  # the first examples, each (k + n, C, H, W)
     bar = tqdm(total=total, unit="clip", desc="eval", disable=not progress)
@@ -290,6 +356,9 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                     floor.append(scored.floor)
                     shuffled += [] if scored.shuffled is None else [scored.shuffled]
                     ceiling += [] if scored.ceiling is None else [scored.ceiling]
+                    forced += [] if scored.teacher_forced is None else [scored.teacher_forced]
+                    colour.append(mean_colour(scored.pred))
+                    colour_truth.append(mean_colour(scored.pixels[:, context:]))
                     keys += list(batch["key"][:b])
                     take = examples - len(truth)
                     if take > 0:
@@ -316,7 +385,9 @@ def evaluate(model: nn.Module, batches: Iterable[dict], context: int, steps: int
                       shuffled=Scores.cat(shuffled) if shuffled else None,
                       shuffled_generated=(torch.stack(shuffled_generated)
                                           if len(shuffled_generated) == len(truth) else None),
-                      ceiling=Scores.cat(ceiling) if ceiling else None)
+                      ceiling=Scores.cat(ceiling) if ceiling else None,
+                      teacher_forced=Scores.cat(forced) if forced else None,
+                      colour=torch.cat(colour), colour_truth=torch.cat(colour_truth))
 
 
 def _with_prompt(pixels: Tensor, pred: Tensor) -> Tensor:

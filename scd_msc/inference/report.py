@@ -1,4 +1,5 @@
-"""Files written by ``scd-msc eval``: ``eval.json``, ``eval.md``, ``strip.png``, ``strip.gif``.
+"""Files written by ``scd-msc eval``: ``eval.json``, ``eval.md``, ``strip.png``, ``strip.gif``,
+``examples.npz``.
 
 The strip shows a few clips, two rows each (ground truth, then generated; a third, for a
 model conditioned on actions, generated with the shuffled actions), one column per
@@ -7,9 +8,13 @@ frame; a gap separates the ``k`` context frames (identical in every row) from th
 
 ``eval.json`` keeps the true-action scores at the top level (``per_horizon``,
 ``mean_psnr_1_8``, ``mean_ssim_1_8``, ``clip_psnr_1_8``: what ``tools/quality_report.py``
-reads) and adds ``repeat_last``, ``shuffled_actions`` (null without actions) and
+reads) and adds ``repeat_last``, ``shuffled_actions`` (null without actions or with
+``--no-shuffled``), ``teacher_forced`` (null without ``--teacher-forced``) and
 ``autoencoder_ceiling`` (null unless a latent model was scored against the true frames),
-each with the same four keys.
+each with the same four keys, and ``mean_colour``: the per-step mean colour of the generated and
+the true frames (means over clips) and their ratio per window of ``COLOUR_WINDOW`` steps.
+``examples.npz`` holds the strip's clips as uint8 ``(E, F, H, W, C)`` (``truth``,
+``generated``, ``shuffled`` when there) and their ``keys``, for side-by-side recordings.
 
 Shapes: ``E`` example clips · ``R`` rows per clip · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 """
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from scd_msc.inference.evaluate import PSNR_MAX, EvalResult, Scores
+from scd_msc.inference.evaluate import (COLOUR_WINDOW, PSNR_MAX, EvalResult, Scores, colour_ratios, finite,
+                                        worst_ratio)
 from scd_msc.media import save_gif, save_png, to_uint8
 
 GAP = 2  # pixels between tiles
@@ -50,19 +56,32 @@ def summary_dict(result: EvalResult, info: dict[str, Any]) -> dict[str, Any]:
             "mean_ssim_1_8": main["mean_ssim_1_8"], "clip_keys": result.keys,
             "clip_psnr_1_8": main["clip_psnr_1_8"],
             "shuffled_actions": scores_dict(result.shuffled), "repeat_last": scores_dict(result.repeat_last),
+            "teacher_forced": scores_dict(result.teacher_forced), "mean_colour": colour_dict(result),
             "autoencoder_ceiling": scores_dict(result.ceiling),
             "metrics": "PSNR (dB) and SSIM on [0, 1] frames, mean over clips per horizon step; identical "
             f"frames count as PSNR {PSNR_MAX:g} dB. Top level: the model with each clip's true actions "
             "(and label); shuffled_actions: the same clips, prompts and noise with the horizon actions of "
-            "another clip; repeat_last: the last context frame repeated (no model); autoencoder_ceiling: "
-            "decode(encode(true frame)) against the true frame (no model)",
+            "another clip; repeat_last: the last context frame repeated (no model); teacher_forced: each horizon "
+            "frame predicted from the true frames before it; autoencoder_ceiling: decode(encode(true frame)) against "
+            "the true frame (no model)",
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
 
 
-# the extra sets of eval.json: key, words, table column
-SETS = (("shuffled_actions", "shuffled actions", "shuffled"),
-        ("repeat_last", "repeat last context frame", "repeat-last"),
-        ("autoencoder_ceiling", "autoencoder ceiling, decode(encode(true frames))", "ae-ceiling"))
+def colour_dict(result: EvalResult) -> Optional[dict[str, Any]]:
+    """Mean colour per horizon step ``(n, C)`` of the generated and the true frames (means
+    over clips), their ratio per window of steps ``(W, C)`` and the ratio farthest from 1."""
+    if result.colour is None or result.colour_truth is None:
+        return None
+    ratios = colour_ratios(result.colour, result.colour_truth)
+    return {"generated": result.colour.mean(0).tolist(), "data": result.colour_truth.mean(0).tolist(),
+            "window": COLOUR_WINDOW, "ratios": ratios.tolist(), "worst_ratio": finite(worst_ratio(ratios))}
+
+
+# the extra sets of eval.json: key, words, table column, whether the model's lead over it is shown
+SETS = (("shuffled_actions", "shuffled actions", "shuffled", True),
+        ("repeat_last", "repeat last context frame", "repeat-last", True),
+        ("teacher_forced", "teacher-forced (true history, one frame)", "teacher-forced", False),
+        ("autoencoder_ceiling", "autoencoder ceiling, decode(encode(true frames))", "ae-ceiling", False))
 
 
 def fmt(x: Any, digits: int) -> str:
@@ -72,7 +91,7 @@ def fmt(x: Any, digits: int) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """``eval.md``: the setting, then one table row per horizon step (columns per set)."""
     model = summary["model"]
-    sets = [(label, summary[key]) for key, _, label in SETS if summary.get(key)]
+    sets = [(label, summary[key]) for key, _, label, _ in SETS if summary.get(key)]
     header = ["step", "PSNR (dB)", "SSIM"] + [f"{label} {m}" for label, _ in sets for m in ("PSNR", "SSIM")]
     choice = model.get("weights")  # scd_msc.ema.WeightChoice.as_dict() of a checkpoint
     weights = f", {choice['weights']} weights ({choice['reason']})" if choice else ""
@@ -106,11 +125,16 @@ def mean_lines(summary: dict[str, Any], bullet: str = "") -> list[str]:
     main = " (true actions)" if summary.get("shuffled_actions") else ""
     lines = [f"{bullet}mean over steps 1..{m}{main}: PSNR {fmt(summary['mean_psnr_1_8'], 2)} dB, "
              f"SSIM {fmt(summary['mean_ssim_1_8'], 4)}"]
-    for key, what, _ in SETS:
+    for key, what, _, lead in SETS:
         s = summary.get(key)
         if s:
             lines.append(f"{bullet}mean over steps 1..{m}, {what}: PSNR {fmt(s['mean_psnr_1_8'], 2)} dB, "
-                         f"SSIM {fmt(s['mean_ssim_1_8'], 4)}" + gap(summary, s))
+                         f"SSIM {fmt(s['mean_ssim_1_8'], 4)}" + (gap(summary, s) if lead else ""))
+    colour = summary.get("mean_colour")
+    if colour and colour["worst_ratio"] is not None:
+        lines.append(f"{bullet}mean colour of the generated frames ÷ the data's, per window of "
+                     f"{min(colour['window'], summary['horizon'])} steps and channel: farthest from 1: "
+                     f"{colour['worst_ratio']:.3f}")
     return lines
 
 
@@ -162,4 +186,14 @@ def write_report(result: EvalResult, info: dict[str, Any], out: Path, fps: float
     (out / "eval.md").write_text(markdown(summary))
     save_png(strip(result), out / "strip.png")
     save_gif(strip_frames(result), out / "strip.gif", fps)
+    write_examples(result, out / "examples.npz")
     return summary
+
+
+def write_examples(result: EvalResult, path: Path) -> None:
+    """The strip's clips as uint8 ``(E, F, H, W, C)`` arrays (and their keys) in ``path``."""
+    rows = {"truth": result.truth, "generated": result.generated}
+    if result.shuffled_generated is not None:
+        rows["shuffled"] = result.shuffled_generated
+    arrays = {name: to_uint8(row, "e f c h w -> e f h w c") for name, row in rows.items()}
+    np.savez_compressed(path, keys=np.asarray(result.keys[:len(result.truth)]), **arrays)
