@@ -135,11 +135,5 @@ def test_report_bars_fail_and_errors(families, tmp_path, capsys):
     assert "--gif-stride=0: expected an integer >= 1" in capsys.readouterr().err
 
 
-def test_script_is_valid_bash_and_latent_without_the_commands_stops_in_one_line(tmp_path):
-    script = ROOT / "tools" / "showcase_doom.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    env = {**os.environ, "LATENT": "1", "SMOKE": "1", "OUT": str(tmp_path / "run"), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "LATENT=1: this checkout has no 'scd-msc make-shards latents --autoencoder" in done.stderr
-    assert not (tmp_path / "run").exists()  # checked before any work
+def test_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(ROOT / "tools" / "showcase_doom.sh")]).returncode == 0

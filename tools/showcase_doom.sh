@@ -4,7 +4,7 @@
 #   1. shards: training (seed 0), validation (seed 1), held-out clips of 4 + 16 frames (seed 2)
 #      and held-out long clips of 4 + LONG_FRAMES frames (seed 3) of the same scenarios; other seeds
 #      give other episodes, spawn points and action sequences than training saw;
-#   2. (LATENT=1) the autoencoder and latent shards: see the hook below;
+#   2. (LATENT=1) the autoencoder and latent shards;
 #   3. training: configs/doom_small.yaml (SCD-MSC), causal_dit_doom_small.yaml and (DENSE=1)
 #      scd_dense_doom_small.yaml on the same shards for the same TRAIN_STEPS, the default fast
 #      training path (train.compile=auto: every block compiled on CUDA, bf16-mixed);
@@ -13,7 +13,7 @@
 #   5. scd-msc eval per family on LONG_CLIPS long clips: a LONG_FRAMES-frame rollout under the recorded
 #      actions (mean colour against the data's; the example clips for the recording);
 #   6. python -m tools.showcase_report -> REPORT/showcase_doom_<gpu>_<date>.{md,json,gif,png} and a table.
-# Frames: pixels 64x64 RGB (the fallback of issue 16; LATENT=1 is latent 128x128, once available).
+# Frames: pixels 64x64 RGB (the fallback of issue 16; LATENT=1: latent 128x128).
 # Policy (scd_msc/data/games/doom.py): held actions (3-9 steps), drawn with weights that give the
 # player's moves 93% (no-op and attack 1/28 each), so the actions, not a standing view, decide the frames.
 # Scenarios: SCENARIOS (default my_way_home,health_gathering,health_gathering_supreme, those whose
@@ -56,19 +56,12 @@ fi
 ae_config=configs/ae_doom.yaml ae_common=()
 [ "$smoke" = 1 ] && ae_config=configs/ae_tiny.yaml ae_common=(train.max_steps="$steps" data.num_workers=0)
 if [ "$latent" = 1 ]; then
-  # ---- LATENT HOOK (latent 128x128, issue 15) ----------------------------------------------------
-  # Needs `make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS` and eval's encoding of pixel
-  # shards for a latent model (branch i15-latent, not merged here): without them LATENT=1 stops now.
-  # Checked with SMOKE=1 on a local merge of i15-latent at 6e14d06 (not on a GPU). The pixel shards
-  # are made at 128x128 (SIZE), scd-msc train-ae trains on them ($ae_config; AE_STEPS overrides its
-  # train.max_steps), the training and validation sets are encoded to latents, the models train on
-  # those; eval and the recordings take the pixel held-out shards, which eval encodes through the
-  # autoencoder the checkpoint names, and score against the true frames.
-  if ! "${cli[@]}" make-shards --help 2>/dev/null | grep -q -- '--from PIXEL_SHARDS'; then
-    need="'scd-msc make-shards latents --autoencoder AE.ckpt --from PIXEL_SHARDS' (issue 15, branch i15-latent)"
-    echo "showcase_doom: LATENT=1: this checkout has no $need; run without LATENT=1 for the pixel path" >&2
-    exit 2
-  fi
+  # ---- LATENT (latent 128x128, issue 15; README "Latent diffusion") -------------------------------
+  # Run end to end with SMOKE=1 on a CPU, not yet on a GPU. The pixel shards are made at 128x128
+  # (SIZE), scd-msc train-ae trains on them ($ae_config; AE_STEPS overrides its train.max_steps), the
+  # training and validation sets are encoded to latents (make-shards latents --autoencoder --from), the
+  # models train on those; eval and the recordings take the pixel held-out shards, which eval encodes
+  # through the autoencoder the checkpoint names, and score against the true frames.
   size=${SIZE:-128} space="latents of a scd-msc train-ae autoencoder ($ae_config), scored on 128x128 RGB"
   if [ "$smoke" = 1 ]; then  # 8x8 latents: patches of 2 give the tiny model's windows room
     size=${SIZE:-32} space="latents ($ae_config, SMOKE=1), scored on 32x32 RGB"
@@ -121,7 +114,7 @@ val_shards=$(shard_set "$data/val" "$val_clips" 128)
 heldout=$(shard_set "$data/heldout" "$clips" 256)
 long=$(shard_set "$data/long" "$long_clips" 64)
 
-if [ "$latent" = 1 ]; then  # the LATENT HOOK, continued: the autoencoder, then latent training shards
+if [ "$latent" = 1 ]; then  # LATENT, continued: the autoencoder, then latent training shards
   ae=$out/runs/ae
   if [ -f "$ae/finished" ]; then skip train_ae "$ae"; else
     step train_ae "${cli[@]}" train-ae --config "$ae_config" --resume auto "data.train_shards=$train_shards" \
