@@ -146,7 +146,7 @@ def measure(job: Job, args: argparse.Namespace, device: Any, png: Path) -> None:
     frames = held_out_frames(job.cfg, args.eval_frames)  # (N, C, H, W)
     latents, recon = reconstruct(ae, frames, device)
     psnr, ssim = quality(recon, frames)
-    timing = decode_timing(ae, latents, frames, device, args.decode_iters)
+    timing = decode_timing(loaded, latents, frames, device, args.decode_iters)
     stats = json.loads((job.out / "timing.json").read_text()) if (job.out / "timing.json").is_file() else {}
     job.row.update(
         factor=m.factor, channels=m.latent_channels, compression=m.compression(),
@@ -183,9 +183,10 @@ def write(jobs: list[Job], args: argparse.Namespace, command: str, device: Any, 
     images = "\n".join(f"![{r['dataset']}]({stem.name}_{r['dataset']}.png)" for r in rows if r.get("psnr") is not None)
     notes = ("Quality: mean per-frame PSNR / SSIM (torchmetrics, frames in [0, 1], as `scd-msc eval`) of the "
              "EMA weights on the first `eval_frames` held-out frames, fp32. `psnr_fast`: the same frames "
-             "decoded one by one through the fast path (bf16). Decode: batch 1, median of CUDA-event timings "
-             "after warm-up; eager = fp32 `decode`; fast = `torch.compile(decode)` under bf16 autocast replayed "
-             "from a CUDA graph (compile time `compile_s` apart). `train_minutes`: wall time of the "
+             "decoded one by one through the fast path. Decode: batch 1, median of CUDA-event timings "
+             "after warm-up; eager = fp32 `decode`; fast = the decoder of generate/eval/play "
+             "(`AutoencoderCodec`: `decode` compiled and replayed from a CUDA graph, compile time `compile_s` "
+             "apart). `train_minutes`: wall time of the "
              "`scd-msc train-ae` process, start-up and compile included.")
     config = {"datasets": args.datasets, "minutes": args.minutes, "steps": args.steps, "eval_frames": args.eval_frames,
               "weights": args.weights, "overrides": args.overrides,

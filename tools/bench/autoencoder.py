@@ -5,26 +5,30 @@ checkpoint: reconstruction quality on held-out frames and the decoder's latency 
   definition ``scd-msc eval`` uses: torchmetrics on frames in [0, 1]), averaged over the
   first ``--eval-frames`` frames of the held-out shards, encoded and decoded in fp32.
 * Latency of ``decode`` on one latent frame ``(1, c, h, w)``: eager in fp32, and the fast
-  path on CUDA: ``torch.compile`` of ``decode`` under bf16 autocast, replayed from a CUDA
-  graph (``scd_msc.streaming.graphs.GraphedCall``, the streaming fast path's). Medians of
-  CUDA-event timings after warm-up (``tools/bench/timing.py``); compile time reported apart.
-  ``psnr_fast``: PSNR of every held-out frame decoded one at a time through the fast path,
-  so its bf16 numerics are checked, not assumed.
+  path on CUDA: the decoder ``generate``, ``eval`` and ``play`` use
+  (``scd_msc.inference.codec.AutoencoderCodec``: ``decode`` compiled and replayed from a
+  CUDA graph, fp32 in and out). Medians of CUDA-event timings after warm-up
+  (``tools/bench/timing.py``); compile time reported apart. ``psnr_fast``: PSNR of every
+  held-out frame decoded one at a time through the fast path, so its numerics are
+  checked, not assumed. (The run of 2026-12-02 timed an earlier harness path instead:
+  ``torch.compile`` of ``decode`` under bf16 autocast, graph-replayed.)
 
 Shapes: ``N`` frames · ``C, H, W`` pixels · ``c, h, w`` latents.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from scd_msc.ae_config import AEExperimentConfig
+from scd_msc.checkpoint import LoadedAutoencoder
 from scd_msc.data import ClipDataset
 from scd_msc.data.probe import probe_shards
+from scd_msc.inference.codec import AutoencoderCodec
 from scd_msc.inference.evaluate import frame_metrics
 from scd_msc.models.autoencoder import FrameAutoencoder
 from scd_msc.training.callbacks import video_strip
@@ -67,30 +71,18 @@ def quality(recon: Tensor, frames: Tensor) -> tuple[float, float]:
     return float(psnr.mean()), float(ssim.mean())
 
 
-def fast_decode(ae: FrameAutoencoder) -> Callable[[Tensor], Tensor]:
-    """``decode`` compiled, under bf16 autocast, replayed from a CUDA graph (captured at
-    the first call's shape)."""
-    from scd_msc.streaming.graphs import GraphedCall
-
-    compiled = torch.compile(ae.decode, dynamic=False)
-
-    def run(z: Tensor) -> Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return compiled(z)
-
-    return GraphedCall(run, warmup=3)
-
-
-def decode_timing(ae: FrameAutoencoder, latents: Tensor, frames: Tensor, device: torch.device,
+def decode_timing(loaded: LoadedAutoencoder, latents: Tensor, frames: Tensor, device: torch.device,
                   iters: int) -> dict[str, Any]:
-    """Batch-1 decode latency, eager (fp32) and fast (CUDA only), and ``psnr_fast``."""
+    """Batch-1 decode latency, eager (fp32) and fast (CUDA only: the streaming paths'
+    :class:`AutoencoderCodec`), and ``psnr_fast``."""
+    ae = loaded.model
     z1 = latents[:1].contiguous()  # (1, c, h, w)
     out: dict[str, Any] = {"decode_ms_eager": None, "decode_ms_fast": None, "compile_s": None, "psnr_fast": None}
     with torch.no_grad():
         out["decode_ms_eager"] = time_cuda(lambda: ae.decode(z1), warmup=5, iters=iters, device=device)["median_ms"]
     if device.type != "cuda":
         return out
-    fast = fast_decode(ae)
+    fast = AutoencoderCodec(loaded, device)  # compiled + CUDA graph, as generate/eval/play decode
     out["compile_s"] = time_once(lambda: fast(z1), device)
     out["decode_ms_fast"] = time_cuda(lambda: fast(z1), warmup=20, iters=iters, device=device)["median_ms"]
     recon = torch.cat([fast(z[None]).float().cpu() for z in latents])  # (N, C, H, W), one frame per replay
