@@ -38,7 +38,7 @@ WAIT_BAR = 0.05  # issue #4: loader wait < 5% of the step
 def run_one(config: str, devices: int, batch: int | None, args: argparse.Namespace, work: Path) -> dict:
     """One ``scd-msc train`` run of ``config`` on ``devices`` GPUs (``batch`` per GPU, or
     the config's) -> its row of the report."""
-    out = work / f"{Path(config).stem}_{devices}gpu" if batch is None else work / f"{Path(config).stem}_{devices}gpu_b{batch}"
+    out = work / (f"{Path(config).stem}_{devices}gpu" + ("" if batch is None else f"_b{batch}"))
     overrides = [f"train.devices={devices}", f"train.max_steps={args.warmup + args.steps + 1}",
                  f"train.out_dir={out}", f"train.timing_warmup={args.warmup}",
                  "train.sample_every_n_steps=0", "train.val_every_n_steps=0",

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from tools.bench.env import env_info
 from tools.bench.report import command_line, fmt, report_stem, write_report
 from tools.bench.stats import paired_gap
@@ -31,10 +33,10 @@ BAR_DB = 0.3  # prefix PSNR within 0.3 dB of recompute
 
 def load_setting(eval_dir: Path, run_dir: Path) -> dict[str, Any]:
     summary = json.loads((eval_dir / "eval.json").read_text())
-    config = (run_dir / "config.yaml").read_text()  # the run exists: its settings go in the report
+    config = OmegaConf.load(run_dir / "config.yaml")  # the run's resolved config (scd-msc train writes it)
     return {"psnr": summary["mean_psnr_1_8"], "ssim": summary["mean_ssim_1_8"], "clips": summary["clips"],
             "clip_keys": summary["clip_keys"], "clip_psnr": summary["clip_psnr_1_8"],
-            "decoder_context": "prefix" if "decoder_context: prefix" in config else "recompute"}
+            "decoder_context": config.model.get("decoder_context", "recompute")}
 
 
 def main(argv: list[str] | None = None) -> int:
