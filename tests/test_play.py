@@ -309,6 +309,42 @@ def test_served_by_uvicorn_until_ctrl_c(checkpoints, tmp_path):
         assert sum(1 for _ in container.decode(video=0)) == 3  # 2 prompt frames + 1
 
 
+def test_frames_are_not_held_back_by_nagle():
+    """A frame is two writes (JSON, then PNG); with Nagle's algorithm the PNG waited for the
+    page's delayed ACK: 40 ms per frame, 25 frames/s at most whatever the model's speed."""
+    from scd_msc.play.server import bind
+
+    with contextlib.closing(bind("127.0.0.1", 0)) as sock, \
+            socket.create_connection(sock.getsockname()[:2]) as _:
+        conn, _ = sock.accept()
+        with conn:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_bench_play_counts_like_the_page_and_measures_the_real_command(tmp_path, capsys):
+    """tools/bench_play: the page's read-out formula, a real scd-msc play driven over its
+    WebSocket (a random tiny preset on CPU), and its one-line refusals."""
+    from tools import bench_play
+
+    arrivals = [0.0, 0.1, 0.2, 0.3, 1.25, 1.3]  # the window is the last second, as page.html's
+    assert bench_play.page_fps(arrivals) == pytest.approx([10, 10, 10, 1 / 0.95, 2 / 1.0])  # 0.3 stays at 1.3
+    assert bench_play.main(["--frames", "6", "--warmup", "1", "--out", str(tmp_path), "--",
+                            "--preset", "scd-msc-tiny", "--preset-actions", "4", "--steps", "2"]) == 0
+    data = json.loads(next(tmp_path.glob("play_cpu_*.json")).read_text())
+    assert (data["frames"], data["steps"], data["actions"], data["start"]) == (6, 2, 4, "blank")
+    # the client's rate includes the PNG and the socket: never above the server's model-only rate
+    assert 0 < data["play_fps"] <= data["server_fps"] and data["server_ms_p95"] >= data["server_ms_p50"] > 0
+    assert "--preset scd-msc-tiny --preset-actions 4 --steps 2" in data["config"]["play_args"]
+    for argv, message in ((["--frames", "4"], "no PLAY_ARGS: expected the scd-msc play arguments after --"),
+                          (["--", "--preset", "scd-msc-tiny", "--port", "80"], "PLAY_ARGS: --port is chosen by the tool"),
+                          (["--frames", "1", "--", "--preset", "x"], "--frames=1: expected an integer >= 2")):
+        with pytest.raises(SystemExit) as exit_:
+            bench_play.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert bench_play.main(["--out", str(tmp_path), "--", "--preset", "scd-msc-tiny"]) == 1  # no actions: refused
+    assert "scd-msc play exited with 2 before serving" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- docs and the browser
 
 def test_readme_play_commands_parse():

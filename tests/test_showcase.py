@@ -106,7 +106,8 @@ def test_report_keys_values_bars_and_recordings(families, tmp_path, capsys):
     assert data["paired"]["scd_msc - repeat_last"]["mean"] == pytest.approx(4.0)
     assert data["paired"]["scd_msc true - shuffled actions"]["mean"] == pytest.approx(3.0)
     results = [b["result"] for b in data["bars"]]
-    assert results == ["PASS", "PASS", "PASS", "PASS"]  # +0.33 >= -0.5, +4 >= 1, +3 >= 1, |1.1 - 1| <= 0.2
+    assert results == ["PASS", "PASS", "PASS", "PASS", "FAIL"]  # +0.33 >= -0.5, +4 >= 1, +3 >= 1, |1.1 - 1| <= 0.2,
+    # 12.5 < 60 frames/s
     md = stem.with_suffix(".md").read_text()
     assert "## Paired differences" in md and "| scd_msc - causal_dit" in md and "12.5 frames/s" in md
     gif = Image.open(stem.with_suffix(".gif"))
@@ -133,6 +134,24 @@ def test_report_bars_fail_and_errors(families, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sr.main(argv(families, tmp_path / "b3", "--gif-stride", "0"))
     assert "--gif-stride=0: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_report_reads_the_play_benchmark(families, tmp_path, capsys):
+    play = {"play_fps": 71.5, "page_fps_median": 70.9, "server_ms_mean": 12.25, "server_ms_p95": 13.5,
+            "server_fps": 81.6, "frames": 600, "steps": 25, "family": "scd-msc"}
+    path = tmp_path / "play.json"
+    path.write_text(json.dumps(play))
+    assert sr.main(argv(families, tmp_path / "p1", "--play", str(path))) == 0
+    stem = next((tmp_path / "p1").glob("showcase_doom_*.json")).with_suffix("")
+    data = json.loads(stem.with_suffix(".json").read_text())
+    assert data["play_fps"] == 71.5 and data["play"]["server_ms_mean"] == 12.25 and "family" not in data["play"]
+    assert data["bars"][4]["value"] == 71.5 and data["bars"][4]["result"] == "PASS"
+    assert "71.5 frames/s at the page" in stem.with_suffix(".md").read_text()
+    path.write_text(json.dumps({"play_fps": 1.0}))
+    with pytest.raises(SystemExit):
+        sr.main(argv(families, tmp_path / "p2", "--play", str(path)))
+    assert f"--play={str(path)!r}: 'page_fps_median'; expected the JSON of python -m tools.bench_play" \
+        in capsys.readouterr().err
 
 
 def test_script_is_valid_bash():

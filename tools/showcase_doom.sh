@@ -12,7 +12,10 @@
 #      the true actions, with shuffled actions, the repeat-last floor, teacher-forced next-frame PSNR;
 #   5. scd-msc eval per family on LONG_CLIPS long clips: a LONG_FRAMES-frame rollout under the recorded
 #      actions (mean colour against the data's; the example clips for the recording);
-#   6. python -m tools.showcase_report -> REPORT/showcase_doom_<gpu>_<date>.{md,json,gif,png} and a table.
+#   6. (PLAY=1, the default) scd-msc play on the SCD-MSC checkpoint with EVAL_STEPS steps, driven over its
+#      WebSocket as the page drives it (python -m tools.bench_play): frames/s at the page and the server's
+#      ms per frame -> REPORT/showcase_doom_play_<gpu>_<date>.{md,json};
+#   7. python -m tools.showcase_report -> REPORT/showcase_doom_<gpu>_<date>.{md,json,gif,png} and a table.
 # Frames: pixels 64x64 RGB (the fallback of issue 16; LATENT=1: latent 128x128).
 # Policy (scd_msc/data/games/doom.py): held actions (3-9 steps), drawn with weights that give the
 # player's moves 93% (no-op and attack 1/28 each), so the actions, not a standing view, decide the frames.
@@ -21,9 +24,11 @@
 #
 # Usage: bash tools/showcase_doom.sh   Environment (defaults): TRAIN_STEPS (3000), CLIPS (128),
 # LONG_CLIPS (8), LONG_FRAMES (512), EVAL_STEPS (25: denoising steps), CTX (0.1: eval --context-noise),
-# TRAIN_CLIPS (20000), DENSE (0), LATENT (0; with it AE_STEPS, SIZE), SCENARIOS, WORKERS (CPU count),
-# OUT (outputs/showcase_doom), REPORT (benchmarks), PYTHON (python3), PLAY_FPS (unset: null in the
-# report). SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
+# TRAIN_CLIPS (20000), BATCH (the configs' data.batch_size), DENSE (0), LATENT (0; with it AE_MINUTES (4),
+# AE_STEPS, SIZE), SCENARIOS, WORKERS (CPU count), PLAY (1), PLAY_FRAMES (600), OUT (outputs/showcase_doom),
+# REPORT (benchmarks), PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset
+# trains and scores only those, and no report is made: two such runs can share one GPU at the same time,
+# after one run has made the shards; FAMILIES=none makes only the shards, autoencoder and latents). SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
 # outputs/showcase_doom_smoke, REPORT $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
 # interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log. SIGTERM or Ctrl-C
@@ -36,16 +41,19 @@ cli=("$py" -m scd_msc.cli)
 smoke=${SMOKE:-0}
 steps=${TRAIN_STEPS:-3000} clips=${CLIPS:-128} long_clips=${LONG_CLIPS:-8} long_frames=${LONG_FRAMES:-512}
 eval_steps=${EVAL_STEPS:-25} ctx=${CTX:-0.1} train_clips=${TRAIN_CLIPS:-20000} dense=${DENSE:-0}
+play=${PLAY:-1} play_frames=${PLAY_FRAMES:-600} only=${FAMILIES:-}
 latent=${LATENT:-0} scenarios=${SCENARIOS:-my_way_home,health_gathering,health_gathering_supreme}
 out=${OUT:-outputs/showcase_doom} size=64 val_clips=512 batch_eval=64 batch_long=8 space="pixels 64x64 RGB"
 configs=(scd_msc:configs/doom_small.yaml causal_dit:configs/causal_dit_doom_small.yaml)
 # a run of thousands of steps, not the config's 100k: warm-up and EMA as tools/quality_moving_digits.sh
 common=(train.compile=auto train.progress_bar=false train.sample_every_n_steps=0 train.warmup_steps=200
         train.ema_decay=0.995 train.checkpoint_every_n_steps=500 train.val_every_n_steps=500)
+[ -n "${BATCH:-}" ] && common+=(data.batch_size="$BATCH")
 model=()
 if [ "$smoke" = 1 ]; then  # tiny and fast: a check of the pipeline, not a result
   steps=${TRAIN_STEPS:-4} clips=${CLIPS:-4} long_clips=${LONG_CLIPS:-2} long_frames=${LONG_FRAMES:-24}
   eval_steps=${EVAL_STEPS:-2} train_clips=${TRAIN_CLIPS:-16} out=${OUT:-outputs/showcase_doom_smoke}
+  play_frames=${PLAY_FRAMES:-8}
   size=32 val_clips=4 batch_eval=4 batch_long=2 space="pixels 32x32 RGB (SMOKE=1)"
   common+=(data.batch_size=2 data.num_workers=0 data.val_batches=1 data.epoch_batches=4 data.pin_memory=false
            train.val_every_n_steps=0 train.checkpoint_every_n_steps="$steps" train.warmup_steps=1
@@ -53,8 +61,12 @@ if [ "$smoke" = 1 ]; then  # tiny and fast: a check of the pipeline, not a resul
   model=(preset:scd_msc=scd-msc-tiny preset:causal_dit=causal-dit-tiny preset:scd_dense=scd-dense-tiny)
 fi
 [ "$dense" = 1 ] && configs+=(scd_dense:configs/scd_dense_doom_small.yaml)
-ae_config=configs/ae_doom.yaml ae_common=()
-[ "$smoke" = 1 ] && ae_config=configs/ae_tiny.yaml ae_common=(train.max_steps="$steps" data.num_workers=0)
+# the autoencoder: trained by scd-msc train-ae inside tools.bench_autoencoder, which then measures it (held-out
+# PSNR/SSIM, decode ms on the fast path) -> REPORT/showcase_doom_autoencoder_<gpu>_<date>.*; AE_MINUTES of
+# training with the settings of benchmarks/autoencoder_h200_2026-12-02.md (EMA 0.995, not compiled)
+ae_config=configs/ae_doom.yaml ae_budget=(--minutes "${AE_MINUTES:-4}") ae_common=(train.ema_decay=0.995 train.compile=false)
+[ "$smoke" = 1 ] && ae_config=configs/ae_tiny.yaml ae_budget=(--steps "$steps" --eval-frames 16 --decode-iters 2) \
+  ae_common=(data.num_workers=0)
 if [ "$latent" = 1 ]; then
   # ---- LATENT (latent 128x128, issue 15; README "Latent diffusion") -------------------------------
   # Run end to end with SMOKE=1 on a CPU, not yet on a GPU. The pixel shards are made at 128x128
@@ -66,8 +78,10 @@ if [ "$latent" = 1 ]; then
   if [ "$smoke" = 1 ]; then  # 8x8 latents: patches of 2 give the tiny model's windows room
     size=${SIZE:-32} space="latents ($ae_config, SMOKE=1), scored on 32x32 RGB"
     common+=(model.patch=2)
+  else
+    common+=(model.patch=1)  # 16x16 latents, one token each (as configs/doom_latent_small.yaml)
   fi
-  [ -n "${AE_STEPS:-}" ] && ae_common+=(train.max_steps="$AE_STEPS")
+  [ -n "${AE_STEPS:-}" ] && ae_budget+=(--steps "$AE_STEPS")
 fi
 report=${REPORT:-$([ "$smoke" = 1 ] && echo "$out/report" || echo benchmarks)}
 data=$out/shards logs=$out/logs
@@ -81,8 +95,14 @@ stop() {  # SIGTERM/SIGINT (timeout, Ctrl-C): stop the running step the same way
 }
 trap stop TERM INT
 step() {  # name command...: run with its log; on failure say where the log is and stop
-  local name=$1 rc=0
-  shift
+  run_step 1 "$@"
+}
+try_step() {  # name command...: as step, but a failure is reported and the pipeline goes on
+  run_step 0 "$@"
+}
+run_step() {  # fatal name command...
+  local fatal=$1 name=$2 rc=0
+  shift 2
   echo "[$(date +%H:%M:%S)] $name (log: $logs/$name.log)"
   "$@" >"$logs/$name.log" 2>&1 &  # in the background, so that a signal reaches the trap at once
   running=$!
@@ -91,8 +111,9 @@ step() {  # name command...: run with its log; on failure say where the log is a
   if [ "$rc" != 0 ]; then
     echo "showcase_doom: step $name failed (exit $rc); the end of $logs/$name.log:" >&2
     tail -n 5 "$logs/$name.log" >&2
-    exit 1
+    [ "$fatal" = 1 ] && exit 1
   fi
+  return 0
 }
 skip() { echo "[$(date +%H:%M:%S)] $1: done already ($2)"; }
 last_shard() { printf "%s/shard-%06d.tar" "$1" $(( ($2 + $3 - 1) / $3 - 1 )); }  # folder clips per-shard
@@ -115,10 +136,13 @@ heldout=$(shard_set "$data/heldout" "$clips" 256)
 long=$(shard_set "$data/long" "$long_clips" 64)
 
 if [ "$latent" = 1 ]; then  # LATENT, continued: the autoencoder, then latent training shards
-  ae=$out/runs/ae
+  ae=$out/runs/ae/doom
   if [ -f "$ae/finished" ]; then skip train_ae "$ae"; else
-    step train_ae "${cli[@]}" train-ae --config "$ae_config" --resume auto "data.train_shards=$train_shards" \
-      "data.val_shards=$val_shards" train.out_dir="$ae" train.progress_bar=false "${ae_common[@]}"
+    # a failed measurement is reported, not fatal; a missing checkpoint stops the run below
+    try_step train_ae "$py" -m tools.bench_autoencoder --datasets "doom=$ae_config" --work "$out/runs/ae" \
+      --out "$report" --what showcase_doom_autoencoder "${ae_budget[@]}" "data.train_shards=$train_shards" \
+      "data.val_shards=$val_shards" "${ae_common[@]}"
+    [ -f "$ae/checkpoints/last.ckpt" ] || { echo "showcase_doom: train_ae wrote no $ae/checkpoints/last.ckpt" >&2; exit 1; }
     touch "$ae/finished"
   fi
   latents() {  # name pixel-set clips per-shard
@@ -151,22 +175,41 @@ evaluate() {  # family name shards horizon clips batch extra...
     --horizon "$4" --clips "$5" --steps "$eval_steps" --batch "$6" --context-noise "$ctx" --out "$folder" \
     --no-progress "${@:7}"
 }
+selected() { [ -z "$only" ] || [[ " ${only//,/ } " == *" $1 "* ]]; }  # family: in FAMILIES (or no FAMILIES)
 for entry in "${configs[@]}"; do
   family=${entry%%:*}
+  selected "$family" || continue
   train "$family" "${entry#*:}"
   evaluate "$family" eval "$heldout" 16 "$clips" "$batch_eval" --teacher-forced
   evaluate "$family" long "$long" "$long_frames" "$long_clips" "$batch_long" --no-shuffled --examples 2
 done
+
+play_report=
+if [ "$play" = 1 ] && selected scd_msc; then  # the page's protocol over a WebSocket, as a player meets it
+  ckpt=$out/runs/scd_msc/checkpoints/last.ckpt
+  play_report=$(ls -t "$report"/showcase_doom_play_*.json 2>/dev/null | head -n 1 || true)
+  if [ -n "$play_report" ] && [ "$play_report" -nt "$ckpt" ]; then skip play "$play_report"; else
+    try_step play "$py" -m tools.bench_play --frames "$play_frames" --warmup "$([ "$smoke" = 1 ] && echo 2 || echo 50)" \
+      --out "$report" --what showcase_doom_play -- --checkpoint "$ckpt" --prompt-shards "$heldout" --prompt-frames 4 \
+      --steps "$eval_steps" --context-noise "$ctx"
+    play_report=$(ls -t "$report"/showcase_doom_play_*.json 2>/dev/null | head -n 1 || true)
+    [ -n "$play_report" ] && [ "$play_report" -nt "$ckpt" ] || play_report=
+  fi
+fi
+if [ -n "$only" ]; then
+  echo "showcase_doom: FAMILIES=$only done; run without FAMILIES for the report"
+  exit 0
+fi
 
 families=()
 for entry in "${configs[@]}"; do
   family=${entry%%:*}
   families+=("--${family//_/-}" "$out/eval/$family" "$out/long/$family" "$out/runs/$family")
 done
-knobs='SMOKE|LATENT|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|DENSE|SCENARIOS'
+knobs='SMOKE|LATENT|AE_MINUTES|AE_STEPS|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|BATCH|DENSE|SCENARIOS'
 settings=$(env | grep -oE "^($knobs)=.*" | tr '\n' ' ' || true)
 step report "$py" -m tools.showcase_report "${families[@]}" --space "$space" --out "$report" \
-  ${PLAY_FPS:+--play-fps "$PLAY_FPS"} \
+  ${play_report:+--play "$play_report"} \
   --notes "Run: \`${settings}bash tools/showcase_doom.sh\`; scenarios $scenarios; policy: held actions \
 (3-9 steps), the player's moves 93% of the draws."
 cat "$logs/report.log"

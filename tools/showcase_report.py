@@ -10,7 +10,10 @@ Reads, per family, two ``scd-msc eval`` folders and the training run folder:
 * the **long eval** (a 512-frame rollout under the recorded actions, ``--no-shuffled``):
   ``mean_colour`` (the generated frames' mean colour against the data's, per window of
   64 frames and channel) and ``examples.npz`` (the example clips, engine and model);
-* the run (``timing.json``, ``metrics.csv``, ``last.ckpt``): steps and step time.
+* the run (``timing.json``, ``metrics.csv``, ``last.ckpt``): steps and step time;
+
+and (``--play``) the JSON of ``python -m tools.bench_play`` on the SCD-MSC checkpoint:
+frames/s at the page (``play_fps``) and the server's ms per frame.
 
 Writes ``<out>/<what>_<gpu>_<date>.md`` + ``.json`` (keys ``scd_msc_psnr``,
 ``causal_dit_psnr``, ``repeat_last_psnr``, ``shuffled_actions_psnr`` (SCD-MSC),
@@ -50,6 +53,8 @@ DIT_MARGIN_DB = 0.5  # SCD-MSC at most 0.5 dB below the DiT, horizons 1-8
 FLOOR_LEAD_DB = 1.0  # SCD-MSC at least 1 dB above repeat-last, horizons 1-8
 ACTION_LEAD_DB = 1.0  # true actions at least 1 dB above shuffled actions, horizons 1-8
 COLOUR_BAR = 0.20  # the rollout's mean colour within ±20% of the data's
+PLAY_FPS_BAR = 60.0  # scd-msc play at batch 1 on one H200 (a 60 Hz display)
+PLAY_KEYS = ("play_fps", "page_fps_median", "server_ms_mean", "server_ms_p95", "server_fps", "frames", "steps")
 
 
 def load_family(key: str, eval_dir: Path, long_dir: Path, run: Path) -> dict[str, Any]:
@@ -107,6 +112,8 @@ def bars(data: dict[str, Any]) -> list[dict[str, Any]]:
          data["shuffled_actions_psnr"]), "threshold": ACTION_LEAD_DB},
         {"bar": f"rollout mean colour within ±{COLOUR_BAR:.0%} of the data's (SCD-MSC, worst window/channel)",
          "value": None if ratio is None else abs(ratio - 1), "threshold": COLOUR_BAR, "op": "<="},
+        {"bar": f"scd-msc play ≥ {PLAY_FPS_BAR:g} frames/s (SCD-MSC, the scores' steps)", "value": data["play_fps"],
+         "threshold": PLAY_FPS_BAR},
     ]
 
 
@@ -196,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{key.replace('_', '-')}", nargs=3, required=key != "scd_dense",
                        metavar=("EVAL_DIR", "LONG_EVAL_DIR", "RUN_DIR"),
                        help=f"{label}: short eval folder, long-rollout eval folder, training run folder")
-    p.add_argument("--play-fps", type=float, default=None, help="frames/s measured with scd-msc play (default: "
-                   "not measured, null)")
+    p.add_argument("--play", default=None, metavar="JSON", help="python -m tools.bench_play's JSON for the SCD-MSC "
+                   "checkpoint (its play_fps and server ms per frame)")
+    p.add_argument("--play-fps", type=float, default=None, help="frames/s measured by hand with scd-msc play, "
+                   "without --play (default: not measured, null)")
     p.add_argument("--space", default="pixels 64x64", help="what the models make, for the report (default "
                    "'pixels 64x64')")
     p.add_argument("--gif-clips", type=int, default=2, help="example clips (rows) in the GIF (default 2)")
@@ -210,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected an integer >= 1")
 
+    play: dict[str, Any] = {}
+    if args.play is not None:
+        try:
+            play = json.loads(Path(args.play).read_text())
+            play = {k: play[k] for k in PLAY_KEYS}
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            p.error(f"--play={args.play!r}: {err}; expected the JSON of python -m tools.bench_play")
     families = {}
     for key in FAMILIES:
         dirs = getattr(args, key)
@@ -232,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_forced_psnr": {k: f["teacher_forced_psnr"] for k, f in families.items()},
         "rollout_mean_ratio": scd["rollout_mean_ratio"],
         "rollout_mean_ratios": {k: f["rollout_mean_ratio"] for k, f in families.items()},
-        "play_fps": args.play_fps, "steps": scd["_short"]["steps"],
+        "play_fps": play.get("play_fps", args.play_fps), "play": play or None, "steps": scd["_short"]["steps"],
         "train_steps": min(f["run"]["steps"] for f in families.values()),
         "paired": paired(families)}
     data["bars"] = decide(bars(data))
@@ -280,6 +296,15 @@ def _horizon_rows(families: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _play_line(data: dict[str, Any]) -> str:
+    play = data["play"]
+    if not play:
+        return " (null: not measured)" if data["play_fps"] is None else " (entered by hand)"
+    return (f" at the page (median of the page's read-out {fmt(play['page_fps_median'])}); the server's model time "
+            f"{fmt(play['server_ms_mean'])} ms/frame mean, p95 {fmt(play['server_ms_p95'])} "
+            f"({fmt(play['frames'])} frames, {play['steps']} steps, python -m tools.bench_play)")
+
+
 def _extra_md(data: dict[str, Any], families: dict[str, dict[str, Any]], name: str, notes: str) -> str:
     rows = [{"model": f["label"], "PSNR 1–8": f["psnr"], "SSIM 1–8": f["ssim"],
              "teacher-forced PSNR 1–8": f["teacher_forced_psnr"],
@@ -290,7 +315,7 @@ def _extra_md(data: dict[str, Any], families: dict[str, dict[str, Any]], name: s
               "95% CI": f"[{fmt(v['ci95'][0])}, {fmt(v['ci95'][1])}]"} for k, v in data["paired"].items()]
     lines = ["## Bars", "", markdown_table(data["bars"], ["bar", "value", "threshold", "result"]),
              f"Repeat-last floor (horizons 1–8): {fmt(data['repeat_last_psnr'])} dB. Play: "
-             f"{fmt(data['play_fps'])} frames/s (null: not measured). Autoencoder ceiling (latent models): "
+             f"{fmt(data['play_fps'])} frames/s{_play_line(data)}. Autoencoder ceiling (latent models): "
              f"{fmt(data['autoencoder_ceiling_psnr'])} dB.", "", "## Families", "", markdown_table(rows),
              "## Paired differences (per-clip PSNR over horizons 1–8, same clips)", "", markdown_table(pairs),
              f"Recordings: `{name}.gif` (engine, then each model, under the same recorded actions); "
