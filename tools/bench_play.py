@@ -15,7 +15,8 @@ ones; their time is ``first_frame_s``):
 * ``play_fps``: frames received per second over the measured frames, ``(n - 1) / (t_n - t_1)``;
 * ``page_fps_median``: the median of the page's own read-out, computed with its formula
   (frames that arrived in the last second: ``(k - 1) * 1000 / (now - first)``), at every frame;
-* ``server_ms_*``: the ``ms`` field of the frames: the model's time per frame (denoising,
+* ``server_ms_*``: the ``ms`` field of the frames that end those intervals (so ``server_fps
+  >= play_fps``): the model's time per frame (denoising,
   the encoder commit and, for a latent model, the decode), without PNG and WebSocket;
   ``server_fps`` = 1000 / its mean.
 
@@ -133,7 +134,7 @@ def drive(url: str, frames: int, warmup: int, seed: int, timeout: float) -> dict
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
-    arrivals, ms = run["arrivals"], run["ms"]
+    arrivals, ms = run["arrivals"], run["ms"][1:]  # the server's time of the frames that end an interval
     span = arrivals[-1] - arrivals[0]
     page = page_fps(arrivals)
     cuts = statistics.quantiles(ms, n=20) if len(ms) > 1 else [ms[0]] * 19
