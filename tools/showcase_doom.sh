@@ -25,11 +25,13 @@
 # Usage: bash tools/showcase_doom.sh   Environment (defaults): TRAIN_STEPS (3000), CLIPS (128),
 # LONG_CLIPS (8), LONG_FRAMES (512), EVAL_STEPS (25: denoising steps), CTX (0.1: eval --context-noise),
 # TRAIN_CLIPS (20000), BATCH (the configs' data.batch_size), DENSE (0), LATENT (0; with it AE_MINUTES (4),
-# AE_STEPS, SIZE), SCENARIOS, WORKERS (CPU count), PLAY (1), PLAY_FRAMES (600), OUT (outputs/showcase_doom),
-# REPORT (benchmarks), PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset
-# trains and scores only those, and no report is made: two such runs can share one GPU at the same time,
-# after one run has made the shards; FAMILIES=none makes only the shards, autoencoder and latents). SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
-# outputs/showcase_doom_smoke, REPORT $OUT/report): a check of the pipeline, not a result.
+# AE_STEPS, SIZE), SCENARIOS, WORKERS (CPU count), PLAY (1), PLAY_FRAMES (600), OUT (outputs/showcase_doom;
+# where the environment already exports an OUT of its own, set it here explicitly), REPORT (benchmarks),
+# PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset trains and scores only
+# those, and no report is made: two such runs can share one GPU at the same time, after one run has made the
+# shards; FAMILIES=none makes only the shards, autoencoder and latents). SMOKE=1: the same pipeline on a CPU
+# in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT $OUT/report):
+# a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
 # interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log. SIGTERM or Ctrl-C
 # (e.g. `timeout 580 bash tools/showcase_doom.sh` under a per-command limit) stops the running step
@@ -69,8 +71,8 @@ ae_config=configs/ae_doom.yaml ae_budget=(--minutes "${AE_MINUTES:-4}") ae_commo
   ae_common=(data.num_workers=0)
 if [ "$latent" = 1 ]; then
   # ---- LATENT (latent 128x128, issue 15; README "Latent diffusion") -------------------------------
-  # Run end to end with SMOKE=1 on a CPU, not yet on a GPU. The pixel shards are made at 128x128
-  # (SIZE), scd-msc train-ae trains on them ($ae_config; AE_STEPS overrides its train.max_steps), the
+  # Run end to end with SMOKE=1 on a CPU; on a GPU up to the latent shards. The pixel shards are made at
+  # 128x128 (SIZE), scd-msc train-ae trains on them ($ae_config; AE_STEPS overrides its train.max_steps), the
   # training and validation sets are encoded to latents (make-shards latents --autoencoder --from), the
   # models train on those; eval and the recordings take the pixel held-out shards, which eval encodes
   # through the autoencoder the checkpoint names, and score against the true frames.
