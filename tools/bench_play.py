@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from scd_msc.checks import integer, number
+
 ROOT = Path(__file__).resolve().parent.parent
 URL = re.compile(r" on (http://\S+/) ")
 
@@ -163,11 +165,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error("no PLAY_ARGS: expected the scd-msc play arguments after --, e.g. -- --checkpoint CKPT --steps 25")
     if "--port" in play_args or any(a.startswith("--port=") for a in play_args):
         p.error("PLAY_ARGS: --port is chosen by the tool (a free one); expected it left out")
-    for name, low in (("frames", 2), ("warmup", 0)):
-        if getattr(args, name) < low:
-            p.error(f"--{name}={getattr(args, name)}: expected an integer >= {low}")
-    if args.timeout <= 0:
-        p.error(f"--timeout={args.timeout}: expected a number > 0")
+    try:
+        integer("--frames", args.frames, low=2)
+        integer("--warmup", args.warmup, low=0)
+        number("--timeout", args.timeout, low=0, low_open=True)
+    except ValueError as err:
+        p.error(str(err))
 
     from tools.bench.env import env_info
     from tools.bench.report import command_line, fmt, report_stem, write_report

@@ -187,15 +187,19 @@ for entry in "${configs[@]}"; do
 done
 
 play_report=
+fresh_play() {  # checkpoint: the newest play report written after it, or nothing
+  local newest
+  newest=$(ls -t "$report"/showcase_doom_play_*.json 2>/dev/null | head -n 1 || true)
+  if [ -n "$newest" ] && [ "$newest" -nt "$1" ]; then echo "$newest"; fi
+}
 if [ "$play" = 1 ] && selected scd_msc; then  # the page's protocol over a WebSocket, as a player meets it
   ckpt=$out/runs/scd_msc/checkpoints/last.ckpt
-  play_report=$(ls -t "$report"/showcase_doom_play_*.json 2>/dev/null | head -n 1 || true)
-  if [ -n "$play_report" ] && [ "$play_report" -nt "$ckpt" ]; then skip play "$play_report"; else
+  play_report=$(fresh_play "$ckpt")
+  if [ -n "$play_report" ]; then skip play "$play_report"; else
     try_step play "$py" -m tools.bench_play --frames "$play_frames" --warmup "$([ "$smoke" = 1 ] && echo 2 || echo 50)" \
       --out "$report" --what showcase_doom_play -- --checkpoint "$ckpt" --prompt-shards "$heldout" --prompt-frames 4 \
       --steps "$eval_steps" --context-noise "$ctx"
-    play_report=$(ls -t "$report"/showcase_doom_play_*.json 2>/dev/null | head -n 1 || true)
-    [ -n "$play_report" ] && [ "$play_report" -nt "$ckpt" ] || play_report=
+    play_report=$(fresh_play "$ckpt")
   fi
 fi
 if [ -n "$only" ]; then
