@@ -5,15 +5,15 @@
 # benchmarks/decoder_context_<device>_<date>.{md,json} (python -m tools.decoder_context_report):
 # PSNR/SSIM over horizons 1-8 per setting and the paired per-clip PSNR difference.
 #
-# Usage: bash tools/decoder_context.sh [STEPS]          (default 300)
-# Environment: CONFIG (configs/moving_digits_tiny.yaml: CPU, ~3 min per training on 2 cores;
+# Usage: bash tools/decoder_context.sh [STEPS]          (default 1500: after 300 the prefix model still lags)
+# Environment: CONFIG (configs/moving_digits_tiny.yaml: CPU, ~13 min per 1500-step training on 2 cores;
 # configs/moving_digits_small.yaml on a GPU), SIZE (frame size of the shards: 32, or 64 for
 # small), CLIPS (held-out clips scored, 64), EVAL_STEPS (denoising steps, 20), PYTHON (python3).
 # Outputs: runs/decoder_context/<setting>/, outputs/decoder_context/ (logs, evals).
 # Re-running continues: shards are kept, training resumes (--resume auto), eval runs again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
+steps=${1:-1500}
 py=${PYTHON:-python3}
 cli=("$py" -m scd_msc.cli)
 config=${CONFIG:-configs/moving_digits_tiny.yaml} size=${SIZE:-32} clips=${CLIPS:-64} eval_steps=${EVAL_STEPS:-20}
