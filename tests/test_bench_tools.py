@@ -125,6 +125,7 @@ def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
     (["--warmup", "0"], "--warmup=0: expected an integer >= 1"),
     (["--devices", "1", "0"], "--devices=[1, 0]: expected integers >= 1"),
     (["--batch-sizes", "8", "0"], "--batch-sizes=[8, 0]: expected integers >= 1"),
+    (["--strategies", "ddp", "deepspeed"], "--strategies='deepspeed': expected one of ddp, fsdp"),
 ])
 def test_bench_training_bad_arguments_are_one_line(argv, message, capsys):
     from tools import bench_training
@@ -147,6 +148,26 @@ def test_bench_training_headline_is_each_presets_fastest_one_gpu_row():
     assert headline(rows) == {"scd_msc_small_clips_per_s": 55.0, "scd_msc_small_mfu": 0.27,
                               "scd_msc_small_batch": 16, "causal_dit_small_clips_per_s": 30.0,
                               "causal_dit_small_mfu": None, "causal_dit_small_batch": 8}
+
+
+def test_bench_training_scaling_is_per_strategy_against_its_own_least_count():
+    """Efficiency of a row = its samples/s ÷ (n/m × those of the same config, batch and
+    strategy at the least count m); the JSON's ``ddp_efficiency_8`` is that of DDP at 8."""
+    from tools.bench_training import scaling
+
+    row = lambda strategy, devices, sps, batch=16: dict(config="doom_small", batch_per_gpu=batch,  # noqa: E731
+                                                         strategy=strategy, devices=devices, samples_per_s=sps)
+    rows = [row("ddp", 1, 100.0), row("ddp", 2, 190.0), row("ddp", 8, 720.0),
+            row("fsdp", 1, 80.0), row("fsdp", 2, 160.0), row("fsdp", 8, 480.0), row("ddp", 8, 1.0, batch=32),
+            row("ddp", 1, 2.0, batch=32)]
+    out = scaling(rows)
+    assert out["scaling"] == {"ddp": {"1": 100.0, "2": 190.0, "8": 720.0}, "fsdp": {"1": 80.0, "2": 160.0, "8": 480.0}}
+    assert out["ddp_efficiency_8"] == pytest.approx(0.9) and out["ddp_efficiency_2"] == pytest.approx(0.95)
+    assert out["fsdp_efficiency_8"] == pytest.approx(0.75) and out["fsdp_efficiency_2"] == pytest.approx(1.0)
+    assert [r["speedup"] for r in rows] == pytest.approx([1, 1.9, 7.2, 1, 2, 6, 0.5, 1])
+    assert "ddp_efficiency_1" not in out
+    at_two = scaling([row("ddp", 2, 200.0), row("ddp", 4, 360.0)])  # no 1-GPU run: no efficiency keys
+    assert at_two == {"scaling": {"ddp": {"2": 200.0, "4": 360.0}}}
 
 
 def test_bench_latency_cpu_smoke_run_writes_its_report(tmp_path):
