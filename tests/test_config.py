@@ -187,7 +187,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["-m", "scd_msc.cli", "train", "--config", "configs/moving_digits_tiny.yaml", "train.lrr=1"],
      "unknown config key 'train.lrr'"),
-    (["-m", "scd_msc.cli", "train", "train.lr=abc"], "config key 'train.lr' in the command-line overrides expects float, got 'abc'"),
+    (["-m", "scd_msc.cli", "train", "train.lr=abc"],
+     "config key 'train.lr' in the command-line overrides expects float, got 'abc'"),
 ])
 def test_cli_fails_fast_on_a_typo_before_importing_lightning(args, message):
     """The config is checked before the trainer's modules are imported: ``-X importtime``
