@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from scd_msc.cli import build_parser, main
+from scd_msc.cli import main
 from scd_msc.data import ClipDataset, make_shards
 from scd_msc.inference import inputs
 from scd_msc.inference.generate import InterruptGuard, stream_to_sinks
@@ -136,6 +136,7 @@ def test_argument_errors_exit_2_before_any_work(tmp_path, capsys, monkeypatch, s
             "FILE": str(tmp_path / "file")}
     extra = [re.sub("OUT|S32|S16|CKPT|FILE", lambda m: subs[m.group()], a) for a in extra]
     argv = BASE + ["--frames", "2", "--out", str(tmp_path / "v.mp4")] + extra
+
     def no_model(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
