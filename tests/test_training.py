@@ -19,6 +19,7 @@ import sys
 import textwrap
 import time
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -481,6 +482,52 @@ def test_a_signal_to_the_process_group_writes_last_ckpt(shards, tmp_path, sig):
     assert messages == [f"scd-msc train: interrupted at step {step}; checkpoint: {last} (continue with --resume auto)"], \
         log[-3000:]
     assert "Traceback" not in log and "killed by signal" not in log, log[-3000:]
+
+
+class CtrlCInsideABatch(L.Callback):
+    """Presses Ctrl-C (SIGINT to this process) inside the backward pass of step ``at``;
+    ``twice``: a second time right after it. Records how far the hook got."""
+
+    def __init__(self, at: int, twice: bool = False):
+        self.at, self.twice = at, twice
+        self.hook_finished = False
+        self.second_raised = False
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.global_step != self.at:
+            return
+        os.kill(os.getpid(), signal.SIGINT)
+        if self.twice:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)  # Python runs the handler between these bytecodes
+            except KeyboardInterrupt:
+                self.second_raised = True
+                raise
+        time.sleep(0.1)
+        self.hook_finished = True
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+def test_ctrl_c_stops_at_the_next_batch_unless_pressed_twice(shards, tmp_path, twice):
+    """A KeyboardInterrupt at an arbitrary bytecode can land inside TensorBoard's writer
+    queue (closing the logger then hangs) or in a finalizer (it is lost): one Ctrl-C only
+    asks, and the batch under way finishes its step; a second one stops at once."""
+    from scd_msc.training.train import TrainingInterrupted, train
+
+    cfg = load_config(None, overrides(shards, tmp_path, **{"train.max_steps": 50,
+                                                           "train.checkpoint_every_n_steps": 1000}))
+    press = CtrlCInsideABatch(at=3, twice=twice)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted) as stop:
+            train(cfg, callbacks=[press])
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores SIGINT after a Ctrl-C
+    assert stop.value.signum == signal.SIGINT
+    assert press.hook_finished is not twice and press.second_raised is twice
+    step = 3 if twice else 4  # once: step 3's optimizer step and hooks ran before the stop
+    assert stop.value.step == step and ckpt_step(tmp_path / "checkpoints" / "last.ckpt") == step
 
 
 DDP_SCRIPT = textwrap.dedent("""

@@ -1,5 +1,5 @@
 """Training callbacks: EMA in the scd_msc checkpoint layout, sample strips, last.ckpt on
-interrupt and at the end.
+interrupt and at the end, Ctrl-C at a batch boundary.
 
 Shapes: ``B`` clips · ``F`` frames · ``C`` channels · ``H, W`` pixels.
 """
@@ -9,6 +9,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
+import threading
+from types import FrameType
 from typing import Any, Optional
 
 import lightning as L
@@ -265,3 +268,56 @@ class LastCheckpoint(L.Callback):
         if isinstance(exception, SIGTERMException) or (isinstance(exception, KeyboardInterrupt)
                                                        and trainer.world_size == 1):
             self._save(trainer)
+
+
+class CtrlCBetweenBatches(L.Callback):
+    """On a single process, Ctrl-C stops training at the next batch boundary instead of
+    wherever Python happened to be: the first SIGINT only sets a flag, and the start of
+    the next train (or validation) batch raises ``KeyboardInterrupt`` from this
+    callback, which Lightning then handles as before (``on_exception`` hooks, loggers
+    closed; :class:`LastCheckpoint` writes ``last.ckpt``), after every hook of the batch
+    before it ran (its step checkpoint, sample strip). A second Ctrl-C raises at once.
+
+    Why: a ``KeyboardInterrupt`` raised at an arbitrary bytecode can land inside
+    TensorBoard's writer queue, and closing the logger then waits forever for its thread,
+    or inside a finalizer, where Python drops it and training goes on. Several processes
+    (DDP) keep Python's default: their Ctrl-C reaches the ranks at different batches, and
+    a stop at different boundaries would hang the next collective."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self.pending = False
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):  # after Ctrl-C Lightning ignores SIGINT while it shuts down
+            self._restore()
+
+    def _stop_if_pending(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._stop_if_pending()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._stop_if_pending()

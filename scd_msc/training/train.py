@@ -46,7 +46,7 @@ from scd_msc.data.config import AUTO
 from scd_msc.data.datamodule import ShardDataModule
 from scd_msc.data.probe import ShardInfo, probe_shards
 from scd_msc.models.layers import Block
-from scd_msc.training.callbacks import EMA, LastCheckpoint, SampleStrip
+from scd_msc.training.callbacks import EMA, CtrlCBetweenBatches, LastCheckpoint, SampleStrip
 from scd_msc.training.flops import training_flops
 from scd_msc.training.module import SCDLitModule
 from scd_msc.training.preflight import preflight, training_device
@@ -192,7 +192,8 @@ def build_trainer(cfg: Any, callbacks: Sequence[L.Callback] = (), resume_step: O
         log_every_n_steps=t.log_every_n_steps,
         logger=[RunCSVLogger(t.out_dir, resume_step, t.log_every_n_steps),
                 TensorBoardLogger(t.out_dir, name="tb", version="")],
-        callbacks=[*bar, *(build_callbacks(cfg) if run_callbacks is None else run_callbacks), SkipLog(), *callbacks],
+        callbacks=[*bar, *(build_callbacks(cfg) if run_callbacks is None else run_callbacks), SkipLog(),
+                   CtrlCBetweenBatches(), *callbacks],
         enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False,  # the shard reader splits by rank itself
     )
