@@ -277,6 +277,8 @@ class CtrlCBetweenBatches(L.Callback):
     callback, which Lightning then handles as before (``on_exception`` hooks, loggers
     closed; :class:`LastCheckpoint` writes ``last.ckpt``), after every hook of the batch
     before it ran (its step checkpoint, sample strip). A second Ctrl-C raises at once.
+    Installed even where SIGINT was ignored at start (a script's ``cmd &``), as
+    ``generate`` does: Ctrl-C on the script then stops the run with its checkpoint.
 
     Why: a ``KeyboardInterrupt`` raised at an arbitrary bytecode can land inside
     TensorBoard's writer queue, and closing the logger then waits forever for its thread,
