@@ -112,10 +112,12 @@ def test_report_keys_values_bars_and_recordings(families, tmp_path, capsys):
     assert "## Paired differences" in md and "| scd_msc - causal_dit" in md and "12.5 frames/s" in md
     gif = Image.open(stem.with_suffix(".gif"))
     assert gif.n_frames == len(range(0, 16, 3))  # 4 + 12 frames, every third
-    assert gif.size == (3 * (8 + 2), 12 + 2 * (8 + 2))  # engine + 2 models; a header and 2 clips
+    # engine + 2 models; a header and 2 clips; 8-pixel frames shown 8 times larger, so the names fit
+    assert gif.size == (3 * (64 + 2), 12 + 2 * (64 + 2))
     first = np.asarray(gif.convert("RGB"))
     truth = np.load(Path(families["scd_msc"][1]) / "examples.npz")["truth"]
-    assert np.array_equal(first[12:20, :8], truth[0, 0])  # the engine's first frame, top left
+    assert np.array_equal(first[12:76:8, :64:8], truth[0, 0])  # the engine's first frame, top left
+    assert np.array_equal(first[12:76, :64], truth[0, 0].repeat(8, 0).repeat(8, 1))
     assert stem.with_suffix(".png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| SCD-MSC" in printed and "PASS  SCD-MSC PSNR 1–8 ≥ causal DiT − 0.5 dB" in printed

@@ -125,7 +125,8 @@ def decide(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def side_by_side(families: dict[str, dict[str, Any]], clips: int, stride: int) -> list[np.ndarray]:
     """GIF frames ``(rows, cols, 3)``: per example clip a row ``[engine | family ...]`` under a
-    header naming the columns; every ``stride``-th frame of the long rollouts."""
+    header naming the columns; every ``stride``-th frame of the long rollouts. Frames narrower
+    than 64 pixels are enlarged (nearest neighbour, an integer factor) so the names fit."""
     examples = {k: np.load(f["_long_dir"] / "examples.npz") for k, f in families.items()}
     first = examples["scd_msc"]
     for key, ex in examples.items():
@@ -135,11 +136,14 @@ def side_by_side(families: dict[str, dict[str, Any]], clips: int, stride: int) -
     columns = [("engine", first["truth"])] + [(families[k]["label"], ex["generated"]) for k, ex in examples.items()]
     e = min(clips, first["truth"].shape[0])
     f, h, w, c = first["truth"].shape[1:]  # (E, F, H, W, C)
+    scale = max(1, 64 // w)
+    h, w = h * scale, w * scale
     gap, head = 2, 12
     canvas = np.full((f, head + e * (h + gap), len(columns) * (w + gap), 3), 255, np.uint8)
     for j, (_, video) in enumerate(columns):
         for i in range(e):
             tile = video[i] if c == 3 else np.repeat(video[i], 3, axis=-1)  # (F, H, W, 3)
+            tile = tile.repeat(scale, 1).repeat(scale, 2)  # (F, H·scale, W·scale, 3)
             canvas[:, head + i * (h + gap):head + i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = tile
     header = _header([name for name, _ in columns], w + gap, head, canvas.shape[2])
     canvas[:, :head] = header
