@@ -509,7 +509,7 @@ class CtrlCInsideABatch(L.Callback):
 
 
 @pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
-def test_ctrl_c_stops_at_the_next_batch_unless_pressed_twice(shards, tmp_path, twice):
+def test_ctrl_c_stops_at_the_next_batch_unless_pressed_twice(shards, tmp_path, capfd, twice):
     """A KeyboardInterrupt at an arbitrary bytecode can land inside TensorBoard's writer
     queue (closing the logger then hangs) or in a finalizer (it is lost): one Ctrl-C only
     asks, and the batch under way finishes its step; a second one stops at once."""
@@ -525,6 +525,7 @@ def test_ctrl_c_stops_at_the_next_batch_unless_pressed_twice(shards, tmp_path, t
     finally:
         signal.signal(signal.SIGINT, previous)  # Lightning ignores SIGINT after a Ctrl-C
     assert stop.value.signum == signal.SIGINT
+    assert "Ctrl-C: stopping when this step ends (Ctrl-C again: now)" in capfd.readouterr().err
     assert press.hook_finished is not twice and press.second_raised is twice
     step = 3 if twice else 4  # once: step 3's optimizer step and hooks ran before the stop
     assert stop.value.step == step and ckpt_step(tmp_path / "checkpoints" / "last.ckpt") == step

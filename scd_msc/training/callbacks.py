@@ -294,6 +294,8 @@ class CtrlCBetweenBatches(L.Callback):
         if self.pending:
             raise KeyboardInterrupt
         self.pending = True
+        # os.write, not print: the handler may run in the middle of another write to the stream
+        os.write(2, b"\nCtrl-C: stopping when this step ends (Ctrl-C again: now)\n")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
