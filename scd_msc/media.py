@@ -54,6 +54,12 @@ def to_uint8(frames: Tensor, layout: str = TILED) -> np.ndarray:
     return np.ascontiguousarray(rearrange(x, layout).numpy())
 
 
+def display_scale(width: int, least: int = 64) -> int:
+    """The integer factor (nearest-neighbour enlargement) that shows frames ``width`` pixels
+    wide at least ``least`` wide in a strip or GIF; 1 when they already are."""
+    return max(1, least // width)
+
+
 def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
     """Convert uint8 ``(..., C)`` between grey (C=1) and RGB (C=3); ITU-R 601 luma for RGB->grey."""
     choice("channels", channels, (1, 3))

@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from scd_msc.media import save_gif
+from scd_msc.media import display_scale, save_gif, to_channels
 from tools.bench.env import env_info
 from tools.bench.report import check, command_line, fmt, markdown_table, report_stem, write_report
 from tools.bench.stats import paired_gap
@@ -135,14 +135,14 @@ def side_by_side(families: dict[str, dict[str, Any]], clips: int, stride: int) -
                              f"({list(ex['keys'])}) than SCD-MSC's ({list(first['keys'])}); expected the same shards")
     columns = [("engine", first["truth"])] + [(families[k]["label"], ex["generated"]) for k, ex in examples.items()]
     e = min(clips, first["truth"].shape[0])
-    f, h, w, c = first["truth"].shape[1:]  # (E, F, H, W, C)
-    scale = max(1, 64 // w)
+    f, h, w, _ = first["truth"].shape[1:]  # (E, F, H, W, C)
+    scale = display_scale(w)
     h, w = h * scale, w * scale
     gap, head = 2, 12
     canvas = np.full((f, head + e * (h + gap), len(columns) * (w + gap), 3), 255, np.uint8)
     for j, (_, video) in enumerate(columns):
         for i in range(e):
-            tile = video[i] if c == 3 else np.repeat(video[i], 3, axis=-1)  # (F, H, W, 3)
+            tile = to_channels(video[i], 3)  # (F, H, W, 3)
             tile = tile.repeat(scale, 1).repeat(scale, 2)  # (F, H·scale, W·scale, 3)
             canvas[:, head + i * (h + gap):head + i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = tile
     header = _header([name for name, _ in columns], w + gap, head, canvas.shape[2])

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 from scd_msc.checkpoint import LoadedAutoencoder
 from scd_msc.ema import WeightChoice, choose_weights, ema_update_fn
 from scd_msc.inference.codec import AutoencoderCodec
-from scd_msc.media import save_gif, save_png, to_channels, to_uint8
+from scd_msc.media import display_scale, save_gif, save_png, to_channels, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class SampleStrip(L.Callback):
             if self._codec is None:
                 self._codec = AutoencoderCodec(self.autoencoder, video.device, compile=False)
             video = self._codec.clip(video)  # (B, F, c, h, w) latents -> (B, F, C, H, W) pixels
-        scale = max(1, 64 // video.shape[-1])
+        scale = display_scale(video.shape[-1])
         strip = video_strip(video, scale)  # (B·H, F·W, 3)
         os.makedirs(self.dir, exist_ok=True)
         path = os.path.join(self.dir, f"step_{step:07d}")
