@@ -110,7 +110,7 @@ def test_bench_latency_without_cuda_names_what_is_missing_in_one_line(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps=0: expected an integer >= 1"),
     (["--batch", "1", "0"], "--batch=[1, 0]: expected integers >= 1"),
-    (["--curve-frames", "0"], "--curve-frames=0: expected an integer >= 1"),
+    (["--curve-frames", "-1"], "--curve-frames=-1: expected an integer >= 0"),
     (["--size", "huge"], "--size='huge': expected one of tiny, small, base"),
 ])
 def test_bench_latency_bad_arguments_are_one_line(argv, message, capsys):
@@ -188,6 +188,27 @@ def test_bench_latency_cpu_smoke_run_writes_its_report(tmp_path):
     assert [t["model"] for t in data["train"]] == ["scd-msc-tiny", "causal-dit-tiny"]
     assert all(t["step_ms"] > 0 for t in data["train"]) and "build_optimizer" in data["config"]["train"]
     assert len(data["curves"][0]["ms"]) == 3 and data["config"]["sampler"] == "euler"
+
+
+def test_bench_latency_families_subset_times_only_those_and_leaves_the_rest_none(tmp_path):
+    """``--families scd-msc --prefix`` with the curve, generate and training off: only
+    SCD-MSC and its prefix twin are timed; ratios against families not run are None, not
+    made up; no plot is written (no curve)."""
+    from tools import bench_latency
+
+    argv = ["--device", "cpu", "--size", "tiny", "--steps", "2", "--context", "2", "--batch", "1",
+            "--frames", "2", "--warmup", "1", "--families", "scd-msc", "--prefix", "--curve-frames", "0",
+            "--cli-frames", "0", "--train-iters", "0", "--out", str(tmp_path)]
+    assert bench_latency.main(argv) == 0
+    (js,) = tmp_path.glob("latency_cpu_*.json")
+    assert not list(tmp_path.glob("*.png"))
+    data = json.loads(js.read_text())
+    assert [r["model"] for r in data["rows"]] == ["scd-msc-tiny", "scd-msc-tiny+prefix"]
+    assert data["families"] == ["scd-msc-tiny"] and data["scd_msc_ms_per_frame"] == data["rows"][0]["e2e_ms"]
+    assert data["scd_dense_ms_per_frame"] is None and data["speedup_vs_scd_dense"] is None
+    assert data["train"] == [] and data["train_speedup"] is None and data["curves"] == []
+    prefix = data["prefix"]["scd-msc-tiny+prefix"]
+    assert prefix["denoise_speedup_vs_recompute"] == data["rows"][0]["denoise_ms"] / prefix["denoise_ms"]
 
 
 def test_bench_latency_does_not_import_lightning():

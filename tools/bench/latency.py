@@ -30,14 +30,13 @@ Shapes: ``B`` batch · ``F`` frames · ``C`` channels · ``H, W`` pixels · ``S`
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from typing import Any
 
 import torch
 
-from scd_msc.checks import choice, positive_int, positive_ints
+from scd_msc.checks import choice, non_negative_int, positive_int, positive_ints
 from scd_msc.config import TrainConfig
 from scd_msc.models import SIZES, build_model, count_parameters
 from scd_msc.media import check_writable_folder
@@ -55,6 +54,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 MODES = ("eager", "graphs", "fast")
+FAMILIES = ("scd-msc", "scd-dense", "causal-dit")
 PREFIX = "+prefix"  # a case name suffix: the SCD model with decoder_context='prefix'
 
 
@@ -158,12 +158,6 @@ def latency_curve(name: str, args: argparse.Namespace, device: str, mode: str,
     return {"model": name, "mode": mode, "ms": ms, "cache_bytes": cache, "peak_gib": peak}
 
 
-def window_median(values: list[float], at: int, half: int = 4) -> float:
-    """Median around frame ``at`` (1-based) to damp single-frame noise."""
-    lo, hi = max(0, at - 1 - half), min(len(values), at + half)
-    return statistics.median(values[lo:hi])
-
-
 def bench_training(name: str, args: argparse.Namespace, device: str) -> dict[str, Any]:
     """One training step as ``scd-msc train`` runs it (bf16 autocast on CUDA, the
     training optimizer and warm-up schedule), timed after ``train_warmup`` steps."""
@@ -200,21 +194,23 @@ def bench_training(name: str, args: argparse.Namespace, device: str) -> dict[str
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="small", help="preset size of all three families")
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                   help="the families timed (default all three; the ratios need both sides)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--context", type=int, default=64, help="prompt frames before timing")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--frames", type=int, default=16, help="timed frames per case")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames per case")
-    p.add_argument("--curve-frames", type=int, default=512)
+    p.add_argument("--curve-frames", type=int, default=512, help="SCD-MSC from an empty cache (0: no curve)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                    help="eager; graphs (eager calls replayed); fast (compiled + graphs: the default path)")
     p.add_argument("--prefix", action="store_true", help="also time the SCD models with decoder_context=prefix")
     p.add_argument("--cli-frames", type=int, default=48, help="frames scd-msc generate makes (its median "
-                   "leaves out the frames that compiled and captured)")
+                   "leaves out the frames that compiled and captured; 0: not run)")
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-frames", type=int, default=16)
-    p.add_argument("--train-iters", type=int, default=10)
+    p.add_argument("--train-iters", type=int, default=10, help="timed training steps (0: no training rows)")
     p.add_argument("--train-warmup", type=int, default=3)
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
@@ -224,9 +220,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> str:
     """The device to time on, or a ValueError naming the argument, its value and what
     was expected. The numbers need CUDA; a CPU runs only when asked for (``--device cpu``)."""
-    for name in ("steps", "context", "frames", "curve_frames", "train_batch", "train_frames",
-                 "train_iters", "cli_frames"):
+    for name in ("steps", "context", "frames", "train_batch", "train_frames"):
         positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    for name in ("curve_frames", "train_iters", "cli_frames"):  # 0: that part is not run
+        non_negative_int(f"--{name.replace('_', '-')}", getattr(args, name))
     positive_ints("--batch", args.batch)
     choice("--size", args.size, SIZES)
     check_writable_folder(args.out, "--out")
@@ -239,8 +236,8 @@ def check_args(args: argparse.Namespace) -> str:
 def run_bench(args: argparse.Namespace, device: str) -> int:
     if device == "cpu" and args.dtype != "fp32":
         args.dtype = "fp32"  # bf16 matmuls on CPU measure nothing useful
-    families = [f"{f}-{args.size}" for f in ("scd-msc", "scd-dense", "causal-dit")]
-    names = families + ([f"{n}{PREFIX}" for n in families[:2]] if args.prefix else [])
+    families = [f"{f}-{args.size}" for f in FAMILIES if f in args.families]
+    names = families + ([f"{n}{PREFIX}" for n in families if n.startswith("scd-")] if args.prefix else [])
     modes = [m for m in args.modes if device == "cuda" or m == "eager"]  # graphs and inductor: CUDA
     rows: list[dict[str, Any]] = []
     checks: dict[str, float] = {}
@@ -258,9 +255,12 @@ def run_bench(args: argparse.Namespace, device: str) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
     print(f"{' / '.join(modes[1:]) or '-'} vs eager, max |diff|:", checks, flush=True)
-    curves = [latency_curve(names[0], args, device, modes[-1], make_model(names[0], args, device))]
-    cli = generate_cli_ms(args, device)
-    train = [bench_training(n, args, device) for n in (names[0], names[2])]
+    msc = f"scd-msc-{args.size}"
+    run_curve = msc in names and args.curve_frames > 0
+    curves = [latency_curve(msc, args, device, modes[-1], make_model(msc, args, device))] if run_curve else []
+    cli = generate_cli_ms(args, device) if msc in names and args.cli_frames > 0 else None
+    trained = [n for n in (msc, f"causal-dit-{args.size}") if n in names]
+    train = [bench_training(n, args, device) for n in trained] if args.train_iters > 0 else []
     return write_latency_report(args, device, names, modes, rows, curves, train, checks, kernels, cli)
 
 

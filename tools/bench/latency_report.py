@@ -49,51 +49,64 @@ def plot_curve(curves: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    """``num / den``, or None when either side was not run."""
+    return None if num is None or den is None else num / den
+
+
 def write_latency_report(args: argparse.Namespace, device: str, names: list[str], modes: list[str],
                          rows: list[dict[str, Any]], curves: list[dict[str, Any]], train: list[dict[str, Any]],
                          checks: dict[str, float], kernels: dict[str, dict[str, float]],
                          cli: Optional[dict]) -> int:
+    """``names``: the cases run (a subset of the families with ``--families``; figures of a
+    family not run, and ratios with it, are None; the curve, ``scd-msc generate`` and the
+    training rows only where they ran)."""
     batch = args.batch[0]
 
+    def row(name: str, mode: str) -> Optional[dict[str, Any]]:
+        return next((r for r in rows if r["model"] == name and r["mode"] == mode and r["batch"] == batch), None)
+
     def e2e(name: str, mode: str) -> Optional[float]:
-        row = next((r for r in rows if r["model"] == name and r["mode"] == mode and r["batch"] == batch), None)
-        return None if row is None else row["e2e_ms"]
+        return None if row(name, mode) is None else row(name, mode)["e2e_ms"]
 
     def denoise(name: str, mode: str) -> Optional[float]:
-        row = next((r for r in rows if r["model"] == name and r["mode"] == mode and r["batch"] == batch), None)
-        return None if row is None else row["denoise_ms"]
+        return None if row(name, mode) is None else row(name, mode)["denoise_ms"]
 
     best = modes[-1]
-    scd, dense, dit = names[:3]
-    curve = curves[-1]
-    n = len(curve["ms"])
-    at32, atn = window_median(curve["ms"], min(32, n)), window_median(curve["ms"], n)
-    per_mode = {m: {k: e2e(nm, m) for k, nm in zip(("scd_msc", "scd_dense", "causal_dit"), names[:3])}
-                for m in modes}
+    family = {k: f"{f}-{args.size}" for k, f in (("scd_msc", "scd-msc"), ("scd_dense", "scd-dense"),
+                                                  ("causal_dit", "causal-dit"))}
+    scd, dense, dit = family.values()
+    per_mode = {m: {k: e2e(nm, m) for k, nm in family.items() if nm in names} for m in modes}
     cli_ms = None if cli is None else cli["steady_ms_per_frame_median"]
     data = {
-        "size": args.size, "mode": best, "compiled": best == "fast", "cuda_graphs": best in ("graphs", "fast"),
+        "size": args.size, "families": [n for n in names if n in family.values()], "mode": best,
+        "compiled": best == "fast", "cuda_graphs": best in ("graphs", "fast"),
         "scd_msc_ms_per_frame": e2e(scd, best), "scd_dense_ms_per_frame": e2e(dense, best),
         "causal_dit_ms_per_frame": e2e(dit, best), "ms_per_frame_by_mode": per_mode,
-        "speedup_vs_causal_dit": e2e(dit, best) / e2e(scd, best),
-        "speedup_vs_scd_dense": e2e(dense, best) / e2e(scd, best),
-        "generate_cli_ms_per_frame": cli_ms,
-        "generate_cli_vs_benchmark": None if cli_ms is None else cli_ms / e2e(scd, best),
+        "speedup_vs_causal_dit": ratio(e2e(dit, best), e2e(scd, best)),
+        "speedup_vs_scd_dense": ratio(e2e(dense, best), e2e(scd, best)),
+        "generate_cli_ms_per_frame": cli_ms, "generate_cli_vs_benchmark": ratio(cli_ms, e2e(scd, best)),
         "generate_cli": cli, "decoder_kernels_per_call": kernels, "mode_vs_eager_max_abs_diff": checks,
-        "scd_msc_growth_32_to_512": (atn - at32) / at32, "curve_frames": n,
-        "scd_msc_peak_gib_32": curve["peak_gib"][min(31, n - 1)], "scd_msc_peak_gib_last": curve["peak_gib"][-1],
-        "scd_msc_cache_bytes_32": curve["cache_bytes"][min(31, n - 1)],
-        "scd_msc_cache_bytes_last": curve["cache_bytes"][-1],
         "train_samples_per_s": {t["model"]: t["samples_per_s"] for t in train},
-        "train_speedup": train[0]["samples_per_s"] / train[1]["samples_per_s"],
+        "train_speedup": ratio(*[t["samples_per_s"] for t in train]) if len(train) == 2 else None,
         "curves": curves, "train": train,
     }
+    curve = curves[-1] if curves else None
+    if curve is not None:
+        n = len(curve["ms"])
+        at32, atn = window_median(curve["ms"], min(32, n)), window_median(curve["ms"], n)
+        data.update({"scd_msc_growth_32_to_512": (atn - at32) / at32, "curve_frames": n,
+                     "scd_msc_peak_gib_32": curve["peak_gib"][min(31, n - 1)],
+                     "scd_msc_peak_gib_last": curve["peak_gib"][-1],
+                     "scd_msc_cache_bytes_32": curve["cache_bytes"][min(31, n - 1)],
+                     "scd_msc_cache_bytes_last": curve["cache_bytes"][-1]})
     prefix = {nm: {"denoise_ms": denoise(nm, best), "e2e_ms": e2e(nm, best),
-                   "denoise_speedup_vs_recompute": denoise(nm.removesuffix("+prefix"), best) / denoise(nm, best)}
-              for nm in names[3:]}
+                   "denoise_speedup_vs_recompute": ratio(denoise(nm.removesuffix("+prefix"), best),
+                                                         denoise(nm, best))}
+              for nm in names if nm.endswith("+prefix")}
     if prefix:
         data["prefix"] = prefix
-    model0 = build_model(scd)
+    model0 = build_model(names[0].removesuffix("+prefix"))
     config = {"presets": names, "modes": modes, "tokens_per_frame": model0.cfg.grid ** 2,
               "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
               "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
@@ -104,29 +117,37 @@ def write_latency_report(args: argparse.Namespace, device: str, names: list[str]
                        "AdamW of scd-msc train (build_optimizer)",
               "dense_attention_window": args.context + 1}
     stem = report_stem(args.out, "latency", device)
-    plot = stem.with_name(stem.name + ".png")
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    plot_curve(curves, plot)
-    extra = "\n".join(summary_lines(data, per_mode, modes, names, curve, at32, atn, kernels, prefix, cli, train)
-                      + [f"- plot: `{plot.name}`", ""])
+    lines = summary_lines(data, per_mode, modes, kernels, prefix, cli, train)
+    if curve is not None:
+        plot = stem.with_name(stem.name + ".png")
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_curve(curves, plot)
+        lines += [f"- SCD-MSC ({curve['mode']}) latency frame 32 → {n}: {at32:.2f} → {atn:.2f} ms "
+                  f"({100 * (atn - at32) / at32:+.1f}%); cache {data['scd_msc_cache_bytes_32'] / 2**20:.2f} → "
+                  f"{data['scd_msc_cache_bytes_last'] / 2**20:.2f} MiB; peak memory "
+                  f"{data['scd_msc_peak_gib_32']} → {data['scd_msc_peak_gib_last']} GiB", f"- plot: `{plot.name}`"]
+    extra = "\n".join(lines + [""])
     write_report(stem, "Per-frame latency: SCD-MSC vs SCD-dense vs causal DiT", args.command, config,
                  rows, extra, data, columns=COLUMNS)
     print(extra)
-    print(f"wrote {stem}.md, .json and {plot.name}")
+    print(f"wrote {stem}.md and .json" + (" and its .png" if curve is not None else ""))
     return 0
 
 
-def summary_lines(data, per_mode, modes, names, curve, at32, atn, kernels, prefix, cli, train) -> list[str]:
+def summary_lines(data, per_mode, modes, kernels, prefix, cli, train) -> list[str]:
     lines = ["## Summary (batch 1, end to end, steady-state median; warm-up, compile and capture excluded)", "",
              "Every family gets the same treatment in each mode (same compile, same CUDA graphs).", ""]
+    labels = {"scd_msc": "SCD-MSC", "scd_dense": "SCD-dense", "causal_dit": "causal DiT"}
     for m in modes:
         v = per_mode[m]
-        lines.append(f"- {m}: SCD-MSC {v['scd_msc']:.2f}, SCD-dense {v['scd_dense']:.2f}, causal DiT "
-                     f"{v['causal_dit']:.2f} ms/frame → SCD-MSC {v['causal_dit'] / v['scd_msc']:.1f}× the DiT, "
-                     f"{v['scd_dense'] / v['scd_msc']:.2f}× SCD-dense")
+        line = f"- {m}: " + ", ".join(f"{labels[k]} {ms:.2f}" for k, ms in v.items()) + " ms/frame"
+        ratios = [f"{v[k] / v['scd_msc']:{f}}× {what}" for k, f, what in
+                  (("causal_dit", ".1f", "the DiT"), ("scd_dense", ".2f", "SCD-dense")) if "scd_msc" in v and k in v]
+        lines.append(line + (" → SCD-MSC " + ", ".join(ratios) if ratios else ""))
     for name, p in prefix.items():
-        lines.append(f"- {name}: denoise {p['denoise_ms']:.2f} ms, end to end {p['e2e_ms']:.2f} ms/frame; "
-                     f"denoising {p['denoise_speedup_vs_recompute']:.2f}× faster than recompute")
+        speedup = p["denoise_speedup_vs_recompute"]
+        lines.append(f"- {name}: denoise {p['denoise_ms']:.2f} ms, end to end {p['e2e_ms']:.2f} ms/frame"
+                     + (f"; denoising {speedup:.2f}× faster than recompute" if speedup is not None else ""))
     if cli is not None:
         lines.append(f"- `{cli['command']}`: {cli['steady_ms_per_frame_median']:.2f} ms/frame steady state "
                      f"({data['generate_cli_vs_benchmark']:.2f}× the benchmark's SCD-MSC figure; setup "
@@ -134,12 +155,9 @@ def summary_lines(data, per_mode, modes, names, curve, at32, atn, kernels, prefi
     lines += ["- kernels per decoder call (DiT: per pass), eager / compiled: " + ", ".join(
                   f"{n} {k.get('eager', 0):.0f} / {k.get('compiled', float('nan')):.0f}" for n, k in kernels.items()),
               f"- {' / '.join(modes[1:]) or 'no other mode'} vs eager frames, max |diff|: "
-              + ", ".join(f"{k} {v:.3g}" for k, v in data['mode_vs_eager_max_abs_diff'].items()),
-              f"- SCD-MSC ({curve['mode']}) latency frame 32 → {len(curve['ms'])}: {at32:.2f} → {atn:.2f} ms "
-              f"({100 * (atn - at32) / at32:+.1f}%); cache {data['scd_msc_cache_bytes_32'] / 2**20:.2f} → "
-              f"{data['scd_msc_cache_bytes_last'] / 2**20:.2f} MiB; peak memory {data['scd_msc_peak_gib_32']} → "
-              f"{data['scd_msc_peak_gib_last']} GiB",
-              "- training: " + ", ".join(f"{t['model']} {t['samples_per_s']:.2f} clips/s ({t['step_ms']:.0f} "
-                                          f"ms/step, peak {t['peak_gib']} GiB)" for t in train)
-              + f"; ratio {data['train_speedup']:.2f}×"]
+              + ", ".join(f"{k} {v:.3g}" for k, v in data['mode_vs_eager_max_abs_diff'].items())]
+    if train:
+        lines.append("- training: " + ", ".join(f"{t['model']} {t['samples_per_s']:.2f} clips/s ({t['step_ms']:.0f} "
+                                                f"ms/step, peak {t['peak_gib']} GiB)" for t in train)
+                     + (f"; ratio {data['train_speedup']:.2f}×" if data["train_speedup"] is not None else ""))
     return lines
