@@ -16,6 +16,7 @@ from scd_msc.data.shards import clip_sample
 from scd_msc.data.sources import Clip
 from scd_msc.data.synthetic import moving_digits
 from scd_msc.diffusion import null_dropout
+from scd_msc.models import randomize_zero_init
 
 FAMILIES = ["scd-msc", "scd-dense", "causal-dit"]
 A, Y, B, K, N = 5, 3, 2, 3, 4  # actions, classes, batch, prompt frames, new frames
@@ -26,10 +27,7 @@ def tiny(family: str, **kw) -> torch.nn.Module:
     adaLN-zero model ignores its conditions)."""
     torch.manual_seed(0)
     model = build_model(f"{family}-tiny", backend="reference", **{"actions": A, "classes": Y, **kw}).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.normal_(0, 0.05)
+    assert randomize_zero_init(model) > 0
     return model
 
 

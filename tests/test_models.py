@@ -8,7 +8,7 @@ import torch
 from scd_msc import PRESETS, build_model
 from scd_msc.data.synthetic import moving_digits
 from scd_msc.diffusion import Sampler
-from scd_msc.models import count_parameters
+from scd_msc.models import count_parameters, randomize_zero_init
 
 FAMILIES = ["scd-msc", "scd-dense", "causal-dit"]
 
@@ -18,10 +18,7 @@ def tiny(family, **kw):
     model is the identity, which would make the tests below vacuous)."""
     torch.manual_seed(0)
     model = build_model(f"{family}-tiny", **{"backend": "reference", **kw}).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.normal_(0, 0.05)
+    assert randomize_zero_init(model) > 0
     return model
 
 

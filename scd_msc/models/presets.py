@@ -76,5 +76,21 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
+@torch.no_grad()
+def randomize_zero_init(model: nn.Module, std: float = 0.05, seed: int = 0) -> int:
+    """Draw every all-zero parameter of ``model`` from N(0, ``std``²) (a CPU generator of
+    ``seed``; the global RNG is untouched) and return how many there were. A fresh
+    adaLN-zero model outputs zero velocity, so its frames are its starting noise whatever
+    its inputs: a check of one path against another (eager vs compiled, stream vs
+    recompute, two actions) on such a model compares nothing."""
+    g = torch.Generator().manual_seed(seed)
+    drawn = 0
+    for p in model.parameters():
+        if not p.abs().sum():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+            drawn += 1
+    return drawn
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

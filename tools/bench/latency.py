@@ -38,7 +38,7 @@ import torch
 
 from scd_msc.checks import choice, non_negative_int, positive_int, positive_ints
 from scd_msc.config import TrainConfig
-from scd_msc.models import SIZES, build_model, count_parameters
+from scd_msc.models import SIZES, build_model, count_parameters, randomize_zero_init
 from scd_msc.media import check_writable_folder
 from scd_msc.streaming import StreamingSession
 from scd_msc.training.optim import build_optimizer
@@ -60,10 +60,13 @@ PREFIX = "+prefix"  # a case name suffix: the SCD model with decoder_context='pr
 
 def make_model(name: str, args: argparse.Namespace, device: str) -> torch.nn.Module:
     """``name``: a preset, optionally with :data:`PREFIX`. Dense models attend the last
-    ``context`` frames, as many as the prompt holds."""
+    ``context`` frames, as many as the prompt holds. Zero-initialised layers are drawn
+    (:func:`randomize_zero_init`): a fresh adaLN-zero model returns its starting noise, on
+    which the modes-vs-eager check would compare nothing (the time is the same either way)."""
     preset, prefix = name.removesuffix(PREFIX), name.endswith(PREFIX)
     over = {} if preset.startswith("scd-msc") else {"dense_window_frames": args.context + 1}
     model = build_model(preset, **over, **({"decoder_context": "prefix"} if prefix else {}))
+    randomize_zero_init(model)
     return model.to(device=device, dtype=DTYPES[args.dtype]).eval()
 
 
@@ -242,6 +245,7 @@ def run_bench(args: argparse.Namespace, device: str) -> int:
     rows: list[dict[str, Any]] = []
     checks: dict[str, float] = {}
     kernels: dict[str, dict[str, float]] = {}
+    kernel_times: dict[str, dict[str, dict]] = {}
     for name in names:
         model = make_model(name, args, device)  # one per case: compiled once, reused by every session
         for batch in args.batch:
@@ -250,7 +254,7 @@ def run_bench(args: argparse.Namespace, device: str) -> int:
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         checks.update({f"{name} {m}": mode_check(model, args, device, m) for m in modes if m != "eager"})
         if device == "cuda":
-            kernels[name] = count_kernels(model, args, device, modes)
+            kernels[name], kernel_times[name] = count_kernels(model, args, device, modes)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -261,7 +265,8 @@ def run_bench(args: argparse.Namespace, device: str) -> int:
     cli = generate_cli_ms(args, device) if msc in names and args.cli_frames > 0 else None
     trained = [n for n in (msc, f"causal-dit-{args.size}") if n in names]
     train = [bench_training(n, args, device) for n in trained] if args.train_iters > 0 else []
-    return write_latency_report(args, device, names, modes, rows, curves, train, checks, kernels, cli)
+    return write_latency_report(args, device, names, modes, rows, curves, train, checks, kernels, cli,
+                                kernel_times)
 
 
 def main(argv: list[str] | None = None) -> int:
