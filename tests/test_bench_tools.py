@@ -211,6 +211,25 @@ def test_bench_latency_families_subset_times_only_those_and_leaves_the_rest_none
     assert prefix["denoise_speedup_vs_recompute"] == data["rows"][0]["denoise_ms"] / prefix["denoise_ms"]
 
 
+def test_kernel_time_sums_device_time_per_step_and_ranks_kernels():
+    """The profiler's CUDA kernels (CPU events ignored) summed per step and ranked by time."""
+    from types import SimpleNamespace
+
+    from torch.profiler import DeviceType
+
+    from tools.bench.kernels import kernel_time
+
+    def event(name, us, device=DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("gemm", 30.0), event("na3d_fwd", 50.0), event("gemm", 30.0), event("cpu_op", 999.0, DeviceType.CPU),
+              event("norm", 5.0), event("gemm", 30.0), event("gemm", 30.0)]
+    t = kernel_time(events, steps=2, top=2)
+    assert t["kernel_us_per_step"] == (4 * 30 + 50 + 5) / 2
+    assert t["top"] == [{"kernel": "gemm", "calls_per_step": 2.0, "us_per_step": 60.0},
+                        {"kernel": "na3d_fwd", "calls_per_step": 0.5, "us_per_step": 25.0}]
+
+
 def test_bench_latency_does_not_import_lightning():
     """Its training step reuses scd_msc.training.optim.build_optimizer, not the LightningModule."""
     code = "import sys, tools.bench_latency; print(sorted(m for m in sys.modules if 'lightning' in m))"

@@ -4,7 +4,8 @@ decoder call (per DiT pass), and ``scd-msc generate``'s own steady-state latency
 Kernels are counted with ``torch.profiler`` over one denoising loop of a session whose
 caches are full, divided by its ``S`` steps (the sampler's own update adds 1–2 small
 kernels per step). ``compiled`` is the fast path without CUDA graphs, so that each
-kernel is seen: graph replay launches the same kernels at once.
+kernel is seen: graph replay launches the same kernels at once. The kernels' summed
+device time per step and the slowest kernels are kept beside the counts.
 
 Shapes: ``B`` batch · ``S`` steps.
 """
@@ -23,14 +24,30 @@ import torch
 from torch.profiler import DeviceType, ProfilerActivity, profile
 
 
+def kernel_time(events: list, steps: int, top: int = 10) -> dict:
+    """Of the CUDA kernels of ``steps`` denoising steps: their summed device time per step
+    (µs; against the step's wall time it says how launch-bound the step is) and the
+    ``top`` kernels by device time (name, calls and µs per step)."""
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            per.setdefault(e.name, []).append(e.time_range.elapsed_us())
+    rows = sorted(((name, len(us), sum(us)) for name, us in per.items()), key=lambda r: -r[2])
+    return {"kernel_us_per_step": sum(r[2] for r in rows) / steps,
+            "top": [{"kernel": name[:120], "calls_per_step": n / steps, "us_per_step": us / steps}
+                    for name, n, us in rows[:top]]}
+
+
 @torch.no_grad()
 def count_kernels(model: torch.nn.Module, args: argparse.Namespace, device: str,
-                  modes: list[str]) -> dict[str, float]:
-    """``{"eager": k, "compiled": k}``: CUDA kernels per denoising step at batch 1."""
+                  modes: list[str]) -> tuple[dict[str, float], dict[str, dict]]:
+    """``({"eager": k, "compiled": k}, {"eager": t, "compiled": t})``: CUDA kernels per
+    denoising step at batch 1, and their device time (:func:`kernel_time`)."""
     from tools.bench.latency import DTYPES, time_frames
 
     cfg = model.cfg
-    out: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    times: dict[str, dict] = {}
     for mode in ["eager"] + (["compiled"] if "fast" in modes else []):
         g = torch.Generator(device=device).manual_seed(3)
         prompt = torch.randn(1, args.context, cfg.channels, cfg.image_size, cfg.image_size,
@@ -41,8 +58,10 @@ def count_kernels(model: torch.nn.Module, args: argparse.Namespace, device: str,
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             session.denoise()
             torch.cuda.synchronize(device)
-        out[mode] = sum(e.device_type == DeviceType.CUDA for e in prof.events()) / args.steps
-    return out
+        events = list(prof.events())
+        counts[mode] = sum(e.device_type == DeviceType.CUDA for e in events) / args.steps
+        times[mode] = kernel_time(events, args.steps)
+    return counts, times
 
 
 def generate_cli_ms(args: argparse.Namespace, device: str) -> Optional[dict]:

@@ -57,7 +57,7 @@ def ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
 def write_latency_report(args: argparse.Namespace, device: str, names: list[str], modes: list[str],
                          rows: list[dict[str, Any]], curves: list[dict[str, Any]], train: list[dict[str, Any]],
                          checks: dict[str, float], kernels: dict[str, dict[str, float]],
-                         cli: Optional[dict]) -> int:
+                         cli: Optional[dict], kernel_times: Optional[dict[str, dict[str, dict]]] = None) -> int:
     """``names``: the cases run (a subset of the families with ``--families``; figures of a
     family not run, and ratios with it, are None; the curve, ``scd-msc generate`` and the
     training rows only where they ran)."""
@@ -86,7 +86,8 @@ def write_latency_report(args: argparse.Namespace, device: str, names: list[str]
         "speedup_vs_causal_dit": ratio(e2e(dit, best), e2e(scd, best)),
         "speedup_vs_scd_dense": ratio(e2e(dense, best), e2e(scd, best)),
         "generate_cli_ms_per_frame": cli_ms, "generate_cli_vs_benchmark": ratio(cli_ms, e2e(scd, best)),
-        "generate_cli": cli, "decoder_kernels_per_call": kernels, "mode_vs_eager_max_abs_diff": checks,
+        "generate_cli": cli, "decoder_kernels_per_call": kernels,
+        "decoder_kernel_time": kernel_times or {}, "mode_vs_eager_max_abs_diff": checks,
         "train_samples_per_s": {t["model"]: t["samples_per_s"] for t in train},
         "train_speedup": ratio(*[t["samples_per_s"] for t in train]) if len(train) == 2 else None,
         "curves": curves, "train": train,
@@ -118,6 +119,7 @@ def write_latency_report(args: argparse.Namespace, device: str, names: list[str]
               "dense_attention_window": args.context + 1}
     stem = report_stem(args.out, "latency", device)
     lines = summary_lines(data, per_mode, modes, kernels, prefix, cli, train)
+    lines += kernel_time_lines(kernel_times or {}, {nm: denoise(nm, best) for nm in names}, args.steps)
     if curve is not None:
         plot = stem.with_name(stem.name + ".png")
         plot.parent.mkdir(parents=True, exist_ok=True)
@@ -154,10 +156,24 @@ def summary_lines(data, per_mode, modes, kernels, prefix, cli, train) -> list[st
                      f"{cli['setup_seconds']:.1f} s over its first {cli['setup_frames']} frames, left out)")
     lines += ["- kernels per decoder call (DiT: per pass), eager / compiled: " + ", ".join(
                   f"{n} {k.get('eager', 0):.0f} / {k.get('compiled', float('nan')):.0f}" for n, k in kernels.items()),
-              f"- {' / '.join(modes[1:]) or 'no other mode'} vs eager frames, max |diff|: "
+              f"- {' / '.join(m for m in modes if m != 'eager') or 'no other mode'} vs eager frames, max |diff|: "
               + ", ".join(f"{k} {v:.3g}" for k, v in data['mode_vs_eager_max_abs_diff'].items())]
     if train:
         lines.append("- training: " + ", ".join(f"{t['model']} {t['samples_per_s']:.2f} clips/s ({t['step_ms']:.0f} "
                                                 f"ms/step, peak {t['peak_gib']} GiB)" for t in train)
                      + (f"; ratio {data['train_speedup']:.2f}×" if data["train_speedup"] is not None else ""))
+    return lines
+
+
+def kernel_time_lines(kernel_times: dict[str, dict[str, dict]], denoise_ms: dict[str, Optional[float]],
+                      steps: int) -> list[str]:
+    """Per case, of its fastest profiled mode: the kernels' device time per step against the
+    timed step (the rest is launch gaps), and the five slowest kernels."""
+    lines = []
+    for name, by_mode in kernel_times.items():
+        mode, t = list(by_mode.items())[-1]
+        step_us = None if denoise_ms.get(name) is None else 1e3 * denoise_ms[name] / steps
+        share = "" if step_us is None else f" of {step_us:.0f} µs timed per step"
+        top = "; ".join(f"{k['kernel'][:60]} {k['us_per_step']:.0f} µs ×{k['calls_per_step']:.0f}" for k in t["top"][:5])
+        lines.append(f"- {name} ({mode}): kernels {t['kernel_us_per_step']:.0f} µs per step{share}; slowest: {top}")
     return lines
