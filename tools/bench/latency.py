@@ -15,7 +15,8 @@ the commit (SCD: one encoder pass; DiT: one pass at t=0 writing the KV cache). E
 end = both. Modes (``--modes``), the same for every family: ``eager``; ``graphs`` (the
 eager calls replayed from CUDA graphs); ``fast`` — what ``model.stream`` and ``scd-msc
 generate`` run by default on CUDA: compiled once per model and graph-replayed.
-``--prefix`` adds the SCD models with ``decoder_context='prefix'``. A second run of
+``--prefix`` adds the SCD models with ``decoder_context='prefix'``; ``--families`` times
+a subset (the figures and ratios of the others are left empty, not guessed). A second run of
 SCD-MSC from an empty cache out to ``curve_frames`` gives latency and memory against
 frame index; ``scd-msc generate`` itself is timed on the same preset (its own
 steady-state report); kernels per decoder call (per DiT pass) are counted with the
