@@ -232,7 +232,8 @@ def test_kernel_time_sums_device_time_per_step_and_ranks_kernels():
 
     (line,) = kernel_time_lines({"m": {"eager": {"kernel_us_per_step": 1.0, "top": []}, "compiled": t}},
                                 {"m": 0.2}, steps=2)  # the last mode profiled; 0.2 ms per 2 steps
-    assert line == "- m (compiled): kernels 88 µs per step of 100 µs timed per step; slowest: gemm 60 µs ×2; na3d_fwd 25 µs ×0.5"
+    assert line == ("- m (compiled): kernels 88 µs per step of 100 µs timed per step; "
+                    "slowest: gemm 60 µs ×2; na3d_fwd 25 µs ×0.5")
 
 
 def test_bench_latency_does_not_import_lightning():

@@ -174,6 +174,7 @@ def kernel_time_lines(kernel_times: dict[str, dict[str, dict]], denoise_ms: dict
         mode, t = list(by_mode.items())[-1]
         step_us = None if denoise_ms.get(name) is None else 1e3 * denoise_ms[name] / steps
         share = "" if step_us is None else f" of {step_us:.0f} µs timed per step"
-        top = "; ".join(f"{k['kernel'][:60]} {k['us_per_step']:.0f} µs ×{k['calls_per_step']:.3g}" for k in t["top"][:5])
+        top = "; ".join(f"{k['kernel'][:60]} {k['us_per_step']:.0f} µs ×{k['calls_per_step']:.3g}"
+                        for k in t["top"][:5])
         lines.append(f"- {name} ({mode}): kernels {t['kernel_us_per_step']:.0f} µs per step{share}; slowest: {top}")
     return lines
