@@ -225,7 +225,7 @@ def test_kernel_time_sums_device_time_per_step_and_ranks_kernels():
     events = [event("gemm", 30.0), event("na3d_fwd", 50.0), event("gemm", 30.0), event("cpu_op", 999.0, DeviceType.CPU),
               event("norm", 5.0), event("gemm", 30.0), event("gemm", 30.0)]
     t = kernel_time(events, steps=2, top=2)
-    assert t["kernel_us_per_step"] == (4 * 30 + 50 + 5) / 2
+    assert t["kernels_per_step"] == 6 / 2 and t["kernel_us_per_step"] == (4 * 30 + 50 + 5) / 2
     assert t["top"] == [{"kernel": "gemm", "calls_per_step": 2.0, "us_per_step": 60.0},
                         {"kernel": "na3d_fwd", "calls_per_step": 0.5, "us_per_step": 25.0}]
     from tools.bench.latency_report import kernel_time_lines

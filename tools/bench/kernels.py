@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -24,29 +25,28 @@ import torch
 from torch.profiler import DeviceType, ProfilerActivity, profile
 
 
-def kernel_time(events: list, steps: int, top: int = 10) -> dict:
-    """Of the CUDA kernels of ``steps`` denoising steps: their summed device time per step
-    (µs; against the step's wall time it says how launch-bound the step is) and the
-    ``top`` kernels by device time (name, calls and µs per step)."""
+def kernel_time(events: Iterable, steps: int, top: int = 10) -> dict:
+    """Of the CUDA kernels of ``steps`` denoising steps: how many per step, their summed
+    device time per step (µs; against the step's wall time it says how launch-bound the
+    step is) and the ``top`` kernels by device time (name, calls and µs per step)."""
     per: dict[str, list[float]] = {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
             per.setdefault(e.name, []).append(e.time_range.elapsed_us())
     rows = sorted(((name, len(us), sum(us)) for name, us in per.items()), key=lambda r: -r[2])
-    return {"kernel_us_per_step": sum(r[2] for r in rows) / steps,
+    return {"kernels_per_step": sum(r[1] for r in rows) / steps, "kernel_us_per_step": sum(r[2] for r in rows) / steps,
             "top": [{"kernel": name[:120], "calls_per_step": n / steps, "us_per_step": us / steps}
                     for name, n, us in rows[:top]]}
 
 
 @torch.no_grad()
 def count_kernels(model: torch.nn.Module, args: argparse.Namespace, device: str,
-                  modes: list[str]) -> tuple[dict[str, float], dict[str, dict]]:
-    """``({"eager": k, "compiled": k}, {"eager": t, "compiled": t})``: CUDA kernels per
-    denoising step at batch 1, and their device time (:func:`kernel_time`)."""
+                  modes: list[str]) -> dict[str, dict]:
+    """``{"eager": t, "compiled": t}``: the CUDA kernels of a denoising step at batch 1
+    (:func:`kernel_time`: count, device time, the slowest)."""
     from tools.bench.latency import DTYPES, time_frames
 
     cfg = model.cfg
-    counts: dict[str, float] = {}
     times: dict[str, dict] = {}
     for mode in ["eager"] + (["compiled"] if "fast" in modes else []):
         g = torch.Generator(device=device).manual_seed(3)
@@ -58,10 +58,8 @@ def count_kernels(model: torch.nn.Module, args: argparse.Namespace, device: str,
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             session.denoise()
             torch.cuda.synchronize(device)
-        events = list(prof.events())
-        counts[mode] = sum(e.device_type == DeviceType.CUDA for e in events) / args.steps
-        times[mode] = kernel_time(events, args.steps)
-    return counts, times
+        times[mode] = kernel_time(prof.events(), args.steps)
+    return times
 
 
 def generate_cli_ms(args: argparse.Namespace, device: str) -> Optional[dict]:

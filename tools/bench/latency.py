@@ -255,11 +255,12 @@ def run_bench(args: argparse.Namespace, device: str) -> int:
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         checks.update({f"{name} {m}": mode_check(model, args, device, m) for m in modes if m != "eager"})
         if device == "cuda":
-            kernels[name], kernel_times[name] = count_kernels(model, args, device, modes)
+            kernel_times[name] = count_kernels(model, args, device, modes)
+            kernels[name] = {m: t["kernels_per_step"] for m, t in kernel_times[name].items()}
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-    print(f"{' / '.join(modes[1:]) or '-'} vs eager, max |diff|:", checks, flush=True)
+    print(f"{' / '.join(m for m in modes if m != 'eager') or '-'} vs eager, max |diff|:", checks, flush=True)
     msc = f"scd-msc-{args.size}"
     run_curve = msc in names and args.curve_frames > 0
     curves = [latency_curve(msc, args, device, modes[-1], make_model(msc, args, device))] if run_curve else []

@@ -107,7 +107,7 @@ def write_latency_report(args: argparse.Namespace, device: str, names: list[str]
               for nm in names if nm.endswith("+prefix")}
     if prefix:
         data["prefix"] = prefix
-    model0 = build_model(names[0].removesuffix("+prefix"))
+    model0 = build_model(names[0])  # a family: the prefix cases follow them
     config = {"presets": names, "modes": modes, "tokens_per_frame": model0.cfg.grid ** 2,
               "image": f"{model0.cfg.channels}x{model0.cfg.image_size}x{model0.cfg.image_size}",
               "context_frames": args.context, "steps": args.steps, "sampler": Sampler().config.name,
