@@ -51,6 +51,34 @@ def test_the_mscs_per_step_calls_trace_whole_once_per_model():
     assert (fast - eager).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("family", ["scd-msc", "causal-dit"])
+def test_strided_actions_and_frames_trace_no_more_graphs(family):
+    """What eval passes, views (``actions[:, j]`` of a clip's actions; a clip's true frame
+    committed in teacher forcing), traces the graphs contiguous tensors do: a compiled
+    call guards on strides, and on CUDA the contiguous copy a graph captures would
+    otherwise be compiled inside the capture, where Inductor cannot autotune."""
+    model, backend = tiny(family, actions=10, classes=3), CountingBackend()
+    clip = torch.rand(2, 20, 1, 32, 32, generator=gen()) * 2 - 1  # (B, k + n, C, H, W)
+    actions = torch.randint(0, 10, (2, 20), generator=gen())  # (B, k + n)
+
+    def run(action_at, teacher_forced: bool = False) -> int:
+        session = model.stream(2, 2, prompt=clip[:, :4], prompt_actions=actions[:, :4], labels=torch.tensor([0, 2]),
+                               generator=gen(), compile=backend)
+        for j in range(8):  # the caches fill at frame 6
+            if teacher_forced:
+                session.denoise(action_at(j))
+                session.commit(clip[:, 4 + j], action_at(j))
+            else:
+                session.step(action_at(j))
+        return backend.graphs
+
+    graphs = run(lambda j: actions[:, 4 + j].clone())  # contiguous
+    assert graphs > 0
+    assert run(lambda j: actions[:, 4 + j]) == graphs  # strided: stride 20
+    assert run(lambda j: actions[:, 4:].flip(0)[:, j]) == graphs  # another stride and offset
+    assert run(lambda j: actions[:, 4 + j], teacher_forced=True) == graphs
+
+
 def test_compile_argument():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_compile(None, cpu) is None and resolve_compile(None, cuda) == "inductor"
@@ -122,3 +150,19 @@ def test_fast_path_matches_eager_on_cuda(family, prefix):
             assert (fast - eager).abs().max() <= 1e-3
         else:
             assert ((fast - eager).norm() / eager.norm()).item() <= 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast path's CUDA graphs need a GPU")
+def test_fast_path_takes_strided_actions_on_cuda():
+    """eval's calls on the default CUDA path: ``actions[:, j]`` views, past the point where
+    the commit is captured (it once recompiled inside the capture and failed), give the
+    eager frames (float32, tolerance as above)."""
+    model = tiny("scd-msc", "cuda", actions=10, classes=3)
+    actions = torch.randint(0, 10, (2, 20), device="cuda", generator=gen("cuda"))  # (B, k + n)
+    prompt = torch.rand(2, 4, 1, 32, 32, device="cuda", generator=gen("cuda")) * 2 - 1
+    runs = []
+    for compile in (False, None):
+        session = model.stream(2, 4, prompt=prompt, prompt_actions=actions[:, :4], labels=torch.tensor([0, 2]).cuda(),
+                               generator=gen("cuda"), compile=compile)
+        runs.append(torch.stack([session.step(actions[:, 4 + j]) for j in range(16)], 1))
+    assert (runs[1] - runs[0]).abs().max() <= 1e-3

@@ -21,7 +21,10 @@ class GraphedCall:
 
     ``warmup`` calls run before capture; a step that writes state (a cache) must use
     ``warmup=0`` and have run eagerly at the same shapes before: capture records
-    without executing, and the replay that follows performs the step once.
+    without executing, and the replay that follows performs the step once. The capture
+    runs on copies of the arguments (a strided view's copy is contiguous); the compiled
+    calls make their arguments contiguous (:func:`scd_msc.streaming.fast.contiguous_args`),
+    so a strided argument at the eager call does not make the capture compile a new graph.
     """
 
     def __init__(self, module: Callable[..., Tensor], warmup: int = 2):
