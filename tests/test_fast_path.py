@@ -38,45 +38,39 @@ def gen(device: str = "cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed(1)
 
 
-def test_the_mscs_per_step_calls_trace_whole_once_per_model():
-    """fullgraph=True (a graph break would raise): the decoder call and the full-cache
-    encoder commit are two graphs; later frames and a second session add none; the
-    traced calls give the eager frames."""
-    model, backend = tiny("scd-msc"), CountingBackend()
-    fast = model.generate(1, 12, 2, generator=gen(), compile=backend)  # caches fill at frame 6
-    assert backend.graphs == 2
-    model.generate(1, 8, 2, generator=gen(), compile=backend)
-    assert backend.graphs == 2
-    eager = model.generate(1, 12, 2, generator=gen(), compile=False)
-    assert (fast - eager).abs().max() <= 1e-5
-
-
 @pytest.mark.parametrize("family", ["scd-msc", "causal-dit"])
-def test_strided_actions_and_frames_trace_no_more_graphs(family):
-    """What eval passes, views (``actions[:, j]`` of a clip's actions; a clip's true frame
-    committed in teacher forcing), traces the graphs contiguous tensors do: a compiled
-    call guards on strides, and on CUDA the contiguous copy a graph captures would
-    otherwise be compiled inside the capture, where Inductor cannot autotune."""
+def test_per_step_calls_trace_whole_once_per_model(family):
+    """fullgraph=True (a graph break would raise): SCD-MSC's decoder call and full-cache
+    encoder commit are two graphs. Later frames and more sessions add none, also with
+    what eval passes: views (``actions[:, j]`` of a clip's actions; a clip's true frame
+    committed in teacher forcing). A compiled call guards on strides, and on CUDA the
+    contiguous copy a graph captures would otherwise be compiled inside the capture,
+    where Inductor cannot autotune. The traced calls give the eager frames."""
     model, backend = tiny(family, actions=10, classes=3), CountingBackend()
     clip = torch.rand(2, 20, 1, 32, 32, generator=gen()) * 2 - 1  # (B, k + n, C, H, W)
     actions = torch.randint(0, 10, (2, 20), generator=gen())  # (B, k + n)
 
-    def run(action_at, teacher_forced: bool = False) -> int:
+    def run(action_at, compile=backend, teacher_forced: bool = False) -> torch.Tensor:
         session = model.stream(2, 2, prompt=clip[:, :4], prompt_actions=actions[:, :4], labels=torch.tensor([0, 2]),
-                               generator=gen(), compile=backend)
+                               generator=gen(), compile=compile)
+        frames = []
         for j in range(8):  # the caches fill at frame 6
             if teacher_forced:
-                session.denoise(action_at(j))
+                frames.append(session.denoise(action_at(j)))
                 session.commit(clip[:, 4 + j], action_at(j))
             else:
-                session.step(action_at(j))
-        return backend.graphs
+                frames.append(session.step(action_at(j)))
+        return torch.stack(frames, 1)  # (B, 8, C, H, W)
 
-    graphs = run(lambda j: actions[:, 4 + j].clone())  # contiguous
-    assert graphs > 0
-    assert run(lambda j: actions[:, 4 + j]) == graphs  # strided: stride 20
-    assert run(lambda j: actions[:, 4:].flip(0)[:, j]) == graphs  # another stride and offset
-    assert run(lambda j: actions[:, 4 + j], teacher_forced=True) == graphs
+    fast = run(lambda j: actions[:, 4 + j].clone())  # contiguous
+    graphs = backend.graphs
+    assert graphs == 2 if family == "scd-msc" else graphs > 0
+    run(lambda j: actions[:, 4 + j])  # strided: stride 20
+    run(lambda j: actions[:, 4:].flip(0)[:, j])  # another stride and offset
+    run(lambda j: actions[:, 4 + j], teacher_forced=True)
+    assert backend.graphs == graphs
+    eager = run(lambda j: actions[:, 4 + j], compile=False)
+    assert (fast - eager).abs().max() <= 1e-5
 
 
 def test_compile_argument():
