@@ -159,4 +159,5 @@ def test_fast_path_takes_strided_actions_on_cuda():
         session = model.stream(2, 4, prompt=prompt, prompt_actions=actions[:, :4], labels=torch.tensor([0, 2]).cuda(),
                                generator=gen("cuda"), compile=compile)
         runs.append(torch.stack([session.step(actions[:, 4 + j]) for j in range(16)], 1))
+        assert session.graphs == (compile is None)
     assert (runs[1] - runs[0]).abs().max() <= 1e-3
