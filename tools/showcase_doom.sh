@@ -29,7 +29,8 @@
 # where the environment already exports an OUT of its own, set it here explicitly), REPORT (benchmarks),
 # PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset trains and scores only
 # those, and no report is made: two such runs can share one GPU at the same time, after one run has made the
-# shards; FAMILIES=none makes only the shards, autoencoder and latents). SMOKE=1: the same pipeline on a CPU
+# shards; FAMILIES=none makes only the shards, autoencoder and latents), PARALLEL (0; 1: after the shards, the
+# families train and are scored side by side on the one GPU, each as a FAMILIES run, then play and the report). SMOKE=1: the same pipeline on a CPU
 # in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT $OUT/report):
 # a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
@@ -37,6 +38,7 @@
 # (e.g. `timeout 580 bash tools/showcase_doom.sh` under a per-command limit) stops the running step
 # cleanly (a training saves last.ckpt) and exits 143; the same command again continues.
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # PARALLEL=1 runs it once per family
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 cli=("$py" -m scd_msc.cli)
@@ -91,7 +93,8 @@ mkdir -p "$logs"
 
 running=
 stop() {  # SIGTERM/SIGINT (timeout, Ctrl-C): stop the running step the same way (training saves last.ckpt)
-  if [ -n "$running" ]; then kill -TERM "$running" 2>/dev/null || true; wait "$running" || true; fi
+  # shellcheck disable=SC2086  # one pid, or one per family (PARALLEL=1)
+  if [ -n "$running" ]; then kill -TERM $running 2>/dev/null || true; wait $running || true; fi
   echo "showcase_doom: stopped; run the same command again to continue" >&2
   exit 143
 }
@@ -178,6 +181,23 @@ evaluate() {  # family name shards horizon clips batch extra...
     --no-progress "${@:7}"
 }
 selected() { [ -z "$only" ] || [[ " ${only//,/ } " == *" $1 "* ]]; }  # family: in FAMILIES (or no FAMILIES)
+if [ "${PARALLEL:-0}" = 1 ] && [ -z "$only" ]; then  # every family's training and evals at once, one run each
+  pids=() failed=0
+  for entry in "${configs[@]}"; do
+    family=${entry%%:*}
+    echo "[$(date +%H:%M:%S)] $family: training and evals side by side (log: $logs/parallel_$family.log)"
+    FAMILIES=$family PLAY=0 bash "$self" >"$logs/parallel_$family.log" 2>&1 &
+    pids+=($!)
+  done
+  running="${pids[*]}"
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  running=
+  if [ "$failed" = 1 ]; then
+    echo "showcase_doom: a family failed; the ends of $logs/parallel_*.log:" >&2
+    tail -n 5 "$logs"/parallel_*.log >&2
+    exit 1
+  fi
+fi
 for entry in "${configs[@]}"; do
   family=${entry%%:*}
   selected "$family" || continue
@@ -212,7 +232,7 @@ for entry in "${configs[@]}"; do
   family=${entry%%:*}
   families+=("--${family//_/-}" "$out/eval/$family" "$out/long/$family" "$out/runs/$family")
 done
-knobs='SMOKE|LATENT|AE_MINUTES|AE_STEPS|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|BATCH|DENSE|SCENARIOS'
+knobs='SMOKE|PARALLEL|LATENT|AE_MINUTES|AE_STEPS|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|BATCH|DENSE|SCENARIOS'
 settings=$(env | grep -oE "^($knobs)=.*" | tr '\n' ' ' || true)
 step report "$py" -m tools.showcase_report "${families[@]}" --space "$space" --out "$report" \
   ${play_report:+--play "$play_report"} \
