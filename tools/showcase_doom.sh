@@ -30,9 +30,9 @@
 # PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset trains and scores only
 # those, and no report is made: two such runs can share one GPU at the same time, after one run has made the
 # shards; FAMILIES=none makes only the shards, autoencoder and latents), PARALLEL (0; 1: after the shards, the
-# families train and are scored side by side on the one GPU, each as a FAMILIES run, then play and the report). SMOKE=1: the same pipeline on a CPU
-# in minutes (tiny models, 32x32, few clips and steps; OUT outputs/showcase_doom_smoke, REPORT $OUT/report):
-# a check of the pipeline, not a result.
+# families train and are scored side by side on the one GPU, each as a FAMILIES run, then play and the report).
+# SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
+# outputs/showcase_doom_smoke, REPORT $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
 # interrupted training continues from last.ckpt. Every step logs to $OUT/logs/<step>.log. SIGTERM or Ctrl-C
 # (e.g. `timeout 580 bash tools/showcase_doom.sh` under a per-command limit) stops the running step
