@@ -197,6 +197,20 @@ def test_backends_streaming_match_reference(backend):
     assert _check_backend(backend, lowres_attention, q, k, v, stride=2, frames=2)
 
 
+@pytest.mark.parametrize("fkv", [1, 2, 5])
+def test_natten_one_query_frame_is_na2d_per_key_frame_merged(fkv, monkeypatch):
+    """A streamed frame (and a prefix decoder step) runs na2d once over its key frames
+    folded into the batch, merged by log-sum-exp; never na3d. Same numbers as reference."""
+    import natten
+
+    monkeypatch.setattr(natten.functional, "na3d", None)  # a call of it fails the test
+    q, k, v = rand_qkv((2, 1, 7, 9, 2, 8), kv_frames=fkv, dtype=torch.float32, seed=4)
+    for window, frames in [(3, 1), (5, 2), (3, 4), (7, 8)]:
+        assert _check_backend("natten", hires_attention, q, k, v, window=window, frames=frames)
+    for stride, frames in [(1, None), (2, None), (2, 2), (3, 1)]:
+        assert _check_backend("natten", lowres_attention, q, k, v, stride=stride, frames=frames)
+
+
 def test_natten_refusal_is_explained():
     q, k, v = rand_qkv((1, 5, 7, 9, 2, 8), dtype=torch.float32)
     with pytest.raises(BackendUnavailableError, match="NATTEN needs windows >= 2"):

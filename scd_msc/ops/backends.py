@@ -181,12 +181,38 @@ def natten_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tenso
     plan = _natten_plan(spec, fq, fkv, hp, wp)
     if isinstance(plan, str):
         raise BackendUnavailableError(f"natten cannot run this pattern: {plan}")
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if fq == 1 and spec.causal[0] and not grad:
+        return _natten_one_frame(q, k, v, spec)
     kernel, dilation, frames = plan
     q = F.pad(q, (0, 0, 0, 0, 0, 0, 0, 0, fkv - fq, frames - fkv))  # queries = last Fq frames
     k, v = (F.pad(t, (0, 0, 0, 0, 0, 0, 0, 0, 0, frames - fkv)) for t in (k, v))
     out = natten.functional.na3d(q, k, v, kernel_size=kernel, dilation=dilation,
                                  is_causal=(spec.causal[0], False, False))
     return out[:, fkv - fq:fkv]
+
+
+def _natten_one_frame(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
+    """One causal query frame (a streamed frame, a ``prefix`` decoder step), forward only.
+    In each key frame of its window the query sees the same ``ky × kx`` neighbourhood, so
+    the ``m`` frames fold into the batch of one ``na2d`` call and the ``m`` outputs merge
+    by their log-sum-exps (the softmax over all their keys). ``na3d`` would need the
+    query padded back to every key frame: ``Fkv`` times the queries.
+
+    q ``(B, 1, Hp, Wp, h, d)``, k/v ``(B, Fkv, Hp, Wp, h, d)`` -> like q."""
+    import natten
+
+    (kt, ky, kx), dt = spec.kernel, spec.dilation[0]
+    last, hp, wp = k.shape[1] - 1, q.shape[2], q.shape[3]
+    k, v = (t[:, last % dt::dt][:, -kt:] for t in (k, v))  # (B, m, Hp, Wp, h, d): the frames seen
+    b, m = k.shape[:2]
+    qs = q.expand(-1, m, -1, -1, -1, -1)
+    out, lse = natten.functional.na2d(*(t.flatten(0, 1) for t in (qs, k, v)),
+                                      kernel_size=(min(ky, hp), min(kx, wp)), return_lse=True)
+    if m == 1:
+        return out[:, None]
+    weight = torch.softmax(lse.unflatten(0, (b, m)).float(), dim=1)[..., None]  # (B, m, Hp, Wp, h, 1)
+    return (out.unflatten(0, (b, m)).float() * weight).sum(1, keepdim=True).to(q.dtype)
 
 
 # --------------------------------------------------------------------------- selection

@@ -58,7 +58,7 @@ def count_kernels(model: torch.nn.Module, args: argparse.Namespace, device: str,
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             session.denoise()
             torch.cuda.synchronize(device)
-        times[mode] = kernel_time(prof.events(), args.steps)
+        times[mode] = kernel_time(prof.events(), args.steps, args.kernel_top)
     return times
 
 

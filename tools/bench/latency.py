@@ -216,6 +216,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-frames", type=int, default=16)
     p.add_argument("--train-iters", type=int, default=10, help="timed training steps (0: no training rows)")
     p.add_argument("--train-warmup", type=int, default=3)
+    p.add_argument("--kernel-top", type=int, default=10, help="slowest kernels of a denoising step kept "
+                   "per case (decoder_kernel_time)")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="cuda (the default; required for the numbers) or cpu (a smoke run)")
