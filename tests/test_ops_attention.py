@@ -18,6 +18,7 @@ from scd_msc.ops import (
     lowres_spec,
     resolve_backend,
 )
+from scd_msc.ops.backends import natten_has_library
 from scd_msc.ops.masks import WindowSpec, dense_spec, frame_causal_mask_mod, frame_causal_pairs, window_pairs
 
 # ----------------------------------------------------------------- independent rules
@@ -209,6 +210,22 @@ def test_natten_one_query_frame_is_na2d_per_key_frame_merged(fkv, monkeypatch):
         assert _check_backend("natten", hires_attention, q, k, v, window=window, frames=frames)
     for stride, frames in [(1, None), (2, None), (2, 2), (3, 1)]:
         assert _check_backend("natten", lowres_attention, q, k, v, stride=stride, frames=frames)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and natten_has_library()),
+                    reason="NATTEN's CUDA kernels need a GPU and NATTEN built with libnatten")
+@pytest.mark.parametrize("fkv, frames, stride", [(2, 2, 1), (4, 4, 1), (6, 3, 2)])
+def test_natten_one_query_frame_matches_reference_on_cuda(fkv, frames, stride):
+    """NATTEN's kernels with their log-sum-exps, merged, against float32 reference
+    attention on the same float16 inputs: within 1e-2 (float16 rounds outputs of size
+    ~1 by ~5e-4; a wrong merge or frame gives errors of order 0.1)."""
+    q, k, v = (t.cuda().half() for t in rand_qkv((2, 1, 16, 20, 4, 64), kv_frames=fkv, seed=5))
+    ref = hires_attention(q.float(), k.float(), v.float(), window=7, frames=frames, backend="reference")
+    out = hires_attention(q, k, v, window=7, frames=frames, backend="natten")
+    assert (out.float() - ref).abs().max().item() <= 1e-2
+    ref = lowres_attention(q.float(), k.float(), v.float(), stride=stride, frames=frames, backend="reference")
+    out = lowres_attention(q, k, v, stride=stride, frames=frames, backend="natten")
+    assert (out.float() - ref).abs().max().item() <= 1e-2
 
 
 def test_natten_refusal_is_explained():
