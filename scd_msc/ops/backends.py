@@ -4,7 +4,8 @@
   everywhere, has autograd; the specification the others are tested against.
 * ``flex`` — FlexAttention with a ``BlockMask`` from :mod:`scd_msc.ops.masks`
   (compiled on CUDA; eager on CPU, where it is a slow forward-only check).
-* ``natten`` — ``natten.functional.na3d``; native Hopper/CUTLASS kernels when NATTEN
+* ``natten`` — ``natten.functional.na3d`` (one causal query frame without gradients:
+  ``na2d`` over its key frames, merged); native Hopper/CUTLASS kernels when NATTEN
   was built with its library (``libnatten``), else NATTEN's uncompiled flex fallback.
 * ``auto`` — the first of natten, flex, reference that can run the call, including its
   backward when inputs require grad; its choice and each refusal's reason are logged

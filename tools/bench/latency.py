@@ -228,7 +228,7 @@ def check_args(args: argparse.Namespace) -> str:
     was expected. The numbers need CUDA; a CPU runs only when asked for (``--device cpu``)."""
     for name in ("steps", "context", "frames", "train_batch", "train_frames"):
         positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
-    for name in ("curve_frames", "train_iters", "cli_frames"):  # 0: that part is not run
+    for name in ("curve_frames", "train_iters", "cli_frames", "kernel_top"):  # 0: that part is not run / kept
         non_negative_int(f"--{name.replace('_', '-')}", getattr(args, name))
     positive_ints("--batch", args.batch)
     choice("--size", args.size, SIZES)
