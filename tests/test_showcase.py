@@ -65,9 +65,12 @@ def long_eval(folder: Path, ratio: float, frames: int = 12, size: int = 8, seed:
     return str(folder)
 
 
-def run_dir(folder: Path, steps: int) -> str:
+def run_dir(folder: Path, steps: int, world_size: int | None = None, batch_size: int = 8) -> str:
     folder.mkdir(parents=True)
     (folder / "metrics.csv").write_text("step,train/loss\n" + "".join(f"{s},0.5\n" for s in range(steps)))
+    if world_size is not None:  # as training/timing.py writes it
+        (folder / "timing.json").write_text(json.dumps({"steps": steps - 20, "world_size": world_size,
+                                                        "batch_size": batch_size}))
     return str(folder)
 
 
@@ -154,6 +157,38 @@ def test_report_reads_the_play_benchmark(families, tmp_path, capsys):
         sr.main(argv(families, tmp_path / "p2", "--play", str(path)))
     assert f"--play={str(path)!r}: 'page_fps_median'; expected the JSON of python -m tools.bench_play" \
         in capsys.readouterr().err
+
+
+def test_report_against_a_baseline_run_pairs_clip_by_clip(families, tmp_path, capsys):
+    """A longer run (8 GPUs) reported against the one-GPU run's JSON: each family's PSNR,
+    the paired difference on the same clips, the GPUs and training clips of both."""
+    families["scd_msc"][2] = run_dir(tmp_path / "r_one", 40, world_size=1)
+    assert sr.main(argv(families, tmp_path / "one")) == 0
+    baseline = next((tmp_path / "one").glob("showcase_doom_*.json"))
+    assert json.loads(baseline.read_text())["families"]["scd_msc"]["run"]["clips_seen"] == 1 * 8 * 40
+    longer = dict(families, scd_msc=[short_eval(tmp_path / "e_long", [21.0, 24.0, 24.0], [18.0] * 3, [17.0, 18.0, 19.0],
+                                                [25.0] * 3), families["scd_msc"][1],
+                                     run_dir(tmp_path / "r_long", 80, world_size=8)])
+    assert sr.main(argv(longer, tmp_path / "eight", "--baseline", str(baseline))) == 0
+    data = json.loads(next((tmp_path / "eight").glob("showcase_doom_*.json")).read_text())
+    scd, dit = data["baseline"]["families"]["scd_msc"], data["baseline"]["families"]["causal_dit"]
+    assert (scd["psnr"], scd["baseline_psnr"]) == (23.0, 22.0)
+    assert scd["paired"]["clips"] == 3 and scd["paired"]["mean"] == pytest.approx(1.0)  # +1, +2, 0
+    assert scd["paired"]["std"] == pytest.approx(1.0)
+    assert (scd["clips_seen"], scd["baseline_clips_seen"], scd["world_size"]) == (8 * 8 * 80, 8 * 40, 8)
+    assert dit["paired"]["mean"] == 0.0 and dit["clips_seen"] is None  # the DiT's run wrote no timing.json
+    md = next((tmp_path / "eight").glob("showcase_doom_*.md")).read_text()
+    assert "## Against the baseline run" in md and "| SCD-MSC" in md.split("## Against the baseline run")[1]
+    other = dict(longer, scd_msc=[short_eval(tmp_path / "e_x", [1.0] * 3, [1.0] * 3, [1.0] * 3, [1.0] * 3,
+                                             keys=("x", "y", "z")), *longer["scd_msc"][1:]],
+                 causal_dit=[short_eval(tmp_path / "e_y", [1.0] * 3, [1.0] * 3, [1.0] * 3, [1.0] * 3,
+                                        keys=("x", "y", "z")), *longer["causal_dit"][1:]])
+    with pytest.raises(SystemExit):
+        sr.main(argv(other, tmp_path / "x", "--baseline", str(baseline)))
+    assert "it scored other clips (clip_keys differ)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sr.main(argv(longer, tmp_path / "y", "--baseline", str(tmp_path / "missing.json")))
+    assert f"--baseline={str(tmp_path / 'missing.json')!r}: FileNotFoundError" in capsys.readouterr().err
 
 
 def test_script_is_valid_bash():

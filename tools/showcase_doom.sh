@@ -30,7 +30,10 @@
 # PYTHON (python3), FAMILIES (every family: scd_msc causal_dit [scd_dense]; a subset trains and scores only
 # those, and no report is made: two such runs can share one GPU at the same time, after one run has made the
 # shards; FAMILIES=none makes only the shards, autoencoder and latents), PARALLEL (0; 1: after the shards, the
-# families train and are scored side by side on the one GPU, each as a FAMILIES run, then play and the report).
+# families train and are scored side by side on the one GPU, each as a FAMILIES run, then play and the report),
+# BASELINE (an earlier report's JSON on the same held-out clips, say the one-GPU run: the report pairs each
+# family's scores with it). Several GPUs: each training runs DDP over every visible GPU (train.devices=auto);
+# with PARALLEL=1 the families split them, each its own share (CUDA_VISIBLE_DEVICES).
 # SMOKE=1: the same pipeline on a CPU in minutes (tiny models, 32x32, few clips and steps; OUT
 # outputs/showcase_doom_smoke, REPORT $OUT/report): a check of the pipeline, not a result.
 # Resumable: a step whose outputs exist is skipped (shards, a finished training, a complete eval); an
@@ -181,12 +184,23 @@ evaluate() {  # family name shards horizon clips batch extra...
     --no-progress "${@:7}"
 }
 selected() { [ -z "$only" ] || [[ " ${only//,/ } " == *" $1 "* ]]; }  # family: in FAMILIES (or no FAMILIES)
+gpu_ids() {  # the visible GPUs' ids, one per line: CUDA_VISIBLE_DEVICES when set, else nvidia-smi's list
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -v '^$' || true
+  else (nvidia-smi -L 2>/dev/null || true) | awk '/^GPU /{print NR - 1}'; fi
+}
 if [ "${PARALLEL:-0}" = 1 ] && [ -z "$only" ]; then  # every family's training and evals at once, one run each
-  pids=() failed=0
+  pids=() failed=0 n=0
+  mapfile -t gpus < <(gpu_ids)
+  share=$(( ${#gpus[@]} / ${#configs[@]} ))  # with several GPUs each family gets its own (the rest stay idle)
   for entry in "${configs[@]}"; do
-    family=${entry%%:*}
-    echo "[$(date +%H:%M:%S)] $family: training and evals side by side (log: $logs/parallel_$family.log)"
-    FAMILIES=$family PLAY=0 bash "$self" >"$logs/parallel_$family.log" 2>&1 &
+    family=${entry%%:*} own=()
+    if [ "${#gpus[@]}" -ge 2 ] && [ "$share" -ge 1 ]; then
+      own=("CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${gpus[*]:$((n * share)):$share}")")
+    fi
+    n=$((n + 1))
+    echo "[$(date +%H:%M:%S)] $family: training and evals side by side${own[*]:+ (${own[*]})}" \
+      "(log: $logs/parallel_$family.log)"
+    env "${own[@]}" FAMILIES="$family" PLAY=0 bash "$self" >"$logs/parallel_$family.log" 2>&1 &
     pids+=($!)
   done
   running="${pids[*]}"
@@ -232,10 +246,10 @@ for entry in "${configs[@]}"; do
   family=${entry%%:*}
   families+=("--${family//_/-}" "$out/eval/$family" "$out/long/$family" "$out/runs/$family")
 done
-knobs='SMOKE|PARALLEL|LATENT|AE_MINUTES|AE_STEPS|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|BATCH|DENSE|SCENARIOS'
+knobs='SMOKE|PARALLEL|BASELINE|LATENT|AE_MINUTES|AE_STEPS|TRAIN_STEPS|CLIPS|LONG_CLIPS|LONG_FRAMES|EVAL_STEPS|CTX|TRAIN_CLIPS|BATCH|DENSE|SCENARIOS'
 settings=$(env | grep -oE "^($knobs)=.*" | tr '\n' ' ' || true)
 step report "$py" -m tools.showcase_report "${families[@]}" --space "$space" --out "$report" \
-  ${play_report:+--play "$play_report"} \
+  ${play_report:+--play "$play_report"} ${BASELINE:+--baseline "$BASELINE"} \
   --notes "Run: \`${settings}bash tools/showcase_doom.sh\`; scenarios $scenarios; policy: held actions \
 (3-9 steps), the player's moves 93% of the draws."
 cat "$logs/report.log"

@@ -13,7 +13,10 @@ Reads, per family, two ``scd-msc eval`` folders and the training run folder:
 * the run (``timing.json``, ``metrics.csv``, ``last.ckpt``): steps and step time;
 
 and (``--play``) the JSON of ``python -m tools.bench_play`` on the SCD-MSC checkpoint:
-frames/s at the page (``play_fps``) and the server's ms per frame.
+frames/s at the page (``play_fps``) and the server's ms per frame; (``--baseline``) an
+earlier report's JSON on the same held-out clips, say the one-GPU run against a longer
+multi-GPU one: each family's PSNR against it, paired clip by clip (``baseline``), with the
+GPUs and training clips of both runs.
 
 Writes ``<out>/<what>_<gpu>_<date>.md`` + ``.json`` (keys ``scd_msc_psnr``,
 ``causal_dit_psnr``, ``repeat_last_psnr``, ``shuffled_actions_psnr`` (SCD-MSC),
@@ -75,7 +78,18 @@ def load_family(key: str, eval_dir: Path, long_dir: Path, run: Path) -> dict[str
             "rollout_frames": long["horizon"], "rollout_clips": long["clips"],
             "rollout_colour": {"generated": colour.get("generated"), "data": colour.get("data")},
             "interrupted": bool(short.get("interrupted") or long.get("interrupted")),
-            "run": run_info(run), "_short": short, "_long": long, "_long_dir": long_dir}
+            "clip_psnr_1_8": short["clip_psnr_1_8"], "clip_keys": short["clip_keys"],  # what --baseline pairs
+            "run": clips_seen(run, run_info(run)), "_short": short, "_long": long, "_long_dir": long_dir}
+
+
+def clips_seen(run: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` (:func:`run_info`) plus the GPUs (``world_size``), the clips per GPU per step
+    and the training clips seen, from the run's ``timing.json`` and its steps (None where
+    a file lacks them)."""
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
+    world, batch, steps = timing.get("world_size"), timing.get("batch_size"), info["steps"]
+    seen = None if None in (world, batch, steps) else world * batch * steps
+    return {**info, "world_size": world, "batch_size": batch, "clips_seen": seen}
 
 
 def paired(families: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -115,6 +129,23 @@ def bars(data: dict[str, Any]) -> list[dict[str, Any]]:
         {"bar": f"scd-msc play ≥ {PLAY_FPS_BAR:g} frames/s (SCD-MSC, the scores' steps)", "value": data["play_fps"],
          "threshold": PLAY_FPS_BAR},
     ]
+
+
+def against(families: dict[str, dict[str, Any]], baseline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per family in both runs: this run's and the baseline's PSNR over horizons 1–8, the
+    paired difference (this − baseline, clip by clip) and the clips each saw in training."""
+    out = {}
+    for key, fam in families.items():
+        base = (baseline.get("families") or {}).get(key)
+        if base is None:
+            continue
+        gap = None
+        if base.get("clip_psnr_1_8") is not None:
+            gap = paired_gap(fam["clip_psnr_1_8"], base["clip_psnr_1_8"], fam["clip_keys"], base["clip_keys"])
+        out[key] = {"psnr": fam["psnr"], "baseline_psnr": base["psnr"], "paired": gap,
+                    "clips_seen": fam["run"].get("clips_seen"), "baseline_clips_seen": base["run"].get("clips_seen"),
+                    "world_size": fam["run"].get("world_size"), "baseline_world_size": base["run"].get("world_size")}
+    return out
 
 
 def decide(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--what", default="showcase_doom", help="report name (default showcase_doom)")
     p.add_argument("--out", default=str(ROOT / "benchmarks"), help="report folder (default benchmarks/)")
     p.add_argument("--notes", default="", help="markdown appended to the report (how it was run)")
+    p.add_argument("--baseline", default=None, metavar="JSON", help="an earlier report's JSON on the same held-out "
+                   "clips (say the one-GPU run): each family's PSNR against it, clip by clip")
     args = p.parse_args(argv)
     for name in ("gif_clips", "gif_stride"):
         if getattr(args, name) < 1:
@@ -230,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             play = {k: play[k] for k in PLAY_KEYS}
         except (OSError, json.JSONDecodeError, KeyError) as err:
             p.error(f"--play={args.play!r}: {err}; expected the JSON of python -m tools.bench_play")
+    baseline: Optional[dict[str, Any]] = None
+    if args.baseline is not None:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+            if not isinstance(baseline["families"]["scd_msc"]["psnr"], (int, float)):
+                raise TypeError("families.scd_msc.psnr is not a number")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            p.error(f"--baseline={args.baseline!r}: {err!r}; expected the JSON of an earlier python -m "
+                    "tools.showcase_report")
     families = {}
     for key in FAMILIES:
         dirs = getattr(args, key)
@@ -255,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         "play_fps": play.get("play_fps", args.play_fps), "play": play or None, "steps": scd["_short"]["steps"],
         "train_steps": min(f["run"]["steps"] for f in families.values()),
         "paired": paired(families)}
+    if baseline is not None:
+        base_keys = baseline["families"]["scd_msc"].get("clip_keys")
+        if base_keys is not None and base_keys != keys:
+            p.error(f"--baseline={args.baseline!r}: it scored other clips (clip_keys differ); expected a run on "
+                    "the same held-out shards and --clips")
+        data["baseline"] = {"file": args.baseline, "families": against(families, baseline)}
     data["bars"] = decide(bars(data))
     data["families"] = {k: {n: v for n, v in f.items() if not n.startswith("_")} for k, f in families.items()}
     device = "cuda" if _cuda() else "cpu"
@@ -271,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                           env=env_info(device))
     print(markdown_table([{"model": f["label"], "PSNR 1-8": f["psnr"], "teacher-forced": f["teacher_forced_psnr"],
                            "shuffled actions": f["shuffled_actions_psnr"], "repeat-last": f["repeat_last_psnr"],
-                           "rollout colour ratio": f["rollout_mean_ratio"], "train steps": f["run"]["steps"]}
+                           "rollout colour ratio": f["rollout_mean_ratio"], "train steps": f["run"]["steps"],
+                           "training clips": f["run"]["clips_seen"]}
                           for f in families.values()]))
     for r in data["bars"]:
         print(f"{r['result']:4}  {r['bar']}: {fmt(r['value'])}")
@@ -322,9 +371,24 @@ def _extra_md(data: dict[str, Any], families: dict[str, dict[str, Any]], name: s
              f"{fmt(data['play_fps'])} frames/s{_play_line(data)}. Autoencoder ceiling (latent models): "
              f"{fmt(data['autoencoder_ceiling_psnr'])} dB.", "", "## Families", "", markdown_table(rows),
              "## Paired differences (per-clip PSNR over horizons 1–8, same clips)", "", markdown_table(pairs),
+             *_baseline_lines(data.get("baseline"), families),
              f"Recordings: `{name}.gif` (engine, then each model, under the same recorded actions); "
              f"plot: `{name}.png`.", "", notes, "", "Table: PSNR (dB) per horizon step, mean over the held-out clips."]
     return "\n".join(lines)
+
+
+def _baseline_lines(baseline: Optional[dict[str, Any]], families: dict[str, dict[str, Any]]) -> list[str]:
+    if baseline is None:
+        return []
+    rows = []
+    for key, b in baseline["families"].items():
+        gap = b["paired"] or {}
+        rows.append({"model": families[key]["label"], "PSNR 1–8": b["psnr"], "baseline PSNR 1–8": b["baseline_psnr"],
+                     "paired difference (dB)": gap.get("mean"),
+                     "95% CI": f"[{fmt(gap['ci95'][0])}, {fmt(gap['ci95'][1])}]" if gap else None,
+                     "GPUs": b["world_size"], "baseline GPUs": b["baseline_world_size"],
+                     "training clips": b["clips_seen"], "baseline training clips": b["baseline_clips_seen"]})
+    return [f"## Against the baseline run (`{baseline['file']}`, same held-out clips)", "", markdown_table(rows)]
 
 
 def _cuda() -> bool:
