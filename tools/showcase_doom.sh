@@ -186,7 +186,7 @@ evaluate() {  # family name shards horizon clips batch extra...
 selected() { [ -z "$only" ] || [[ " ${only//,/ } " == *" $1 "* ]]; }  # family: in FAMILIES (or no FAMILIES)
 gpu_ids() {  # the visible GPUs' ids, one per line: CUDA_VISIBLE_DEVICES when set, else nvidia-smi's list
   if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -v '^$' || true
-  else (nvidia-smi -L 2>/dev/null || true) | awk '/^GPU /{print NR - 1}'; fi
+  else (nvidia-smi -L 2>/dev/null || true) | awk '/^GPU /{print n++}'; fi
 }
 if [ "${PARALLEL:-0}" = 1 ] && [ -z "$only" ]; then  # every family's training and evals at once, one run each
   pids=() failed=0 n=0
