@@ -42,6 +42,12 @@ class BackendUnavailableError(RuntimeError):
     to install or change."""
 
 
+def needs_grad(*tensors: Tensor) -> bool:
+    """True when autograd is on and one of ``tensors`` requires grad: the call then needs
+    a backend with a backward pass."""
+    return torch.is_grad_enabled() and any([t.requires_grad for t in tensors])
+
+
 # --------------------------------------------------------------------------- reference
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
@@ -118,7 +124,7 @@ def flex_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tensor:
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
     b, fq, hp, wp, _, _ = q.shape
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    grad = needs_grad(q, k, v)
     blocks = INFERENCE_BLOCKS if q.is_cuda and not grad else (128, 128)
     block_mask = _block_mask(spec, fq, k.shape[1], hp, wp, str(q.device), blocks)
     qs, ks, vs = (rearrange(t, "b f y x h d -> b h (f y x) d") for t in (q, k, v))
@@ -182,7 +188,7 @@ def natten_attention(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec) -> Tenso
     plan = _natten_plan(spec, fq, fkv, hp, wp)
     if isinstance(plan, str):
         raise BackendUnavailableError(f"natten cannot run this pattern: {plan}")
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    grad = needs_grad(q, k, v)
     if fq == 1 and spec.causal[0] and not grad:
         return _natten_one_frame(q, k, v, spec)
     kernel, dilation, frames = plan
@@ -228,7 +234,7 @@ IMPLS: dict[str, Callable[[Tensor, Tensor, Tensor, WindowSpec], Tensor]] = {
 def refusal(name: str, q: Tensor, k: Tensor, spec: WindowSpec, for_auto: bool) -> str | None:
     """Why backend ``name`` cannot (or, for ``auto``, should not) run this call; None if
     it can. ``for_auto`` adds the refusals of paths that run but are slow."""
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    grad = needs_grad(q, k)
     if name == "reference":
         return None
     if name == "flex":
@@ -285,7 +291,7 @@ def resolve_backend(name: str, q: Tensor, k: Tensor, spec: WindowSpec) -> str:
             reason = refusal(candidate, q, k, spec, for_auto=True)
             if reason is None:
                 if not torch.compiler.is_compiling():  # logged by the eager call; no graph break
-                    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+                    grad = needs_grad(q, k)
                     _announce(f"auto: using {candidate} for {spec} on a {q.shape[2]}×{q.shape[3]} grid "
                               f"({q.device.type}{', with grad' if grad else ''})"
                               + "".join(f"; refused {c}: {r}" for c, r in refused))
