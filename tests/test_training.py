@@ -608,6 +608,15 @@ def test_step_timer_measures_waits_and_drops_validation_and_checkpoint_gaps(tmp_
     assert summary["loader_wait_fraction"] == pytest.approx(0.1)
     assert summary["samples_per_s"] == pytest.approx(10 * 4 * 2)
 
+    # a run shorter than the warm-up has no step time, but still says what it trained on
+    short = timing.StepTimer(str(tmp_path / "short"), batch_size=4, warmup=20)
+    for step in range(3):
+        short.on_train_batch_start(trainer, module, None, step)
+        short.on_train_batch_end(trainer, module, None, None, step)
+    short.on_train_end(trainer, module)
+    assert json.load(open(tmp_path / "short" / "timing.json")) == {"steps": 0, "warmup": 20, "world_size": 2,
+                                                                    "batch_size": 4}
+
 
 def test_build_optimizer_decays_matrices_only_warms_up_and_is_the_modules():
     """AdamW with weight decay on >= 2-D parameters only (frozen ones left out), the lr

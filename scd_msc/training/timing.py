@@ -75,8 +75,8 @@ class StepTimer(L.Callback):
 
     def summary(self, world_size: int) -> dict[str, Any]:
         n = len(self.intervals_ms)
-        if n == 0:
-            return {"steps": 0, "warmup": self.warmup}
+        if n == 0:  # no timed step (a run shorter than the warm-up): the sizes still say what was trained
+            return {"steps": 0, "warmup": self.warmup, "world_size": world_size, "batch_size": self.batch_size}
         step_mean = statistics.fmean(self.intervals_ms)
         waits = sorted(self.waits_ms)
         return {
