@@ -124,7 +124,8 @@ def bars(data: dict[str, Any]) -> list[dict[str, Any]]:
          data["repeat_last_psnr"]), "threshold": FLOOR_LEAD_DB},
         {"bar": f"true actions ≥ shuffled + {ACTION_LEAD_DB} dB (SCD-MSC)", "value": sub(data["scd_msc_psnr"],
          data["shuffled_actions_psnr"]), "threshold": ACTION_LEAD_DB},
-        {"bar": f"rollout mean colour within ±{COLOUR_BAR:.0%} of the data's (SCD-MSC: |ratio - 1|, worst window/channel)",
+        {"bar": f"rollout mean colour within ±{COLOUR_BAR:.0%} of the data's "
+                "(SCD-MSC: |ratio - 1|, worst window/channel)",
          "value": None if ratio is None else abs(ratio - 1), "threshold": COLOUR_BAR, "op": "<="},
         {"bar": f"scd-msc play ≥ {PLAY_FPS_BAR:g} frames/s (SCD-MSC, the scores' steps)", "value": data["play_fps"],
          "threshold": PLAY_FPS_BAR},
