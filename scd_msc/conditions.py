@@ -22,7 +22,8 @@ def check_ids(name: str, ids: Optional[Tensor], size: int, what: str,
     """ValueError naming ``name`` unless ``ids`` fit a condition of ``size`` ids (0: the
     model has none, so ``ids`` must be None): int64, ``shape`` (None: any length), ids in
     ``[0, size]`` (``size`` = null)."""
-    want = "(" + ", ".join("BF"[i] if s is None else str(s) for i, s in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"
+    dims = ", ".join("BF"[i] if s is None else str(s) for i, s in enumerate(shape))
+    want = "(" + dims + ("," if len(shape) == 1 else "") + ")"
     if size == 0:
         if ids is not None:
             raise ValueError(f"{name}: this model has no {what} (ModelConfig.{what}=0); expected None")

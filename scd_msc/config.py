@@ -406,7 +406,8 @@ def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
 # ModelConfig keys of the layout before runtime knobs and the objective moved out
 # (checkpoints written before 2026-12): old key -> (section, new key)
 _MOVED_MODEL_KEYS = {"backend": ("runtime", "backend"), "flow": ("flow", None),
-                     "sampler": ("runtime.sampler", "name"), "guidance_perturb": ("runtime.sampler", "guidance_perturb")}
+                     "sampler": ("runtime.sampler", "name"),
+                     "guidance_perturb": ("runtime.sampler", "guidance_perturb")}
 _NESTED_MODEL_KEYS = {"attention": ("hires_heads", "gating", "upsample"),
                       "schedule.base": ("down", "window", "frames", "stride", "strided_frames")}
 

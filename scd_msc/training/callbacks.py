@@ -203,7 +203,8 @@ class SampleStrip(L.Callback):
         was_training = net.training
         net.eval()
         try:
-            video = net.generate(self.count, self.frames, self.steps, generator=torch.Generator().manual_seed(self.seed),
+            video = net.generate(self.count, self.frames, self.steps,
+                                 generator=torch.Generator().manual_seed(self.seed),
                                  compile=False,  # a few strips per run: compiling would cost more than it saves
                                  **sample_conditions(net.cfg, self.count, self.frames, self.seed))  # (B, F, C, H, W)
         finally:

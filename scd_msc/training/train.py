@@ -161,8 +161,8 @@ def build_callbacks(cfg: ExperimentConfig, autoencoder: Optional[LoadedAutoencod
                                      t.sample_steps, seed=t.seed, ema=ema, autoencoder=autoencoder))
     # last: its step end is stamped after the sample strip is written
     frames = cfg.data.clip_frames
-    callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup,
-                               flops_per_sample=training_flops(cfg.model, cfg.flow, 1, frames) * t.accumulate_grad_batches))
+    flops = training_flops(cfg.model, cfg.flow, 1, frames) * t.accumulate_grad_batches
+    callbacks.append(StepTimer(t.out_dir, cfg.data.batch_size, t.timing_warmup, flops_per_sample=flops))
     return callbacks
 
 
