@@ -5,6 +5,7 @@ import torch
 from einops import rearrange
 
 from scd_msc.ops import hires_attention, lowres_attention
+from scd_msc.ops.embed import rope3d
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, prepare_qkv, unpool_tokens
 from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig, build_schedule
 from scd_msc.streaming import new_layer_cache
@@ -64,6 +65,48 @@ def test_pooling_averages_cells_and_edges():
     assert p[0, 0, 3, 4, 0, 0] == x[0, 0, 6, 8]  # corner cell covers one token
     up = unpool_tokens(p, 2, 7, 9, "nearest")
     assert up.shape == x.shape and up[0, 0, 1, 1] == p[0, 0, 0, 0]
+
+
+def _rope_reference(x, frames, ys, xs, base=10_000.0):
+    """The textbook axial rotation: pair (2i, 2i+1) turned by its angle and written back
+    in place; pairs 0..d/4-1 follow the frame, the next d/8 y, the last d/8 x."""
+    d = x.shape[-1]
+    parts = [(frames, d // 2), (ys, d // 4), (xs, d // 4)]
+    angles = []
+    for axis, (pos, ch) in enumerate(parts):
+        freq = base ** (-torch.arange(0, ch, 2, dtype=torch.float64) / ch)
+        a = pos.double()[:, None] * freq  # (L, ch/2)
+        shape = [1, 1, 1, ch // 2]
+        shape[axis] = -1
+        angles.append(a.reshape(shape).expand(len(frames), len(ys), len(xs), ch // 2))
+    ang = torch.cat(angles, dim=-1)[:, :, :, None]  # (F, Hp, Wp, 1, d/2)
+    out = x.clone()
+    out[..., 0::2] = x[..., 0::2] * ang.cos() - x[..., 1::2] * ang.sin()
+    out[..., 1::2] = x[..., 0::2] * ang.sin() + x[..., 1::2] * ang.cos()
+    return out
+
+
+def test_rope_is_the_pairwise_rotation_with_its_channels_regrouped():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 2, 16, generator=g, dtype=torch.float64)
+    frames, ys, xs = torch.tensor([0, 3, 7]), torch.arange(4.0), torch.arange(5.0) + 0.5
+    ref = _rope_reference(x, frames, ys, xs)
+    perm = torch.cat([torch.arange(0, 16, 2), torch.arange(1, 16, 2)])  # first members, then second
+    torch.testing.assert_close(rope3d(x, frames, ys, xs), ref[..., perm], rtol=1e-5, atol=1e-5)  # fp32 inside
+
+
+def test_rope_scores_depend_on_offsets_only():
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(1, 3, 4, 5, 2, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    frames, ys, xs = torch.tensor([0, 1, 2]), torch.arange(4.0), torch.arange(5.0)
+
+    def scores(shift_f, shift_y, shift_x):
+        fr, yy, xx = frames + shift_f, ys + shift_y, xs + shift_x
+        rq, rk = rope3d(q, fr, yy, xx), rope3d(k, fr, yy, xx)
+        return torch.einsum("bfyxhd,bgvuhd->bhfyxgvu", rq, rk)
+
+    torch.testing.assert_close(scores(0, 0, 0), scores(11, -3, 2.5), rtol=1e-4, atol=1e-4)  # fp32 inside
+    assert not torch.allclose(scores(0, 0, 0), torch.einsum("bfyxhd,bgvuhd->bhfyxgvu", q, k))
 
 
 def test_future_frames_never_leak():
