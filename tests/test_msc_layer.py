@@ -67,6 +67,43 @@ def test_pooling_averages_cells_and_edges():
     assert up.shape == x.shape and up[0, 0, 1, 1] == p[0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("h, hires_heads", [(7, None), (8, None), (7, 0), (7, 4)])  # edge cells or not
+def test_lowres_heads_project_the_pooled_tokens(h, hires_heads):
+    x, _, _ = inputs(h=h)
+    layer = make_layer(hires_heads=hires_heads)
+    n_hi = layer.h_hi
+    qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
+    hi, lo = layer.project(x)
+    if n_hi:
+        torch.testing.assert_close(hi, qkv[..., :n_hi, :])
+    if layer.h_lo:
+        torch.testing.assert_close(lo, torch.stack([pool_tokens(t, 2) for t in qkv[..., n_hi:, :]]))
+    assert (hi is None) == (n_hi == 0) and (lo is None) == (layer.h_lo == 0)
+
+
+@pytest.mark.parametrize("layer_index", [0, 2])  # pooled 2x and 4x
+def test_linear_flops_of_an_msc_block_are_what_torch_runs(layer_index):
+    """MFU's count of an MSC block's linear layers (training/flops.py) against torch's
+    count of the block's matrix products: the low-res heads project pooled tokens."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scd_msc.models.layers import Mlp, layer_config
+    from scd_msc.models.presets import preset_config
+    from scd_msc.training.flops import _msc_linear
+
+    cfg = preset_config("scd-msc-tiny")
+    spec = build_schedule(cfg.schedule, cfg.enc_depth)[layer_index]
+    attn = MSCAttention(layer_config(cfg.dim, cfg.heads, cfg.attention, causal=True, backend="reference"), spec)
+    mlp = Mlp(cfg.dim, cfg.mlp_ratio)
+    x = torch.randn(1, 3, cfg.grid, cfg.grid, cfg.dim)
+    with FlopCounterMode(display=False) as counter:
+        attn(x, torch.rand(1, 3), torch.arange(3))
+        mlp(x)
+    ran = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
+    assert _msc_linear(cfg, spec, 3) == pytest.approx(ran, rel=1e-3)  # the gates' tiny MLP is left out
+    assert _msc_linear(cfg, spec, 3) < 0.95 * 2 * (4 + 2 * cfg.mlp_ratio) * cfg.dim ** 2 * 3 * cfg.grid ** 2
+
+
 def _rope_reference(x, frames, ys, xs, base=10_000.0):
     """The textbook axial rotation: pair (2i, 2i+1) turned by its angle and written back
     in place; pairs 0..d/4-1 follow the frame, the next d/8 y, the last d/8 x."""

@@ -100,7 +100,8 @@ def unpool_tokens(x: Tensor, r: int, hp: int, wp: int, mode: str) -> Tensor:
 
 
 class MSCAttention(nn.Module):
-    """qkv → (hi-res ‖ low-res) attention → per-frame gates → output projection."""
+    """qkv (the low-res heads' share from pooled tokens, :meth:`project`) → (hi-res ‖
+    low-res) attention → per-frame gates → output projection."""
 
     def __init__(self, cfg: MSCAttentionConfig, spec: MSCLayerSpec):
         super().__init__()
@@ -131,6 +132,26 @@ class MSCAttention(nn.Module):
                            g[..., 1:].expand(*t.shape, self.h_lo)], dim=-1)
         return g.to(self.qkv.weight.dtype)
 
+    def project(self, x: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """x ``(B, F, Hp, Wp, D)`` -> the hi-res heads' q, k, v ``(3, B, F, Hp, Wp, h_hi, d)``
+        and the low-res heads' q, k, v pooled ``(3, B, F, Hp/r, Wp/r, h_lo, d)`` (None for
+        a branch without heads). Average pooling and the projection are both linear and
+        a cell's weights sum to 1, so the low-res heads project the pooled tokens: ``r²``
+        times fewer rows in their share of the projection, and one pooling of x where
+        pooled q, k and v took three."""
+        r, h, d, hi = self.spec.down, self.heads, self.head_dim, self.h_hi
+        split = "b f y x (n h d) -> n b f y x h d"
+        if r == 1 or not hi or not self.h_lo:  # one projection serves both branches
+            qkv = rearrange(self.qkv(x), split, n=3, h=h)
+            lo = torch.stack([pool_tokens(t, r) for t in qkv[..., hi:, :].unbind(0)]) if self.h_lo else None
+            return (qkv[..., :hi, :] if hi else None), lo
+        w = self.qkv.weight.unflatten(0, (3, h, d))  # (3, h, d, D)
+        b = self.qkv.bias.unflatten(0, (3, h, d))  # (3, h, d)
+        hi_qkv = F.linear(x, w[:, :hi].flatten(0, 2), b[:, :hi].flatten())
+        pooled = pool_tokens(x[..., None, :], r)[..., 0, :]  # (B, F, Hp/r, Wp/r, D)
+        lo_qkv = F.linear(pooled, w[:, hi:].flatten(0, 2), b[:, hi:].flatten())
+        return rearrange(hi_qkv, split, n=3, h=hi), rearrange(lo_qkv, split, n=3, h=self.h_lo)
+
     def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
                 cache: Optional["MSCCache"] = None, write: bool = False) -> Tensor:
         """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` noise level per frame, frame_index
@@ -139,16 +160,16 @@ class MSCAttention(nn.Module):
         b, f, hp, wp, _ = x.shape
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
-        qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
         s, outs = self.spec, []
+        hi_qkv, lo_qkv = self.project(x)
         if self.h_hi:
-            q, k, v = prepare_qkv(self, qkv[..., : self.h_hi, :], frame_index, 1)
+            q, k, v = prepare_qkv(self, hi_qkv, frame_index, 1)
             if cache is not None:
                 k, v = cache.hires.extend(k, v, write)
             outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
                                         causal=self.cfg.causal, backend=self.cfg.backend))
         if self.h_lo:
-            q, k, v = prepare_qkv(self, qkv[..., self.h_hi:, :], frame_index, s.down)
+            q, k, v = prepare_qkv(self, lo_qkv, frame_index, s.down, grid=(hp, wp))
             if cache is not None:
                 k, v = cache.lowres.extend(k, v, write)
             o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
@@ -165,11 +186,13 @@ def pool_positions(pos: Tensor, r: int) -> Tensor:
     return F.avg_pool1d(pos[None, None], r, ceil_mode=True)[0, 0]
 
 
-def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int):
+def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int,
+                grid: Optional[tuple[int, int]] = None):
     """qkv ``(3, B, F, Hp, Wp, h, d)`` -> pooled (``r > 1``) q, k, v with q/k normalised
-    by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x) positions."""
-    hp, wp = qkv.shape[3], qkv.shape[4]
-    q, k, v = (pool_tokens(t, r) for t in qkv.unbind(0))  # (B, F, Hp/r, Wp/r, h, d)
+    by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x) positions. With
+    ``grid=(Hp, Wp)``, qkv is already pooled from that grid (``(3, B, F, Hp/r, Wp/r, h, d)``)."""
+    hp, wp = (qkv.shape[3], qkv.shape[4]) if grid is None else grid
+    q, k, v = qkv.unbind(0) if grid is not None else (pool_tokens(t, r) for t in qkv.unbind(0))
     py = pool_positions(torch.arange(hp, device=qkv.device, dtype=torch.float32), r)
     px = pool_positions(torch.arange(wp, device=qkv.device, dtype=torch.float32), r)
     q = rope3d(layer.q_norm(q), frame_index, py, px)

@@ -3,7 +3,8 @@
 Model FLOPs utilisation (MFU, PaLM's definition) is the FLOPs the model needs — not the
 ones the hardware happens to run (recomputation, padding, masked-out attention) — per
 second, over the chip's peak. Per token of a block of width ``D`` and MLP ratio ``r`` the
-linear layers cost ``2·(4 + 2r)·D²`` forward (qkv, output projection, MLP); attention
+linear layers cost ``2·(4 + 2r)·D²`` forward (qkv, output projection, MLP; an MSC
+layer's low-res heads project pooled tokens, so their share of qkv counts those); attention
 costs ``4·d`` per (query, key) pair and head (``q·kᵀ`` and ``p·v``), with the exact pair
 counts of the masks (:func:`scd_msc.ops.masks.window_pairs`), so MSC's local windows
 are credited only with the pairs they attend. Backward costs twice the forward: a
@@ -33,10 +34,24 @@ def _linear(cfg: ModelConfig, tokens: int) -> float:
     return 2.0 * (4 + 2 * cfg.mlp_ratio) * cfg.dim ** 2 * tokens
 
 
+def _msc_linear(cfg: ModelConfig, spec: MSCLayerSpec, frames: int) -> float:
+    """The linear layers of one MSC block over ``frames`` frames: the low-res heads'
+    share of qkv projects the pooled tokens (``MSCAttention.project``)."""
+    g, h_hi = cfg.grid, _hires_heads(cfg)
+    if spec.down == 1 or h_hi in (0, cfg.heads):
+        return _linear(cfg, frames * g * g)
+    pooled = (-(-g // spec.down)) ** 2
+    qkv_rows = (h_hi * g * g + (cfg.heads - h_hi) * pooled) / cfg.heads
+    return 2.0 * cfg.dim ** 2 * frames * ((1 + 2 * cfg.mlp_ratio) * g * g + 3 * qkv_rows)
+
+
+def _hires_heads(cfg: ModelConfig) -> int:
+    return cfg.heads // 2 if cfg.attention.hires_heads is None else cfg.attention.hires_heads
+
+
 def _msc_attention(cfg: ModelConfig, spec: MSCLayerSpec, q_frames: int, kv_frames: int, causal: bool) -> float:
     """Forward attention FLOPs of one MSC layer over one sample."""
-    g, d = cfg.grid, cfg.dim // cfg.heads
-    h_hi = cfg.heads // 2 if cfg.attention.hires_heads is None else cfg.attention.hires_heads
+    g, d, h_hi = cfg.grid, cfg.dim // cfg.heads, _hires_heads(cfg)
     pooled = -(-g // spec.down)
     hi = window_pairs(hires_spec(spec.window, spec.frames, causal), q_frames, kv_frames, g, g)
     lo_spec = lowres_spec((pooled, pooled), spec.stride, spec.strided_frames, kv_frames, causal)
@@ -63,18 +78,15 @@ def training_flops(cfg: ModelConfig, flow: FlowConfig, batch: int, frames: int) 
             _linear(cfg, frames * n) + _dense_attention(cfg, frames, True, cfg.dense_window_frames))
         return 3.0 * batch * per_clip
     ctx = frames - 1  # the encoder runs once over frames 0..F-2
-    if cfg.family == "scd-msc":
-        enc_attn = sum(_msc_attention(cfg, s, ctx, ctx, True) for s in build_schedule(cfg.schedule, cfg.enc_depth))
-    else:
-        enc_attn = cfg.enc_depth * _dense_attention(cfg, ctx, True, cfg.dense_window_frames)
-    encoder = cfg.enc_depth * _linear(cfg, ctx * n) + enc_attn
     stack = 2 if cfg.conditioning == "token_concat" else 1  # the decoder's [c ; x_t] "frames"
     causal = cfg.decoder_context == "prefix"
     if cfg.family == "scd-msc":
+        encoder = sum(_msc_linear(cfg, s, ctx) + _msc_attention(cfg, s, ctx, ctx, True)
+                      for s in build_schedule(cfg.schedule, cfg.enc_depth))
         spec = MSCLayerSpec(down=cfg.decoder_down, window=cfg.decoder_window, frames=2, stride=1,
                             strided_frames=None)
-        dec_attn = _msc_attention(cfg, spec, stack, stack, causal)
+        decoder = cfg.dec_depth * (_msc_linear(cfg, spec, stack) + _msc_attention(cfg, spec, stack, stack, causal))
     else:
-        dec_attn = _dense_attention(cfg, stack, causal, None)
-    decoder = cfg.dec_depth * (_linear(cfg, stack * n) + dec_attn)  # one frame
+        encoder = cfg.enc_depth * (_linear(cfg, ctx * n) + _dense_attention(cfg, ctx, True, cfg.dense_window_frames))
+        decoder = cfg.dec_depth * (_linear(cfg, stack * n) + _dense_attention(cfg, stack, causal, None))
     return 3.0 * batch * (encoder + flow.decoder_multi_batch * frames * decoder)
