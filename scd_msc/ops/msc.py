@@ -143,8 +143,10 @@ class MSCAttention(nn.Module):
         split = "b f y x (n h d) -> n b f y x h d"
         if r == 1 or not hi or not self.h_lo:  # one projection serves both branches
             qkv = rearrange(self.qkv(x), split, n=3, h=h)
-            lo = torch.stack([pool_tokens(t, r) for t in qkv[..., hi:, :].unbind(0)]) if self.h_lo else None
-            return (qkv[..., :hi, :] if hi else None), lo
+            lo = qkv[..., hi:, :]
+            if self.h_lo and r > 1:
+                lo = torch.stack([pool_tokens(t, r) for t in lo.unbind(0)])
+            return (qkv[..., :hi, :] if hi else None), (lo if self.h_lo else None)
         w = self.qkv.weight.unflatten(0, (3, h, d))  # (3, h, d, D)
         b = self.qkv.bias.unflatten(0, (3, h, d))  # (3, h, d)
         hi_qkv = F.linear(x, w[:, :hi].flatten(0, 2), b[:, :hi].flatten())

@@ -40,8 +40,8 @@ def _msc_linear(cfg: ModelConfig, spec: MSCLayerSpec, frames: int) -> float:
     g, h_hi = cfg.grid, _hires_heads(cfg)
     if spec.down == 1 or h_hi in (0, cfg.heads):
         return _linear(cfg, frames * g * g)
-    pooled = (-(-g // spec.down)) ** 2
-    qkv_rows = (h_hi * g * g + (cfg.heads - h_hi) * pooled) / cfg.heads
+    pooled_tokens = (-(-g // spec.down)) ** 2
+    qkv_rows = (h_hi * g * g + (cfg.heads - h_hi) * pooled_tokens) / cfg.heads
     return 2.0 * cfg.dim ** 2 * frames * ((1 + 2 * cfg.mlp_ratio) * g * g + 3 * qkv_rows)
 
 
