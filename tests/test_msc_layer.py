@@ -39,8 +39,9 @@ def test_gating_off_is_plain_concatenation():
     x, t, fi = inputs()
     layer = make_layer(gating="off")
     qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
-    hq, hk, hv = prepare_qkv(layer, qkv[..., :2, :], fi, 1)
-    lq, lk, lv = prepare_qkv(layer, qkv[..., 2:, :], fi, 2)
+    hq, hk, hv = prepare_qkv(layer, qkv[..., :2, :], fi)
+    pooled = torch.stack([pool_tokens(t, 2) for t in qkv[..., 2:, :]])  # (3, B, F, 4, 5, 2, d)
+    lq, lk, lv = prepare_qkv(layer, pooled, fi, 2, grid=(7, 9))
     hi = hires_attention(hq, hk, hv, window=3, frames=2, backend="reference")
     lo = lowres_attention(lq, lk, lv, stride=2, frames=2, backend="reference")
     lo = unpool_tokens(lo, 2, 7, 9, "nearest")
@@ -79,6 +80,14 @@ def test_lowres_heads_project_the_pooled_tokens(h, hires_heads):
     if layer.h_lo:
         torch.testing.assert_close(lo, torch.stack([pool_tokens(t, 2) for t in qkv[..., n_hi:, :]]))
     assert (hi is None) == (n_hi == 0) and (lo is None) == (layer.h_lo == 0)
+
+
+def test_pooled_qkv_needs_the_grid_it_was_pooled_from():
+    x, _, fi = inputs()
+    layer = make_layer()
+    _, lo = layer.project(x)
+    with pytest.raises(ValueError, match="r=2 needs the grid"):
+        prepare_qkv(layer, lo, fi, 2)
 
 
 @pytest.mark.parametrize("layer_index", [0, 2])  # pooled 2x and 4x

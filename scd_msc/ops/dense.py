@@ -47,7 +47,7 @@ class DenseAttention(nn.Module):
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
         qkv = rearrange(self.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=self.heads)
-        q, k, v = prepare_qkv(self, qkv, frame_index, 1)  # (B, F, Hp, Wp, h, d)
+        q, k, v = prepare_qkv(self, qkv, frame_index)  # (B, F, Hp, Wp, h, d)
         if cache is not None:
             k, v = cache.kv.extend(k, v, write)
         spec = dense_spec(self.window_frames, k.shape[1], (hp, wp), self.cfg.causal)

@@ -56,6 +56,10 @@ class AttentionConfig:
         checks.choice(f"{p}gating", self.gating, GATINGS)
         checks.choice(f"{p}upsample", self.upsample, UPSAMPLES)
 
+    def hires_count(self, heads: int) -> int:
+        """How many of a layer's ``heads`` are hi-res (the rest are low-res)."""
+        return heads // 2 if self.hires_heads is None else self.hires_heads
+
 
 @dataclass
 class MSCAttentionConfig(AttentionConfig):
@@ -108,7 +112,7 @@ class MSCAttention(nn.Module):
         cfg.validate()
         self.cfg, self.spec = cfg, spec
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
-        self.h_hi = cfg.heads // 2 if cfg.hires_heads is None else cfg.hires_heads
+        self.h_hi = cfg.hires_count(cfg.heads)
         self.h_lo = cfg.heads - self.h_hi
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.q_norm = nn.RMSNorm(self.head_dim)
@@ -165,7 +169,7 @@ class MSCAttention(nn.Module):
         s, outs = self.spec, []
         hi_qkv, lo_qkv = self.project(x)
         if self.h_hi:
-            q, k, v = prepare_qkv(self, hi_qkv, frame_index, 1)
+            q, k, v = prepare_qkv(self, hi_qkv, frame_index)
             if cache is not None:
                 k, v = cache.hires.extend(k, v, write)
             outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
@@ -188,13 +192,16 @@ def pool_positions(pos: Tensor, r: int) -> Tensor:
     return F.avg_pool1d(pos[None, None], r, ceil_mode=True)[0, 0]
 
 
-def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int,
+def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int = 1,
                 grid: Optional[tuple[int, int]] = None):
-    """qkv ``(3, B, F, Hp, Wp, h, d)`` -> pooled (``r > 1``) q, k, v with q/k normalised
-    by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x) positions. With
-    ``grid=(Hp, Wp)``, qkv is already pooled from that grid (``(3, B, F, Hp/r, Wp/r, h, d)``)."""
+    """qkv ``(3, B, F, Hp/r, Wp/r, h, d)``, pooled ``r × r`` from the grid ``(Hp, Wp)``
+    (:meth:`MSCAttention.project`; ``grid`` is needed when ``r > 1``) -> q, k, v with q/k
+    normalised by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x)
+    positions, pooled cells at the centres of the tokens they cover."""
+    if r > 1 and grid is None:
+        raise ValueError(f"prepare_qkv: r={r} needs the grid the tokens were pooled from (grid=(Hp, Wp))")
     hp, wp = (qkv.shape[3], qkv.shape[4]) if grid is None else grid
-    q, k, v = qkv.unbind(0) if grid is not None else (pool_tokens(t, r) for t in qkv.unbind(0))
+    q, k, v = qkv.unbind(0)
     py = pool_positions(torch.arange(hp, device=qkv.device, dtype=torch.float32), r)
     px = pool_positions(torch.arange(wp, device=qkv.device, dtype=torch.float32), r)
     q = rope3d(layer.q_norm(q), frame_index, py, px)

@@ -37,7 +37,7 @@ def _linear(cfg: ModelConfig, tokens: int) -> float:
 def _msc_linear(cfg: ModelConfig, spec: MSCLayerSpec, frames: int) -> float:
     """The linear layers of one MSC block over ``frames`` frames: the low-res heads'
     share of qkv projects the pooled tokens (``MSCAttention.project``)."""
-    g, h_hi = cfg.grid, _hires_heads(cfg)
+    g, h_hi = cfg.grid, cfg.attention.hires_count(cfg.heads)
     if spec.down == 1 or h_hi in (0, cfg.heads):
         return _linear(cfg, frames * g * g)
     pooled_tokens = (-(-g // spec.down)) ** 2
@@ -45,13 +45,9 @@ def _msc_linear(cfg: ModelConfig, spec: MSCLayerSpec, frames: int) -> float:
     return 2.0 * cfg.dim ** 2 * frames * ((1 + 2 * cfg.mlp_ratio) * g * g + 3 * qkv_rows)
 
 
-def _hires_heads(cfg: ModelConfig) -> int:
-    return cfg.heads // 2 if cfg.attention.hires_heads is None else cfg.attention.hires_heads
-
-
 def _msc_attention(cfg: ModelConfig, spec: MSCLayerSpec, q_frames: int, kv_frames: int, causal: bool) -> float:
     """Forward attention FLOPs of one MSC layer over one sample."""
-    g, d, h_hi = cfg.grid, cfg.dim // cfg.heads, _hires_heads(cfg)
+    g, d, h_hi = cfg.grid, cfg.dim // cfg.heads, cfg.attention.hires_count(cfg.heads)
     pooled = -(-g // spec.down)
     hi = window_pairs(hires_spec(spec.window, spec.frames, causal), q_frames, kv_frames, g, g)
     lo_spec = lowres_spec((pooled, pooled), spec.stride, spec.strided_frames, kv_frames, causal)
