@@ -40,8 +40,8 @@ def gen(device: str = "cpu") -> torch.Generator:
 
 @pytest.mark.parametrize("family", ["scd-msc", "causal-dit"])
 def test_per_step_calls_trace_whole_once_per_model(family):
-    """fullgraph=True (a graph break would raise): SCD-MSC's decoder call and full-cache
-    encoder commit are two graphs. Later frames and more sessions add none, also with
+    """fullgraph=True (a graph break would raise): SCD-MSC's decoder modulation (once per
+    frame), decoder call and full-cache encoder commit are three graphs. Later frames and more sessions add none, also with
     what eval passes: views (``actions[:, j]`` of a clip's actions; a clip's true frame
     committed in teacher forcing). A compiled call guards on strides, and on CUDA the
     contiguous copy a graph captures would otherwise be compiled inside the capture,
@@ -64,7 +64,7 @@ def test_per_step_calls_trace_whole_once_per_model(family):
 
     fast = run(lambda j: actions[:, 4 + j].clone())  # contiguous
     graphs = backend.graphs
-    assert graphs == 2 if family == "scd-msc" else graphs > 0
+    assert graphs == 3 if family == "scd-msc" else graphs > 0
     run(lambda j: actions[:, 4 + j])  # strided: stride 20
     run(lambda j: actions[:, 4:].flip(0)[:, j])  # another stride and offset
     run(lambda j: actions[:, 4 + j], teacher_forced=True)
@@ -80,6 +80,53 @@ def test_compile_argument():
     assert resolve_compile("aot_eager", cpu) == "aot_eager"
     with pytest.raises(ValueError, match=r"compile=3: expected None \(auto\), True, False or a torch.compile backend"):
         resolve_compile(3, cpu)
+
+
+@pytest.mark.parametrize("context, conditioning", [("recompute", "token_concat"), ("recompute", "add"),
+                                                   ("prefix", "token_concat")])
+def test_a_frame_from_the_modulation_table_is_the_frame_from_plain_decoder_calls(context, conditioning):
+    """A session makes the decoder's modulation of all S levels once per frame and every
+    step reads its rows: its frame equals the sampler run over plain decoder calls, with
+    guidance on the conditions too (the table's rows are the conditioned then the null)."""
+    from scd_msc.diffusion import Sampler, SamplerConfig
+
+    model = tiny("scd-msc", decoder_context=context, conditioning=conditioning, actions=4, classes=3)
+    sampler = Sampler(SamplerConfig(name="heun", timestep_shift=3.0))
+    labels, action = torch.tensor([0, 2]), torch.tensor([3, 1])
+    for s in (1.0, 2.5):
+        session = model.stream(2, 4, generator=gen(), sampler=sampler, labels=labels, cond_guidance=s, compile=False)
+        c, g = session.context, gen()
+        if context == "prefix":
+            cache = model.new_decoder_cache()
+            model.decoder_prefix(c, cache)
+
+        def plain(x, t, a, lab):
+            if context == "prefix":
+                return model.decode_step(x, t, cache, a, lab)
+            return model.decode(x, t, c.repeat(x.shape[0] // c.shape[0], 1, 1), a, lab)
+
+        def velocity(x, t):
+            if s == 1.0:
+                return plain(x, t, action, labels)
+            v_cond, v_null = plain(*(torch.cat([u, u]) for u in (x, t)), torch.cat([action, session.null_action]),
+                                   torch.cat([labels, session.null_labels])).chunk(2)
+            return v_null + s * (v_cond - v_null)
+
+        with torch.no_grad():
+            expect = sampler.sample(velocity, sampler.prior((2, 1, 32, 32), g, c.device, c.dtype), 4)
+            got = session.denoise(action)
+        assert session.table is not None and session.table.shape[:2] == (4, 2 if s == 1.0 else 4)
+        torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_adaln_decoders_make_their_modulation_every_step():
+    model = tiny("scd-msc", conditioning="adaln")
+    assert model.stream(1, 2, compile=False).levels is None
+    with pytest.raises(ValueError, match="conditioning='adaln' adds the context to the adaLN input"):
+        model.decoder_modulation(torch.rand(1))
+    prefix = tiny("scd-msc", decoder_context="prefix")
+    with pytest.raises(ValueError, match="modulation: made beforehand only for decoder_context='recompute'"):
+        prefix.decode(torch.rand(1, 1, 32, 32), torch.rand(1), torch.randn(1, 64, 64), modulation=torch.rand(1, 8))
 
 
 @pytest.mark.parametrize("family", ["scd-msc", "scd-dense"])

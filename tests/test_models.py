@@ -183,7 +183,28 @@ def test_multi_batch_and_context_noise_train():
     flow = FlowConfig(decoder_multi_batch=3, context_noise_max=0.1)
     loss = model.training_loss(video(), generator=gen(), flow=flow)["loss"]
     loss.backward()
-    assert torch.isfinite(loss) and model.encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert torch.isfinite(loss) and model.encoder.blocks[0].attn.qkv_hi.weight.grad is not None
+
+
+@pytest.mark.parametrize("context", ["recompute", "prefix"])
+def test_activation_checkpointing_gives_the_same_gradients(context):
+    """``train.activation_checkpointing``: every block recomputed in the backward pass
+    (the decoder's rotation tables and the modulation made outside it) gives the
+    gradients of a plain backward."""
+    from scd_msc.models.layers import Block
+
+    model = build_model("scd-msc-tiny", backend="reference", decoder_context=context)
+    randomize_zero_init(model)
+    grads = []
+    for on in (False, True):
+        for block in model.modules():
+            if isinstance(block, Block):
+                block.checkpointing = on
+        model.zero_grad()
+        model.training_loss(video(), generator=gen())["loss"].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, ckpt in zip(*grads):
+        torch.testing.assert_close(ckpt, plain, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])

@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 
 from scd_msc.ops import hires_attention, lowres_attention
-from scd_msc.ops.embed import rope3d
+from scd_msc.ops.embed import Rotary, RotaryTables, deinterleave_pairs, rope3d, rope_tables
 from scd_msc.ops.msc import MSCAttention, MSCAttentionConfig, pool_tokens, prepare_qkv, unpool_tokens
 from scd_msc.ops.schedule import MSCLayerSpec, MSCScheduleConfig, build_schedule
 from scd_msc.streaming import new_layer_cache
@@ -38,10 +38,11 @@ def test_gates_start_at_one():
 def test_gating_off_is_plain_concatenation():
     x, t, fi = inputs()
     layer = make_layer(gating="off")
-    qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
-    hq, hk, hv = prepare_qkv(layer, qkv[..., :2, :], fi)
-    pooled = torch.stack([pool_tokens(t, 2) for t in qkv[..., 2:, :]])  # (3, B, F, 4, 5, 2, d)
-    lq, lk, lv = prepare_qkv(layer, pooled, fi, 2, grid=(7, 9))
+    split = "b f y x (n h d) -> n b f y x h d"
+    hq, hk, hv = prepare_qkv(layer, rearrange(layer.qkv_hi(x), split, n=3, h=2), Rotary(fi).tables(8, 1, (7, 9)))
+    lo = rearrange(layer.qkv_lo(x), split, n=3, h=2)  # every token projected, then pooled
+    pooled = torch.stack([pool_tokens(t, 2) for t in lo])  # (3, B, F, 4, 5, 2, d)
+    lq, lk, lv = prepare_qkv(layer, pooled, Rotary(fi).tables(8, 2, (7, 9)))
     hi = hires_attention(hq, hk, hv, window=3, frames=2, backend="reference")
     lo = lowres_attention(lq, lk, lv, stride=2, frames=2, backend="reference")
     lo = unpool_tokens(lo, 2, 7, 9, "nearest")
@@ -73,21 +74,55 @@ def test_lowres_heads_project_the_pooled_tokens(h, hires_heads):
     x, _, _ = inputs(h=h)
     layer = make_layer(hires_heads=hires_heads)
     n_hi = layer.h_hi
-    qkv = rearrange(layer.qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=4)
+    split = "b f y x (n h d) -> n b f y x h d"
     hi, lo = layer.project(x)
     if n_hi:
-        torch.testing.assert_close(hi, qkv[..., :n_hi, :])
+        torch.testing.assert_close(hi, rearrange(layer.qkv_hi(x), split, n=3, h=n_hi))
     if layer.h_lo:
-        torch.testing.assert_close(lo, torch.stack([pool_tokens(t, 2) for t in qkv[..., n_hi:, :]]))
+        every = rearrange(layer.qkv_lo(x), split, n=3, h=layer.h_lo)  # pooling after the projection
+        torch.testing.assert_close(lo, torch.stack([pool_tokens(t, 2) for t in every]))
     assert (hi is None) == (n_hi == 0) and (lo is None) == (layer.h_lo == 0)
+    assert (layer.qkv_hi is None) == (n_hi == 0) and (layer.qkv_lo is None) == (layer.h_lo == 0)
 
 
-def test_pooled_qkv_needs_the_grid_it_was_pooled_from():
+@pytest.mark.parametrize("hires_heads", [None, 0, 4])
+def test_a_checkpoint_of_the_interleaved_layout_gives_the_same_scores(hires_heads):
+    """A state dict of one ``qkv`` projection whose q/k pairs (2i, 2i+1) rotate together
+    (the layout before rotate-half RoPE) loads into the split projections: every head's
+    scores and values are those of the old layout under the textbook rotation."""
     x, _, fi = inputs()
-    layer = make_layer()
-    _, lo = layer.project(x)
-    with pytest.raises(ValueError, match="r=2 needs the grid"):
-        prepare_qkv(layer, lo, fi, 2)
+    layer = make_layer(hires_heads=hires_heads, spec=MSCLayerSpec(down=1, window=3, frames=2, stride=1))
+    g = torch.Generator().manual_seed(5)
+    old = {k: v for k, v in layer.state_dict().items() if "qkv_" not in k}
+    old["qkv.weight"] = torch.randn(96, 32, generator=g, dtype=torch.float64)
+    old["qkv.bias"] = torch.randn(96, generator=g, dtype=torch.float64)
+    old["q_norm.weight"], old["k_norm.weight"] = (torch.rand(8, generator=g, dtype=torch.float64) + 0.5
+                                                  for _ in range(2))
+    layer.load_state_dict(old)  # strict: no key left over or missing
+    q, k, v = rearrange(torch.nn.functional.linear(x, old["qkv.weight"], old["qkv.bias"]),
+                        "b f y x (n h d) -> n b f y x h d", n=3, h=4)
+    ys, xs = torch.arange(7.0), torch.arange(9.0)
+    rq = _rope_reference(torch.nn.functional.rms_norm(q, (8,), old["q_norm.weight"]), fi, ys, xs)
+    rk = _rope_reference(torch.nn.functional.rms_norm(k, (8,), old["k_norm.weight"]), fi, ys, xs)
+    hi, lo = layer.project(x)
+    new = torch.cat([t for t in (hi, lo) if t is not None], dim=-2)  # (3, B, F, Hp, Wp, h, d), r = 1
+    nq, nk, nv = prepare_qkv(layer, new, Rotary(fi).tables(8, 1, (7, 9)))
+    scores = "bfyxhd,bgvuhd->bhfyxgvu"
+    torch.testing.assert_close(torch.einsum(scores, nq, nk), torch.einsum(scores, rq, rk), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(nv, v)
+
+
+def test_rotary_tables_in_memory_are_the_computed_ones_and_stay_float32():
+    tables = RotaryTables(2, (7, 9), 8, (1, 2, 2))
+    tables.to(torch.bfloat16)
+    given = tables.positions(1, 1)
+    for r in (1, 2):
+        cos, sin = given.tables(8, r, (7, 9))
+        ref = Rotary(torch.tensor([1])).tables(8, r, (7, 9))
+        assert cos.dtype == torch.float32 and cos.shape == ref[0].shape
+        torch.testing.assert_close((cos, sin), ref)
+    with pytest.raises(ValueError, match="frames 1..2: the tables hold frames 0..1"):
+        tables.positions(1, 2)
 
 
 @pytest.mark.parametrize("layer_index", [0, 2])  # pooled 2x and 4x
@@ -132,13 +167,17 @@ def _rope_reference(x, frames, ys, xs, base=10_000.0):
     return out
 
 
-def test_rope_is_the_pairwise_rotation_with_its_channels_regrouped():
+def test_rope_is_the_pairwise_rotation_on_deinterleaved_channels():
+    """Rotate-half pairs (i, i + d/2) of channels taken in deinterleave_pairs order are
+    the textbook pairs (2i, 2i+1), regrouped the same way."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 5, 2, 16, generator=g, dtype=torch.float64)
     frames, ys, xs = torch.tensor([0, 3, 7]), torch.arange(4.0), torch.arange(5.0) + 0.5
     ref = _rope_reference(x, frames, ys, xs)
-    perm = torch.cat([torch.arange(0, 16, 2), torch.arange(1, 16, 2)])  # first members, then second
-    torch.testing.assert_close(rope3d(x, frames, ys, xs), ref[..., perm], rtol=1e-5, atol=1e-5)  # fp32 inside
+    perm = deinterleave_pairs(16)
+    assert perm.tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15]
+    out = rope3d(x[..., perm], *rope_tables(frames, ys, xs, 16))
+    torch.testing.assert_close(out, ref[..., perm], rtol=1e-5, atol=1e-5)  # fp32 inside
 
 
 def test_rope_scores_depend_on_offsets_only():
@@ -148,7 +187,8 @@ def test_rope_scores_depend_on_offsets_only():
 
     def scores(shift_f, shift_y, shift_x):
         fr, yy, xx = frames + shift_f, ys + shift_y, xs + shift_x
-        rq, rk = rope3d(q, fr, yy, xx), rope3d(k, fr, yy, xx)
+        tables = rope_tables(fr, yy, xx, 16)
+        rq, rk = rope3d(q, *tables), rope3d(k, *tables)
         return torch.einsum("bfyxhd,bgvuhd->bhfyxgvu", rq, rk)
 
     torch.testing.assert_close(scores(0, 0, 0), scores(11, -3, 2.5), rtol=1e-4, atol=1e-4)  # fp32 inside

@@ -11,10 +11,10 @@ a 768 → 2304 qkv projection included in every case. Cases:
   4 key frames): NATTEN ``na2d`` over the key frames folded into the batch (the backend's
   path), two ``na2d`` calls merged, FlexAttention with the query frame alone;
 * the same branch over the whole ``[c ; x_t]`` stack (``R_*``: a ``recompute`` step);
-* q's RMSNorm + RoPE alone (``N_*``): the library's :func:`rope3d` (cos/sin made in the
-  graph) with the frame position on the device or constant; given cos/sin tables with the
-  pairs written back interleaved, written as two halves, or rotate-half pairs; six
-  consumers of one table;
+* q's RMSNorm + RoPE alone (``N_*``): the library's :func:`rope3d` (rotate-half pairs)
+  with cos/sin made in the graph, the frame position on the device or constant; given
+  cos/sin tables with pairs ``(2i, 2i+1)`` written back interleaved or as two halves, or
+  rotate-half pairs; six consumers of one table;
 * low-res pooling of q, k, v by ``avg_pool2d`` or a reshaped mean.
 
 ``--groups`` picks the groups (P, E, R, N, pool); ``--model`` instead times whole
@@ -35,7 +35,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from scd_msc.ops.backends import _natten_one_frame, natten_attention
-from scd_msc.ops.embed import rope3d
+from scd_msc.ops.embed import rope3d, rope_tables
 from scd_msc.ops.masks import hires_spec, window_mask_mod
 from scd_msc.ops.msc import pool_tokens
 from scd_msc.streaming.graphs import GraphedCall
@@ -131,8 +131,9 @@ def main() -> int:
         t = rearrange(qkv(x), "b f y x (n h d) -> n b f y x h d", n=3, h=2 * H)[..., :H, :]
         return t.unbind(0)
 
-    def prep(q, k, fi):
-        return rope3d(qn(q), fi, ar, ar), rope3d(kn(k), fi, ar, ar)
+    def prep(q, k, fi):  # the library's rotation, tables made in the graph
+        tables = rope_tables(fi, ar, ar, D)
+        return rope3d(qn(q), *tables), rope3d(kn(k), *tables)
 
     def block_mask(fq, fkv, causal):
         mod = window_mask_mod(hires_spec(WIN, fkv if not causal else fkv, causal), fq, fkv, G, G)
@@ -197,11 +198,11 @@ def main() -> int:
     def norm_cases():
         def cur(x, pos):
             q, _, _ = hi(x)
-            return rope3d(qn(q), pos + torch.arange(1, device=dev), ar, ar)
+            return rope3d(qn(q), *rope_tables(pos + torch.arange(1, device=dev), ar, ar, D))
 
         def const(x, pos):
             q, _, _ = hi(x)
-            return rope3d(qn(q), torch.ones(1, device=dev), ar, ar)
+            return rope3d(qn(q), *rope_tables(torch.ones(1, device=dev), ar, ar, D))
 
         def norm_only(x, pos):
             q, _, _ = hi(x)
@@ -237,7 +238,7 @@ def main() -> int:
 
         def rope_no_norm(x, pos, cos, sin):
             q, _, _ = hi(x)
-            return rope3d(q, pos + torch.arange(1, device=dev), ar, ar)
+            return rope3d(q, *rope_tables(pos + torch.arange(1, device=dev), ar, ar, D))
 
         def table_no_norm(x, pos, cos, sin):
             q, _, _ = hi(x)

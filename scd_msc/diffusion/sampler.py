@@ -19,7 +19,7 @@ import torch
 
 from scd_msc.checks import choice, number
 from scd_msc.diffusion._random import randn
-from scd_msc.diffusion.samplers import SAMPLERS, StepCallback
+from scd_msc.diffusion.samplers import SAMPLERS, StepCallback, timestep_schedule
 
 
 @dataclass
@@ -62,6 +62,12 @@ class Sampler:
             return x
         eps = randn(x.shape, generator, x.device, x.dtype)  # like x
         return (1 - level) * x + level * eps
+
+    def levels(self, steps: int) -> list[float]:
+        """The levels ``velocity_fn`` is called at over ``steps`` steps, each once in this
+        order of first call: the schedule without its final 0 (Heun's corrector calls
+        land on the next step's level)."""
+        return timestep_schedule(steps, self.config.timestep_shift).tolist()[:-1]
 
     def sample(self, velocity_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int,
                guidance: float = 1.0, context: Optional[torch.Tensor] = None,

@@ -37,6 +37,7 @@ from scd_msc.models.conditions import ConditionEmbedding
 from scd_msc.models.config import ModelConfig
 from scd_msc.models.layers import Block, Patchify, TimestepEmbedder, Unpatchify, layer_config, run_blocks
 from scd_msc.ops.dense import DenseAttention
+from scd_msc.ops.embed import RotaryTables
 from scd_msc.ops.msc import MSCAttention
 from scd_msc.ops.schedule import MSCLayerSpec
 from scd_msc.streaming.cache import StackCache, new_stack_cache
@@ -58,17 +59,27 @@ class FrameDecoder(nn.Module):
                             stride=1, strided_frames=None)
         make = (lambda: MSCAttention(attn, spec)) if cfg.family == "scd-msc" else (lambda: DenseAttention(attn))
         self.blocks = nn.ModuleList(Block(cfg.dim, make(), cfg.mlp_ratio) for _ in range(cfg.dec_depth))
+        # the stack's frames always sit at 0 (context) and 1 (noisy frame): tables kept in memory
+        self.rotary = RotaryTables(2, (cfg.grid, cfg.grid), cfg.dim // cfg.heads, (1, cfg.decoder_down))
         self.final = Unpatchify(cfg.channels, cfg.patch, cfg.dim)
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor, actions: Optional[Tensor] = None,
-                labels: Optional[Tensor] = None) -> Tensor:
+                labels: Optional[Tensor] = None, modulation: Optional[Tensor] = None,
+                levels: Optional[Tensor] = None) -> Tensor:
         """x ``(B', C, H, W)`` at levels t ``(B',)``, context c ``(B', N, D)``, the action
-        ``(B',)`` that leads to each frame and its clip's label ``(B',)`` -> velocity like x."""
-        g = self.cfg.grid
+        ``(B',)`` that leads to each frame and its clip's label ``(B',)`` -> velocity like x.
+        ``modulation (B', M)``: :meth:`modulation` of the same t, actions and labels, made
+        beforehand (``recompute`` only; not for ``conditioning='adaln'``); with ``levels
+        (S,)`` it is the table ``(S, B', M)`` of those levels, and each row takes the
+        entry of its t (:func:`table_rows`)."""
+        g, mode = self.cfg.grid, self.cfg.conditioning
+        if modulation is not None and (self.prefix_mode or mode == "adaln"):
+            raise ValueError("modulation: made beforehand only for decoder_context='recompute' and conditioning "
+                             f"other than 'adaln' (this decoder: {self.cfg.decoder_context!r}, {mode!r}); "
+                             "expected None")
         tokens = self.patchify(x[:, None])  # (B', 1, Hp, Wp, D)
         ctx = self.ctx_proj(c).unflatten(1, (g, g))[:, None]  # (B', 1, Hp, Wp, D)
-        cond = self.cond_embed(self.t_embed(t), actions, labels)[:, None]  # (B', 1, D)
-        mode = self.cfg.conditioning
+        cond = None if modulation is not None else self.cond_embed(self.t_embed(t), actions, labels)[:, None]
         if self.prefix_mode:  # the context frame at a fixed level, the noisy frame at t
             zero = torch.zeros_like(t)
             cond = torch.cat([self.t_embed(zero)[:, None], cond], dim=1)  # (B', 2, D)
@@ -80,10 +91,39 @@ class FrameDecoder(nn.Module):
         else:  # adaln
             h, cond = tokens, cond + ctx.mean(dim=(2, 3))
         frames = h.shape[1]
+        positions = self.rotary.positions(0, frames)
+        if modulation is not None:  # both frames of the stack share t: the same rows for each
+            blocks, final = self._unpack(table_rows(modulation, levels, t), frames)
+            h = run_blocks(self.blocks, h, None, None, positions=positions, modulation=blocks)
+            return self.final(h[:, -1:], None, final)[:, 0]  # (B', C, H, W)
         tt = tt if self.prefix_mode else t[:, None].expand(-1, frames)  # (B', frames)
         cond = cond.expand(-1, frames, -1)  # (B', frames, D)
-        h = run_blocks(self.blocks, h, tt, cond)
+        h = run_blocks(self.blocks, h, tt, cond, positions=positions)
         return self.final(h[:, -1:], cond[:, -1:])[:, 0]  # (B', C, H, W)
+
+    def modulation(self, t: Tensor, actions: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
+        """All that a denoising step takes of its levels ``t (B',)`` and conditions, and no
+        token: every block's :meth:`Block.modulation` and the final layer's adaLN,
+        concatenated, ``(B', M)``. A session makes those of all ``S`` levels of a frame in
+        one pass (its small matrix products over ``S·B'`` rows, where every step would run
+        them over ``B'``) and passes each step its rows (``modulation=`` of
+        :meth:`forward` and :meth:`step`). Not for ``conditioning='adaln'``, whose adaLN
+        reads the context too."""
+        if self.cfg.conditioning == "adaln":
+            raise ValueError("modulation: conditioning='adaln' adds the context to the adaLN input, "
+                             "so it cannot be made without the context; expected 'token_concat' or 'add'")
+        cond = self.cond_embed(self.t_embed(t), actions, labels)[:, None]  # (B', 1, D)
+        parts = [block.modulation(cond, t[:, None]) for block in self.blocks] + [self.final.ada(cond)]
+        return torch.cat(parts, dim=-1)[:, 0]  # (B', M)
+
+    def _unpack(self, modulation: Tensor, frames: int) -> tuple[list[Tensor], Tensor]:
+        """:meth:`modulation`'s ``(B', M)`` -> each block's ``(B', frames, M_i)`` and the
+        final layer's ``(B', 1, 2D)``."""
+        sizes = [block.modulation_size for block in self.blocks] + [2 * self.cfg.dim]
+        if modulation.shape[-1] != sum(sizes):
+            raise ValueError(f"modulation: {modulation.shape[-1]} columns, expected {sum(sizes)} (FrameDecoder.modulation)")
+        *blocks, final = modulation[:, None].split(sizes, dim=-1)
+        return [m.expand(-1, frames, -1) for m in blocks], final
 
     def new_cache(self) -> StackCache:
         """The context frame's keys and values in every layer (``prefix`` mode)."""
@@ -96,14 +136,32 @@ class FrameDecoder(nn.Module):
         g = self.cfg.grid
         ctx = self.ctx_proj(c).unflatten(1, (g, g))[:, None]  # (B, 1, Hp, Wp, D)
         zero = c.new_zeros(c.shape[0], 1)  # (B, 1)
-        run_blocks(self.blocks, ctx, zero, self.t_embed(zero), cache, write="reset")
+        run_blocks(self.blocks, ctx, zero, self.t_embed(zero), cache, write="reset",
+                   positions=self.rotary.positions(0, 1))
 
     def step(self, x: Tensor, t: Tensor, cache: StackCache, actions: Optional[Tensor] = None,
-             labels: Optional[Tensor] = None) -> Tensor:
+             labels: Optional[Tensor] = None, modulation: Optional[Tensor] = None,
+             levels: Optional[Tensor] = None) -> Tensor:
         """``prefix`` mode: one denoising step over the noisy frame only, attending to the
         context frame in ``cache`` (read-only; ``B'`` may be a multiple of its batch when
         guidance batches the null rows). Same arguments and result as :meth:`forward`."""
         tokens = self.patchify(x[:, None])  # (B', 1, Hp, Wp, D)
+        positions = self.rotary.positions(1, 1)
+        if modulation is not None:
+            blocks, final = self._unpack(table_rows(modulation, levels, t), 1)
+            h = run_blocks(self.blocks, tokens, None, None, cache, write=False, positions=positions,
+                           modulation=blocks)
+            return self.final(h, None, final)[:, 0]  # (B', C, H, W)
         cond = self.cond_embed(self.t_embed(t), actions, labels)[:, None]  # (B', 1, D)
-        h = run_blocks(self.blocks, tokens, t[:, None], cond, cache, write=False)
+        h = run_blocks(self.blocks, tokens, t[:, None], cond, cache, write=False, positions=positions)
         return self.final(h, cond)[:, 0]  # (B', C, H, W)
+
+
+def table_rows(modulation: Tensor, levels: Optional[Tensor], t: Tensor) -> Tensor:
+    """Without ``levels``, ``modulation (B', M)`` itself; with ``levels (S,)``, the row of
+    the table ``modulation (S, B', M)`` at the level nearest each ``t (B',)`` (a
+    session's table holds exactly the levels its sampler steps through)."""
+    if levels is None:
+        return modulation
+    index = (levels[:, None] - t[None, :].to(levels.dtype)).abs().argmin(dim=0)  # (B',)
+    return modulation[index, torch.arange(t.shape[0], device=t.device)]  # (B', M)

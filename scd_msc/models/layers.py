@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from scd_msc.ops.embed import timestep_embedding
+from scd_msc.ops.embed import Rotary, timestep_embedding
 from scd_msc.ops.msc import AttentionConfig, MSCAttentionConfig
 from scd_msc.streaming.cache import StackCache
 
@@ -46,8 +46,10 @@ class Unpatchify(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        shift, scale = self.ada(cond)[:, :, None, None].chunk(2, dim=-1)  # (B, F, 1, 1, D)
+    def forward(self, x: Tensor, cond: Tensor, modulation: Optional[Tensor] = None) -> Tensor:
+        """``modulation (B, F, 2D)``, when given, is ``self.ada(cond)`` made beforehand."""
+        ada = self.ada(cond) if modulation is None else modulation
+        shift, scale = ada[:, :, None, None].chunk(2, dim=-1)  # (B, F, 1, 1, D)
         x = self.proj(self.norm(x) * (1 + scale) + shift)  # (B, F, Hp, Wp, p·p·C)
         p = self.patch
         return rearrange(x, "b f y x (p q c) -> b f c (y p) (x q)", p=p, q=p, c=self.channels)
@@ -80,7 +82,7 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0):
         super().__init__()
-        self.attn = attn
+        self.dim, self.attn = dim, attn
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
@@ -89,20 +91,41 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[-1].bias)
         self.checkpointing = False  # training: recompute activations in the backward pass
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
-                cache: Optional[object] = None, write: bool = False) -> Tensor:
-        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x; ``cache``
-        and ``write`` go to the attention layer."""
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, t, cond, frame_index, cache, write, use_reentrant=False)
-        return self._forward(x, t, cond, frame_index, cache, write)
+    @property
+    def modulation_size(self) -> int:
+        """Columns of :meth:`modulation`: six of the width, plus one gate per head."""
+        return 6 * self.dim + (self.attn.heads if hasattr(self.attn, "gates") else 0)
 
-    def _forward(self, x: Tensor, t: Tensor, cond: Tensor, frame_index: Tensor,
+    def modulation(self, cond: Tensor, t: Tensor) -> Tensor:
+        """Everything the block takes of the conditions ``cond (B, F, D)`` and levels
+        ``t (B, F)``: its adaLN shifts, scales and gates and, for an MSC layer, its branch
+        gates, ``(B, F, M)``. No token enters it, so a sampler's steps can have theirs
+        made at once (:meth:`FrameDecoder.modulation`)."""
+        parts = [self.ada(cond)]
+        if hasattr(self.attn, "gates"):
+            parts.append(self.attn.gates(t))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, positions: Rotary,
+                cache: Optional[object] = None, write: bool = False,
+                modulation: Optional[Tensor] = None) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)``, cond ``(B, F, D)`` -> like x; the frames'
+        ``positions``, ``cache`` and ``write`` go to the attention layer. ``modulation``
+        (:meth:`modulation`, made beforehand) replaces t and cond."""
+        if modulation is None:
+            modulation = self.modulation(cond, t)
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, modulation, positions, cache, write, use_reentrant=False)
+        return self._forward(x, modulation, positions, cache, write)
+
+    def _forward(self, x: Tensor, modulation: Tensor, positions: Rotary,
                  cache: Optional[object], write: bool) -> Tensor:
-        mods = self.ada(cond)[:, :, None, None].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
+        d = x.shape[-1]
+        mods = modulation[:, :, None, None, :6 * d].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        gates = {"gates": modulation[..., 6 * d:]} if hasattr(self.attn, "gates") else {}  # (B, F, h)
         h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + gate1 * self.attn(h, t, frame_index, cache=cache, write=write)
+        x = x + gate1 * self.attn(h, None, positions, cache=cache, write=write, **gates)
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.mlp(h)
 
@@ -115,17 +138,24 @@ def layer_config(dim: int, heads: int, attention: AttentionConfig, causal: bool,
 
 
 def run_blocks(blocks: nn.ModuleList, h: Tensor, t: Tensor, cond: Tensor,
-               cache: Optional[StackCache] = None, write: Union[bool, str] = False) -> Tensor:
+               cache: Optional[StackCache] = None, write: Union[bool, str] = False,
+               positions: Optional[Rotary] = None, modulation: Optional[list[Tensor]] = None) -> Tensor:
     """Apply ``blocks`` to the frames ``h (B, F, Hp, Wp, D)``. Without a cache the frames
     sit at positions ``0..F-1``; with one they follow the frames already written and each
     block reads its own layer cache; ``write`` appends the frames to every layer and
-    advances the cache's position; ``write="reset"`` starts the cache over with them."""
+    advances the cache's position; ``write="reset"`` starts the cache over with them.
+    ``positions`` overrides where the frames sit (with their rotation tables, made once
+    for the stack, :class:`RotaryTables`); by default each layer makes its own.
+    ``modulation``: each block's :meth:`Block.modulation`, made beforehand (t and cond
+    are then not read)."""
     f = h.shape[1]
     if cache is not None and write == "reset":
         cache.restart(h.device)
-    fi = torch.arange(f, device=h.device) if cache is None else cache.positions(f, h.device)
+    if positions is None:
+        positions = Rotary(torch.arange(f, device=h.device) if cache is None else cache.positions(f, h.device))
     for i, block in enumerate(blocks):
-        h = block(h, t, cond, fi, None if cache is None else cache.layers[i], write)
+        h = block(h, t, cond, positions, None if cache is None else cache.layers[i], write,
+                  None if modulation is None else modulation[i])
     if cache is not None and write:
         cache.advance(f)
     return h

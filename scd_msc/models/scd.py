@@ -55,11 +55,20 @@ class SCDModel(Generates, nn.Module):
         return self.encoder(frames, t, cache, actions, labels)
 
     def decode(self, x: Tensor, t: Tensor, c: Tensor, actions: Optional[Tensor] = None,
-               labels: Optional[Tensor] = None) -> Tensor:
+               labels: Optional[Tensor] = None, modulation: Optional[Tensor] = None,
+               levels: Optional[Tensor] = None) -> Tensor:
         """Velocity of noisy frames ``x (B', C, H, W)`` at levels ``t (B',)`` given their
         contexts ``c (B', N, D)``, the actions ``(B',)`` that lead to them and labels
-        ``(B',)`` (frames folded into ``B'``)."""
-        return self.decoder(x, t, c, actions, labels)
+        ``(B',)`` (frames folded into ``B'``); ``modulation``: :meth:`decoder_modulation`
+        of the same made beforehand, or with ``levels (S,)`` its table over those levels
+        (:meth:`FrameDecoder.forward`)."""
+        return self.decoder(x, t, c, actions, labels, modulation, levels)
+
+    def decoder_modulation(self, t: Tensor, actions: Optional[Tensor] = None,
+                           labels: Optional[Tensor] = None) -> Tensor:
+        """What a decoder step takes of its levels ``t (B',)``, actions and labels, no
+        token: ``(B', M)`` (:meth:`FrameDecoder.modulation`)."""
+        return self.decoder.modulation(t, actions, labels)
 
     def new_decoder_cache(self) -> StackCache:
         """``decoder_context='prefix'``: the context frame's keys/values in the decoder."""
@@ -71,10 +80,11 @@ class SCDModel(Generates, nn.Module):
         self.decoder.prefix(c, cache)
 
     def decode_step(self, x: Tensor, t: Tensor, cache: StackCache, actions: Optional[Tensor] = None,
-                    labels: Optional[Tensor] = None) -> Tensor:
+                    labels: Optional[Tensor] = None, modulation: Optional[Tensor] = None,
+                    levels: Optional[Tensor] = None) -> Tensor:
         """``decoder_context='prefix'``: :meth:`decode` with the context's keys/values from
         ``cache`` (over the noisy frame's tokens only)."""
-        return self.decoder.step(x, t, cache, actions, labels)
+        return self.decoder.step(x, t, cache, actions, labels, modulation, levels)
 
     def contexts(self, video: Tensor, t_ctx: Optional[Tensor] = None, actions: Optional[Tensor] = None,
                  labels: Optional[Tensor] = None) -> Tensor:

@@ -12,7 +12,7 @@ width · ``h`` heads · ``d`` head dim · ``r`` low-res down factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from scd_msc import checks
 from scd_msc.ops.attention import hires_attention, lowres_attention
-from scd_msc.ops.embed import rope3d, timestep_embedding
+from scd_msc.ops.embed import Rotary, deinterleave_pairs, rope3d, timestep_embedding
 from scd_msc.ops.schedule import MSCLayerSpec
 
 if TYPE_CHECKING:  # streaming builds the caches; the layer only reads and writes them
@@ -114,7 +114,9 @@ class MSCAttention(nn.Module):
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.h_hi = cfg.hires_count(cfg.heads)
         self.h_lo = cfg.heads - self.h_hi
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        # one projection per head group (rows (q|k|v, head, channel)): neither needs a slice
+        self.qkv_hi = nn.Linear(cfg.dim, 3 * self.h_hi * self.head_dim) if self.h_hi else None
+        self.qkv_lo = nn.Linear(cfg.dim, 3 * self.h_lo * self.head_dim) if self.h_lo else None
         self.q_norm = nn.RMSNorm(self.head_dim)
         self.k_norm = nn.RMSNorm(self.head_dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
@@ -134,7 +136,7 @@ class MSCAttention(nn.Module):
         if self.cfg.gating == "branch":  # (B, F, 2) -> (B, F, h)
             g = torch.cat([g[..., :1].expand(*t.shape, self.h_hi),
                            g[..., 1:].expand(*t.shape, self.h_lo)], dim=-1)
-        return g.to(self.qkv.weight.dtype)
+        return g.to(self.proj.weight.dtype)
 
     def project(self, x: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """x ``(B, F, Hp, Wp, D)`` -> the hi-res heads' q, k, v ``(3, B, F, Hp, Wp, h_hi, d)``
@@ -143,67 +145,79 @@ class MSCAttention(nn.Module):
         a cell's weights sum to 1, so the low-res heads project the pooled tokens: ``r²``
         times fewer rows in their share of the projection, and one pooling of x where
         pooled q, k and v took three."""
-        r, h, d, hi = self.spec.down, self.heads, self.head_dim, self.h_hi
         split = "b f y x (n h d) -> n b f y x h d"
-        if r == 1 or not hi or not self.h_lo:  # one projection serves both branches
-            qkv = rearrange(self.qkv(x), split, n=3, h=h)
-            lo = qkv[..., hi:, :]
-            if self.h_lo and r > 1:
-                lo = torch.stack([pool_tokens(t, r) for t in lo.unbind(0)])
-            return (qkv[..., :hi, :] if hi else None), (lo if self.h_lo else None)
-        w = self.qkv.weight.unflatten(0, (3, h, d))  # (3, h, d, D)
-        b = self.qkv.bias.unflatten(0, (3, h, d))  # (3, h, d)
-        hi_qkv = F.linear(x, w[:, :hi].flatten(0, 2), b[:, :hi].flatten())
-        pooled = pool_tokens(x[..., None, :], r)[..., 0, :]  # (B, F, Hp/r, Wp/r, D)
-        lo_qkv = F.linear(pooled, w[:, hi:].flatten(0, 2), b[:, hi:].flatten())
-        return rearrange(hi_qkv, split, n=3, h=hi), rearrange(lo_qkv, split, n=3, h=self.h_lo)
+        hi = lo = None
+        if self.h_hi:
+            hi = rearrange(self.qkv_hi(x), split, n=3, h=self.h_hi)
+        if self.h_lo:
+            pooled = pool_tokens(x[..., None, :], self.spec.down)[..., 0, :]  # (B, F, Hp/r, Wp/r, D)
+            lo = rearrange(self.qkv_lo(pooled), split, n=3, h=self.h_lo)
+        return hi, lo
 
-    def forward(self, x: Tensor, t: Tensor, frame_index: Tensor,
-                cache: Optional["MSCCache"] = None, write: bool = False) -> Tensor:
-        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` noise level per frame, frame_index
-        ``(F,)`` absolute frame positions; with ``cache`` the F frames follow the cached
-        ones (causal only), and ``write`` appends them to it. Returns ``(B, F, Hp, Wp, D)``."""
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - nn.Module's
+        upgrade_qkv(state_dict, prefix, self.heads, self.head_dim, {"qkv_hi": (0, self.h_hi),
+                                                                    "qkv_lo": (self.h_hi, self.heads)})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor, t: Optional[Tensor], positions: Union[Tensor, Rotary],
+                cache: Optional["MSCCache"] = None, write: bool = False,
+                gates: Optional[Tensor] = None) -> Tensor:
+        """x ``(B, F, Hp, Wp, D)``, t ``(B, F)`` noise level per frame (or its ``gates
+        (B, F, h)``, :meth:`gates`, made beforehand), positions: the absolute frame indices
+        ``(F,)`` or a :class:`Rotary` (with its tables); with ``cache`` the F frames follow
+        the cached ones (causal only), and ``write`` appends them to it. Returns
+        ``(B, F, Hp, Wp, D)``."""
         b, f, hp, wp, _ = x.shape
         if cache is not None and not self.cfg.causal:
             raise ValueError("a cache needs a causal layer (cfg.causal=True)")
-        s, outs = self.spec, []
+        s, outs, pos = self.spec, [], Rotary.of(positions)
         hi_qkv, lo_qkv = self.project(x)
         if self.h_hi:
-            q, k, v = prepare_qkv(self, hi_qkv, frame_index)
+            q, k, v = prepare_qkv(self, hi_qkv, pos.tables(self.head_dim, 1, (hp, wp)))
             if cache is not None:
                 k, v = cache.hires.extend(k, v, write)
             outs.append(hires_attention(q, k, v, window=s.window, frames=s.frames,
                                         causal=self.cfg.causal, backend=self.cfg.backend))
         if self.h_lo:
-            q, k, v = prepare_qkv(self, lo_qkv, frame_index, s.down, grid=(hp, wp))
+            q, k, v = prepare_qkv(self, lo_qkv, pos.tables(self.head_dim, s.down, (hp, wp)))
             if cache is not None:
                 k, v = cache.lowres.extend(k, v, write)
             o = lowres_attention(q, k, v, stride=s.stride, frames=s.strided_frames,
                                  causal=self.cfg.causal, backend=self.cfg.backend)
             outs.append(unpool_tokens(o, s.down, hp, wp, self.cfg.upsample))
-        o = torch.cat(outs, dim=-2) * self.gates(t)[:, :, None, None, :, None]  # (B, F, Hp, Wp, h, d)
+        gates = self.gates(t) if gates is None else gates  # (B, F, h)
+        o = torch.cat(outs, dim=-2) * gates[:, :, None, None, :, None]  # (B, F, Hp, Wp, h, d)
         return self.proj(rearrange(o, "b f y x h d -> b f y x (h d)"))
 
 
-def pool_positions(pos: Tensor, r: int) -> Tensor:
-    """Grid positions ``(L,) -> (⌈L/r⌉,)``: each pooled cell at the mean of its tokens."""
-    if r == 1:
-        return pos
-    return F.avg_pool1d(pos[None, None], r, ceil_mode=True)[0, 0]
-
-
-def prepare_qkv(layer: nn.Module, qkv: Tensor, frame_index: Tensor, r: int = 1,
-                grid: Optional[tuple[int, int]] = None):
-    """qkv ``(3, B, F, Hp/r, Wp/r, h, d)``, pooled ``r × r`` from the grid ``(Hp, Wp)``
-    (:meth:`MSCAttention.project`; ``grid`` is needed when ``r > 1``) -> q, k, v with q/k
-    normalised by ``layer.q_norm``/``layer.k_norm`` and rotated by (frame, y, x)
-    positions, pooled cells at the centres of the tokens they cover."""
-    if r > 1 and grid is None:
-        raise ValueError(f"prepare_qkv: r={r} needs the grid the tokens were pooled from (grid=(Hp, Wp))")
-    hp, wp = (qkv.shape[3], qkv.shape[4]) if grid is None else grid
+def prepare_qkv(layer: nn.Module, qkv: Tensor, tables: tuple[Tensor, Tensor]):
+    """qkv ``(3, B, F, Hp', Wp', h, d)`` and the rotation tables cos, sin of its tokens
+    (``(F, Hp', Wp', 1, d/2)``, :meth:`Rotary.tables`) -> q, k, v with q/k normalised by
+    ``layer.q_norm``/``layer.k_norm`` and rotated."""
     q, k, v = qkv.unbind(0)
-    py = pool_positions(torch.arange(hp, device=qkv.device, dtype=torch.float32), r)
-    px = pool_positions(torch.arange(wp, device=qkv.device, dtype=torch.float32), r)
-    q = rope3d(layer.q_norm(q), frame_index, py, px)
-    k = rope3d(layer.k_norm(k), frame_index, py, px)
-    return q, k, v
+    return rope3d(layer.q_norm(q), *tables), rope3d(layer.k_norm(k), *tables), v
+
+
+def upgrade_qkv(state_dict: dict, prefix: str, heads: int, head_dim: int,
+                groups: dict[str, tuple[int, int]]) -> None:
+    """In place: a checkpoint's single ``qkv`` projection (rows ``(q|k|v, head, channel)``,
+    q/k channels ``(2i, 2i+1)`` rotating together: the layout before rotate-half RoPE)
+    as the projections ``groups`` (name -> heads ``[a, b)``; empty groups skipped), with
+    q/k rows and the q/k norms' weights in :func:`deinterleave_pairs` order. Scores,
+    and so outputs, do not change. A state dict without ``qkv`` is left alone."""
+    if prefix + "qkv.weight" not in state_dict:
+        return
+    perm = deinterleave_pairs(head_dim)
+    for kind in ("weight", "bias"):
+        old = state_dict.pop(f"{prefix}qkv.{kind}", None)
+        if old is None:
+            continue
+        old = old.unflatten(0, (3, heads, head_dim))  # (3, h, d[, D])
+        old = torch.cat([old[:2, :, perm], old[2:]])
+        for name, (a, b) in groups.items():
+            if b > a:
+                state_dict[f"{prefix}{name}.{kind}"] = old[:, a:b].flatten(0, 2)
+    for norm in ("q_norm", "k_norm"):
+        key = f"{prefix}{norm}.weight"
+        if key in state_dict:
+            state_dict[key] = state_dict[key][perm]

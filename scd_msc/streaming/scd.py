@@ -2,6 +2,12 @@
 frame then goes through the causal encoder once, appending to every layer's cache, and
 its encoding is the next frame's context ``c`` (Bai et al., arXiv 2602.10095).
 
+Per frame, before its steps, one call makes the decoder's modulation (adaLN and gates,
+:meth:`~scd_msc.models.decoder.FrameDecoder.modulation`) at every level the sampler will
+step through (:meth:`~scd_msc.diffusion.Sampler.levels`); each step reads its rows instead of
+running those small products itself (not for ``conditioning='adaln'``, whose adaLN reads the
+context).
+
 With conditions (DESIGN.md §7): the decoder that renders frame ``i`` from ``c_{i-1}`` is
 conditioned on the action ``a_i`` that leads to it, and frame ``i`` goes through the
 encoder with ``a_i`` too, so ``c_i`` summarises frames and actions ``<= i``.
@@ -41,11 +47,18 @@ class SCDSession(Session):
         self.context = model.start_context(batch_size).detach().to(self.dtype)  # (B, N, D), like every later one
         # decoder_context='prefix': the context frame's keys/values, once per frame
         self.prefix = model.new_decoder_cache() if model.cfg.decoder_context == "prefix" else None
+        # the decoder's modulation at each of the S levels (None: conditioning='adaln'), once per frame
+        t_dtype = torch.promote_types(self.dtype, torch.float32)  # the sampler's t
+        self.levels = (None if model.cfg.conditioning == "adaln" else
+                       torch.tensor(sampler.levels(steps), device=self.device, dtype=t_dtype))  # (S,)
+        self.table: Optional[Tensor] = None  # (S, B', M), written in place
         self.begin(prompt, prompt_actions)
 
     def _decode(self, x: Tensor, t: Tensor, c: Tensor, *ids: Tensor) -> Tensor:
         """The decoder call, all tensors (graph-capturable): x ``(B', C, H, W)``, t ``(B',)``,
-        c ``(B', N, D)``, ids ``(B',)`` each (:meth:`Session.ids`)."""
+        c ``(B', N, D)``, ids ``(B',)`` each (:meth:`Session.ids`; in the table when there is one)."""
+        if self.table is not None:
+            return self.fn("decode")(x, t, c, None, None, self.table, self.levels)
         return self.fn("decode")(x, t, c, *self.unpack(ids))
 
     def _write_prefix(self, c: Tensor) -> Tensor:
@@ -54,10 +67,31 @@ class SCDSession(Session):
 
     def _decode_step(self, x: Tensor, t: Tensor, *ids: Tensor) -> Tensor:
         """``prefix`` mode: one step over the noisy frame, reading the context's cache."""
+        if self.table is not None:
+            return self.fn("decode_step")(x, t, self.prefix, None, None, self.table, self.levels)
         return self.fn("decode_step")(x, t, self.prefix, *self.unpack(ids))
+
+    def _modulation(self, t: Tensor, *ids: Tensor) -> Tensor:
+        return self.fn("decoder_modulation")(t, *self.unpack(ids))
+
+    def _write_table(self, action: Optional[Tensor]) -> None:
+        """The decoder's modulation at every level of this frame's ``S`` steps, for the
+        rows of its calls (:meth:`Session.call_ids`), in one call: the steps read their
+        rows (its small products run once per frame instead of once per step)."""
+        ids = self.call_ids(action)
+        s, rows = self.levels.shape[0], self.batch_size * (1 if self.cond_guidance == 1.0 else 2)
+        t = self.levels.repeat_interleave(rows)  # (S·B',): level-major
+        table = self.graphed("modulation", self._modulation)(t, *(i.repeat(s) for i in ids))
+        table = table.unflatten(0, (s, rows))  # (S, B', M)
+        if self.table is None:
+            self.table = table
+        else:  # in place: the step graphs read this memory
+            self.table.copy_(table)
 
     @torch.no_grad()
     def denoise(self, action: Optional[Tensor] = None) -> Tensor:
+        if self.levels is not None:
+            self._write_table(action)
         if self.prefix is not None:  # the context once, then S steps over the noisy tokens only
             self.stateful("prefix", self._write_prefix, eager_calls=2)(self.context)
             step = self.guided(self.graphed("decode_step", self._decode_step), action)

@@ -172,15 +172,21 @@ class Session:
         action = rest.pop(0) if cfg.actions else None
         return action, rest.pop(0) if cfg.classes else None
 
+    def call_ids(self, action: Optional[Tensor]) -> tuple[Tensor, ...]:
+        """The ids of the model call that makes the frame (:meth:`ids`): with
+        ``cond_guidance != 1``, the conditioned rows then the null rows (``2B``)."""
+        ids = self.ids(action, self.labels)
+        if self.cond_guidance == 1.0:
+            return ids
+        return tuple(torch.cat([i, n]) for i, n in zip(ids, self.ids(self.null_action, self.null_labels)))
+
     def guided(self, call: Callable[..., Tensor], action: Optional[Tensor]) -> Callable[..., Tensor]:
         """``call(x, t, *args, *ids) -> v`` as ``(x, t, *args) -> v`` for the frame made with
         ``action``: with ``cond_guidance = s != 1``, the conditioned and null rows go
         through ``call`` in one batched call and ``v = v_null + s·(v_cond − v_null)``."""
-        ids = self.ids(action, self.labels)
-        s = self.cond_guidance
+        s, both = self.cond_guidance, self.call_ids(action)
         if s == 1.0:
-            return lambda x, t, *args: call(x, t, *args, *ids)
-        both = tuple(torch.cat([i, n]) for i, n in zip(ids, self.ids(self.null_action, self.null_labels)))
+            return lambda x, t, *args: call(x, t, *args, *both)
 
         def velocity(x: Tensor, t: Tensor, *args: Tensor) -> Tensor:
             v_cond, v_null = call(*(torch.cat([a, a]) for a in (x, t, *args)), *both).chunk(2)  # 2 × (B, ...)
