@@ -243,6 +243,30 @@ def test_resume_refuses_a_checkpoint_of_another_model(short_run, shards, tmp_pat
     assert check_resume(last, same) == 6  # the backend does not change the weights
 
 
+def test_a_checkpoint_of_the_old_qkv_layout_generates_but_does_not_resume(short_run, shards, tmp_path):
+    """A checkpoint saved before the split qkv projections (one ``qkv`` per layer): its
+    weights load through the conversion (model and EMA copies, strict), its optimizer
+    state cannot be resumed, and the refusal says so in one line."""
+    from scd_msc.cli import main
+    from scd_msc.training.train import check_resume
+
+    _, last, _, _ = short_run
+    ckpt = torch.load(last, weights_only=False)
+    state = ckpt["state_dict"]
+    for key in [k for k in state if k.endswith(".attn.qkv_hi.weight")]:
+        base = key[: -len("qkv_hi.weight")]
+        for kind in ("weight", "bias"):
+            hi, lo = state.pop(f"{base}qkv_hi.{kind}"), state.pop(f"{base}qkv_lo.{kind}")
+            state[f"{base}qkv.{kind}"] = torch.cat([hi.unflatten(0, (3, -1)), lo.unflatten(0, (3, -1))], 1).flatten(0, 1)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    with pytest.raises(ValueError, match=r"^--resume '.*old.ckpt': the checkpoint's attention layers hold one "
+                                         r"qkv projection each \(model\.encoder\.blocks\.0\.attn\.qkv\.weight\)"):
+        check_resume(str(old), load_config(None, overrides(shards, tmp_path)))
+    assert main(["generate", "--checkpoint", str(old), "--frames", "1", "--steps", "1",
+                 "--out", str(tmp_path / "v.mp4"), "--no-progress"]) == 0
+
+
 def test_truncated_last_ckpt_names_the_newest_readable_step_checkpoint(short_run, shards, tmp_path, capsys):
     """A last.ckpt cut short (full disk) fails --resume auto and generate --checkpoint with
     one line naming the newest step_*.ckpt that still loads (step_6 is cut short too)."""

@@ -104,6 +104,11 @@ def check_resume(path: str, cfg: Any, arg: Optional[str] = None,
         stored = stored_model(ckpt, path)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+    legacy = next((k for k in ckpt.get("state_dict", {}) if k.endswith(".attn.qkv.weight")), None)
+    if legacy is not None:  # MSCAttention / DenseAttention before rotate-half RoPE (upgrade_qkv)
+        raise ValueError(f"{where}: the checkpoint's attention layers hold one qkv projection each ({legacy}), "
+                         "the layout before 2026-12-03; its weights still load, converted, for generate and "
+                         "eval, but its optimizer state does not fit the new projections: start a new run")
     old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg.model))
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
