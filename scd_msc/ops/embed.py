@@ -69,7 +69,7 @@ def rope3d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     in order: on an H200 it took 4.4 µs for a base-preset query frame where pairs
     ``(2i, 2i+1)`` took 8.4 (given the same tables) and 16.3 when written back
     interleaved (``benchmarks/rope_layout_h200_2026-12-03.md``). Checkpoints of the
-    ``(2i, 2i+1)`` pairing load through :func:`deinterleave_pairs`."""
+    ``(2i, 2i+1)`` pairing load converted (:func:`scd_msc.ops.msc.upgrade_qkv`)."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, F, Hp, Wp, h, d/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
