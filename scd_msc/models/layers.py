@@ -83,6 +83,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0):
         super().__init__()
         self.dim, self.attn = dim, attn
+        self.gated = hasattr(attn, "gates")  # an MSC layer: per-frame branch gates join the modulation
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_ratio)
@@ -94,7 +95,7 @@ class Block(nn.Module):
     @property
     def modulation_size(self) -> int:
         """Columns of :meth:`modulation`: six of the width, plus one gate per head."""
-        return 6 * self.dim + (self.attn.heads if hasattr(self.attn, "gates") else 0)
+        return 6 * self.dim + (self.attn.heads if self.gated else 0)
 
     def modulation(self, cond: Tensor, t: Tensor) -> Tensor:
         """Everything the block takes of the conditions ``cond (B, F, D)`` and levels
@@ -102,7 +103,7 @@ class Block(nn.Module):
         gates, ``(B, F, M)``. No token enters it, so a sampler's steps can have theirs
         made at once (:meth:`FrameDecoder.modulation`)."""
         parts = [self.ada(cond)]
-        if hasattr(self.attn, "gates"):
+        if self.gated:
             parts.append(self.attn.gates(t))
         return torch.cat(parts, dim=-1)
 
@@ -123,7 +124,7 @@ class Block(nn.Module):
         d = x.shape[-1]
         mods = modulation[:, :, None, None, :6 * d].chunk(6, dim=-1)  # 6 × (B, F, 1, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
-        gates = {"gates": modulation[..., 6 * d:]} if hasattr(self.attn, "gates") else {}  # (B, F, h)
+        gates = {"gates": modulation[..., 6 * d:]} if self.gated else {}  # (B, F, h)
         h = self.norm1(x) * (1 + scale1) + shift1
         x = x + gate1 * self.attn(h, None, positions, cache=cache, write=write, **gates)
         h = self.norm2(x) * (1 + scale2) + shift2

@@ -51,6 +51,8 @@ class SCDSession(Session):
         t_dtype = torch.promote_types(self.dtype, torch.float32)  # the sampler's t
         self.levels = (None if model.cfg.conditioning == "adaln" else
                        torch.tensor(sampler.levels(steps), device=self.device, dtype=t_dtype))  # (S,)
+        self.rows = batch_size * (1 if self.cond_guidance == 1.0 else 2)  # B': of each decoder call (call_ids)
+        self.level_rows = None if self.levels is None else self.levels.repeat_interleave(self.rows)  # (S·B',)
         self.table: Optional[Tensor] = None  # (S, B', M), written in place
         self.begin(prompt, prompt_actions)
 
@@ -78,11 +80,10 @@ class SCDSession(Session):
         """The decoder's modulation at every level of this frame's ``S`` steps, for the
         rows of its calls (:meth:`Session.call_ids`), in one call: the steps read their
         rows (its small products run once per frame instead of once per step)."""
-        ids = self.call_ids(action)
-        s, rows = self.levels.shape[0], self.batch_size * (1 if self.cond_guidance == 1.0 else 2)
-        t = self.levels.repeat_interleave(rows)  # (S·B',): level-major
-        table = self.graphed("modulation", self._modulation)(t, *(i.repeat(s) for i in ids))
-        table = table.unflatten(0, (s, rows))  # (S, B', M)
+        s = self.levels.shape[0]
+        ids = (i.repeat(s) for i in self.call_ids(action))  # (S·B',) each: level-major, like level_rows
+        table = self.graphed("modulation", self._modulation)(self.level_rows, *ids)
+        table = table.unflatten(0, (s, self.rows))  # (S, B', M)
         if self.table is None:
             self.table = table
         else:  # in place: the step graphs read this memory
