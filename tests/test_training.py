@@ -443,10 +443,12 @@ def test_sigkill_then_resume_auto_continues_to_max_steps(shards, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"checkpoint: {last}" in proc.stdout
     assert ckpt_step(last) == 60
-    # one metrics.csv: the first start's rows before the resumed step, then the second start's
+    # one metrics.csv: the first start's rows before the resumed step, then the second start's.
+    # Lightning logs step killed_at - 1's row after the checkpoint of killed_at, so the kill
+    # may fall between the two and lose that row; no other may be missing or repeated.
     assert sorted(os.listdir(out)) == ["checkpoints", "config.yaml", "metrics.csv", "tb", "timing.json"]
     steps = train_steps(metrics(out))
-    assert steps == list(range(60)), (killed_at, steps)
+    assert steps in (list(range(60)), [s for s in range(60) if s != killed_at - 1]), (killed_at, steps)
     # the EMA went on from the killed run's average: one update per step of both runs
     assert load_checkpoint(str(last)).weights.ema_updates == 60
 

@@ -4,6 +4,8 @@
   continues it (rows the killed run logged at or after the resumed step are dropped, so
   every step appears once) instead of Lightning's new ``version_N`` per start; a fresh
   start in the same folder replaces it. Rows are flushed every ``log_every_n_steps``.
+  Lightning logs a step's row after that step's checkpoint callbacks, so a SIGKILL between
+  the two loses that one row (the resumed run starts at the step after it).
 * :class:`ProgressBar` is Lightning's tqdm bar, closed when training is interrupted,
   so the message that follows starts on a line of its own.
 """
