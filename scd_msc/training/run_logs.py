@@ -2,7 +2,7 @@
 
 * :class:`RunCSVLogger` writes ``<out_dir>/metrics.csv``, one file per run: a resume
   continues it (rows the killed run logged at or after the resumed step are dropped, so
-  every step appears once) instead of Lightning's new ``version_N`` per start; a fresh
+  no step appears twice) instead of Lightning's new ``version_N`` per start; a fresh
   start in the same folder replaces it. Rows are flushed every ``log_every_n_steps``.
   Lightning logs a step's row after that step's checkpoint callbacks, so a SIGKILL between
   the two loses that one row (the resumed run starts at the step after it).
