@@ -1,5 +1,7 @@
 """MSCAttention: gates, pooling, schedules, causality and streaming == parallel."""
 
+import dataclasses
+
 import pytest
 import torch
 from einops import rearrange
@@ -125,10 +127,12 @@ def test_rotary_tables_in_memory_are_the_computed_ones_and_stay_float32():
         tables.positions(1, 2)
 
 
-@pytest.mark.parametrize("layer_index", [0, 2])  # pooled 2x and 4x
-def test_linear_flops_of_an_msc_block_are_what_torch_runs(layer_index):
+@pytest.mark.parametrize("layer_index,hires", [(0, None), (2, None), (2, 0), (2, "all")],
+                         ids=["pooled-2x", "pooled-4x", "all-low-res", "all-hi-res"])
+def test_linear_flops_of_an_msc_block_are_what_torch_runs(layer_index, hires):
     """MFU's count of an MSC block's linear layers (training/flops.py) against torch's
-    count of the block's matrix products: the low-res heads project pooled tokens."""
+    count of the block's matrix products: the low-res heads project pooled tokens, also
+    when every head is low-res."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from scd_msc.models.layers import Mlp, layer_config
@@ -136,6 +140,8 @@ def test_linear_flops_of_an_msc_block_are_what_torch_runs(layer_index):
     from scd_msc.training.flops import _msc_linear
 
     cfg = preset_config("scd-msc-tiny")
+    hires = cfg.heads if hires == "all" else hires
+    cfg = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, hires_heads=hires))
     spec = build_schedule(cfg.schedule, cfg.enc_depth)[layer_index]
     attn = MSCAttention(layer_config(cfg.dim, cfg.heads, cfg.attention, causal=True, backend="reference"), spec)
     mlp = Mlp(cfg.dim, cfg.mlp_ratio)
@@ -145,7 +151,11 @@ def test_linear_flops_of_an_msc_block_are_what_torch_runs(layer_index):
         mlp(x)
     ran = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
     assert _msc_linear(cfg, spec, 3) == pytest.approx(ran, rel=1e-3)  # the gates' tiny MLP is left out
-    assert _msc_linear(cfg, spec, 3) < 0.95 * 2 * (4 + 2 * cfg.mlp_ratio) * cfg.dim ** 2 * 3 * cfg.grid ** 2
+    full = 2 * (4 + 2 * cfg.mlp_ratio) * cfg.dim ** 2 * 3 * cfg.grid ** 2  # every head on full tokens
+    if hires == cfg.heads:
+        assert _msc_linear(cfg, spec, 3) == pytest.approx(full)
+    else:
+        assert _msc_linear(cfg, spec, 3) < 0.95 * full
 
 
 def _rope_reference(x, frames, ys, xs, base=10_000.0):

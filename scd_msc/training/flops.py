@@ -38,8 +38,6 @@ def _msc_linear(cfg: ModelConfig, spec: MSCLayerSpec, frames: int) -> float:
     """The linear layers of one MSC block over ``frames`` frames: the low-res heads'
     share of qkv projects the pooled tokens (``MSCAttention.project``)."""
     g, h_hi = cfg.grid, cfg.attention.hires_count(cfg.heads)
-    if spec.down == 1 or h_hi in (0, cfg.heads):
-        return _linear(cfg, frames * g * g)
     pooled_tokens = (-(-g // spec.down)) ** 2
     qkv_rows = (h_hi * g * g + (cfg.heads - h_hi) * pooled_tokens) / cfg.heads
     return 2.0 * cfg.dim ** 2 * frames * ((1 + 2 * cfg.mlp_ratio) * g * g + 3 * qkv_rows)
