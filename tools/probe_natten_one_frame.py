@@ -14,11 +14,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from scd_msc.ops.backends import natten_attention
 from scd_msc.ops.masks import hires_spec
-from tools.bench.kernels import kernel_time
+from tools.bench.kernels import profile_calls
 from tools.bench.report import command_line, report_stem, write_report
 
 CASES = [  # name, grid, heads, key frames, window
@@ -39,14 +38,7 @@ def padded_na3d(q, k, v, frames: int, window: int):
 
 
 def device_us(fn, calls: int = 20) -> dict:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    t = kernel_time(prof.events(), calls, top=3)
+    t = profile_calls(fn, calls, warmup=3, top=3)
     return {"kernels": t["kernels_per_step"], "us": t["kernel_us_per_step"],
             "top": [r["kernel"][:60] for r in t["top"]]}
 

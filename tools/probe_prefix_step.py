@@ -32,14 +32,13 @@ from pathlib import Path
 import torch
 from einops import rearrange
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from scd_msc.ops.backends import _natten_one_frame, natten_attention
 from scd_msc.ops.embed import rope3d, rope_tables
 from scd_msc.ops.masks import hires_spec, window_mask_mod
 from scd_msc.ops.msc import pool_tokens
 from scd_msc.streaming.graphs import GraphedCall
-from tools.bench.kernels import kernel_time
+from tools.bench.kernels import profile_calls
 
 G, H, D, DIM, WIN = 64, 6, 64, 768, 7
 
@@ -60,14 +59,7 @@ def replay_us(fn, args, rounds: int = 3, calls: int = 100) -> float:
 
 
 def kernels(fn, args, top: int = 6) -> dict:
-    for _ in range(2):
-        fn(*args)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn(*args)
-        torch.cuda.synchronize()
-    return kernel_time(prof.events(), 5, top)
+    return profile_calls(lambda: fn(*args), calls=5, warmup=2, top=top)
 
 
 @torch.no_grad()

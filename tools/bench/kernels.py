@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +37,19 @@ def kernel_time(events: Iterable, steps: int, top: int = 10) -> dict:
     return {"kernels_per_step": sum(r[1] for r in rows) / steps, "kernel_us_per_step": sum(r[2] for r in rows) / steps,
             "top": [{"kernel": name[:120], "calls_per_step": n / steps, "us_per_step": us / steps}
                     for name, n, us in rows[:top]]}
+
+
+def profile_calls(fn: Callable[[], object], calls: int, warmup: int, top: int) -> dict:
+    """:func:`kernel_time` of ``calls`` calls of ``fn()`` (one "step" each) on the current
+    CUDA device, after ``warmup`` calls that are not profiled."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return kernel_time(prof.events(), calls, top)
 
 
 @torch.no_grad()
