@@ -41,11 +41,12 @@ def gen(device: str = "cpu") -> torch.Generator:
 @pytest.mark.parametrize("family", ["scd-msc", "causal-dit"])
 def test_per_step_calls_trace_whole_once_per_model(family):
     """fullgraph=True (a graph break would raise): SCD-MSC's decoder modulation (once per
-    frame), decoder call and full-cache encoder commit are three graphs. Later frames and more sessions add none, also with
-    what eval passes: views (``actions[:, j]`` of a clip's actions; a clip's true frame
-    committed in teacher forcing). A compiled call guards on strides, and on CUDA the
-    contiguous copy a graph captures would otherwise be compiled inside the capture,
-    where Inductor cannot autotune. The traced calls give the eager frames."""
+    frame), decoder call and full-cache encoder commit are three graphs. Later frames and
+    more sessions add none, also with what eval passes: views (``actions[:, j]`` of a
+    clip's actions; a clip's true frame committed in teacher forcing). A compiled call
+    guards on strides, and on CUDA the contiguous copy a graph captures would otherwise
+    be compiled inside the capture, where Inductor cannot autotune. The traced calls give
+    the eager frames."""
     model, backend = tiny(family, actions=10, classes=3), CountingBackend()
     clip = torch.rand(2, 20, 1, 32, 32, generator=gen()) * 2 - 1  # (B, k + n, C, H, W)
     actions = torch.randint(0, 10, (2, 20), generator=gen())  # (B, k + n)

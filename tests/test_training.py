@@ -257,7 +257,8 @@ def test_a_checkpoint_of_the_old_qkv_layout_generates_but_does_not_resume(short_
         base = key[: -len("qkv_hi.weight")]
         for kind in ("weight", "bias"):
             hi, lo = state.pop(f"{base}qkv_hi.{kind}"), state.pop(f"{base}qkv_lo.{kind}")
-            state[f"{base}qkv.{kind}"] = torch.cat([hi.unflatten(0, (3, -1)), lo.unflatten(0, (3, -1))], 1).flatten(0, 1)
+            both = torch.cat([hi.unflatten(0, (3, -1)), lo.unflatten(0, (3, -1))], 1)  # (3, h·d[, D])
+            state[f"{base}qkv.{kind}"] = both.flatten(0, 1)
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     with pytest.raises(ValueError, match=r"^--resume '.*old.ckpt': the checkpoint's attention layers hold one "

@@ -121,7 +121,8 @@ class FrameDecoder(nn.Module):
         final layer's ``(B', 1, 2D)``."""
         sizes = [block.modulation_size for block in self.blocks] + [2 * self.cfg.dim]
         if modulation.shape[-1] != sum(sizes):
-            raise ValueError(f"modulation: {modulation.shape[-1]} columns, expected {sum(sizes)} (FrameDecoder.modulation)")
+            raise ValueError(f"modulation: {modulation.shape[-1]} columns, expected {sum(sizes)} "
+                             "(FrameDecoder.modulation)")
         *blocks, final = modulation[:, None].split(sizes, dim=-1)
         return [m.expand(-1, frames, -1) for m in blocks], final
 
